@@ -1,0 +1,124 @@
+"""Recipe of the project's Cellpose smear model (``cellpose_smear``), trained from scratch.
+
+Data: ``../shared/data/bbbc041`` (BBBC041 images, Hung et al., Broad Bioimage Benchmark
+Collection, research use; BBBC041Seg masks, Depto et al. 2021). Binary masks are split
+into instances by connected components (touching cells are mostly separated by a thin gap).
+Only the ``train`` folder is used; ``val`` is kept for evaluation.
+
+Usage::
+
+    python scripts/train_smear_model.py --data ../shared/data/bbbc041 --out runs/cellpose_smear \
+        [--epochs 300] [--gpu]
+
+The network is saved in float16 (half the size; loaded back as float32) with its mean
+diameter, as ``OUT/cellpose_smear.pt`` plus ``OUT/cellpose_smear.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def load_bbbc041(folder: Path):
+    from skimage import io, measure, transform
+
+    from napari_cytodiffusion.io.images import to_rgb_float
+    from napari_cytodiffusion.segmentation.channels import smear_channels
+
+    imgs, labels, names = [], [], []
+    for f in sorted((folder / "images").glob("*.jpg")):
+        m = io.imread(folder / "masks" / (f.stem + ".png"))
+        im = to_rgb_float(io.imread(f))
+        if m.ndim == 3:
+            m = m[..., 0]
+        if m.shape != im.shape[:2]:
+            m = transform.resize(m > 0, im.shape[:2], order=0, preserve_range=True, anti_aliasing=False)
+        lab = measure.label(m > 0).astype(np.int32)
+        lab = _remove_small(lab, 30)
+        imgs.append(np.moveaxis(smear_channels(im), -1, 0))
+        labels.append(lab)
+        names.append(f.name)
+    return imgs, labels, names
+
+
+def _remove_small(lab, min_size):
+    from skimage import morphology, segmentation
+
+    lab = morphology.remove_small_objects(lab, min_size)
+    return segmentation.relabel_sequential(lab)[0]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/bbbc041"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--limit", type=int, default=None, help="use only N images (smoke test)")
+    args = ap.parse_args(argv)
+    import torch
+    from cellpose import models, train
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    imgs, labels, names = load_bbbc041(args.data / "train")
+    if args.limit:
+        imgs, labels = imgs[: args.limit], labels[: args.limit]
+    diams = [np.median(2 * np.sqrt(np.bincount(lab.ravel())[1:] / np.pi)) for lab in labels]
+    diam_mean = float(np.median(diams))
+    print(f"{len(imgs)} images, median cell diameter {diam_mean:.1f} px", flush=True)
+    model = models.CellposeModel(
+        gpu=args.gpu, pretrained_model=False, model_type=None, diam_mean=diam_mean, nchan=2
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    path, train_losses, _ = train.train_seg(
+        model.net,
+        train_data=imgs,
+        train_labels=labels,
+        channels=None,
+        channel_axis=0,
+        normalize=True,
+        n_epochs=args.epochs,
+        learning_rate=0.005 if not args.gpu else 0.01,
+        weight_decay=1e-5,
+        batch_size=8,
+        bsize=224,
+        rescale=True,
+        min_train_masks=5,
+        save_path=str(args.out),
+        model_name="cellpose_smear_fp32",
+        save_every=10**9,
+    )
+    secs = time.time() - t0
+    state = {
+        k: (v.half() if v.is_floating_point() and "diam" not in k else v)
+        for k, v in model.net.state_dict().items()
+    }
+    torch.save(state, args.out / "cellpose_smear.pt")
+    info = {
+        "name": "cellpose_smear",
+        "architecture": "Cellpose 3 CPnet, nbase [2, 32, 64, 128, 256], trained from scratch",
+        "input": "2 channels from RGB: 1 - green (cells), clip(blue - green) (nuclei/platelets)",
+        "diam_mean": diam_mean,
+        "epochs": args.epochs,
+        "train_images": len(imgs),
+        "train_seconds": round(secs, 1),
+        "final_loss": float(np.mean(train_losses[-10:])),
+        "hardware": torch.cuda.get_device_name() if args.gpu and torch.cuda.is_available() else "cpu",
+        "data": "BBBC041 (Hung et al., Broad Bioimage Benchmark Collection, research use) with BBBC041Seg "
+        "masks (Depto et al. 2021); train folder, connected components as instances",
+    }
+    (args.out / "cellpose_smear.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(info, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The generative classifier: diffusion errors → probabilities, certainty, anomaly."""

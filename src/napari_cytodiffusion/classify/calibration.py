@@ -1,0 +1,183 @@
+"""Turning diffusion errors into calibrated probabilities, P(correct) and an anomaly score.
+
+All constants are fitted on a calibration set the diffusion model never saw and stored in
+the model metadata (``calibration``), so every user of a model folder gets the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .engine import ErrorResult, class_evidence
+
+
+def timestep_statistics(
+    errors: np.ndarray, labels: np.ndarray, timesteps: list[int], keep: int | None = None
+) -> dict[str, Any]:
+    """Per-timestep signal and noise of the paired error gap (wrong class − true class).
+
+    Parameters
+    ----------
+    errors
+        Full-grid errors (N, C, K).
+    labels
+        True class of each cell.
+    timesteps
+        The K timesteps.
+    keep
+        Keep only this many timesteps, the most informative.
+
+    Returns
+    -------
+    dict
+        ``timesteps`` ordered most informative first, their ``weights`` (mu/sigma^2),
+        ``scales`` (sigma) and ``snr`` (mu/sigma).
+    """
+    n, c, k = errors.shape
+    true = errors[np.arange(n), labels]  # (N, K)
+    diff = errors - true[:, None, :]
+    wrong = np.ones((n, c), bool)
+    wrong[np.arange(n), labels] = False
+    d = diff[wrong]  # (N*(C-1), K)
+    mu = d.mean(axis=0)
+    sigma = d.std(axis=0) + 1e-12
+    snr = mu / sigma
+    order = np.argsort(-snr)
+    if keep is not None:
+        order = order[: int(keep)]
+    return {
+        "timesteps": [int(timesteps[i]) for i in order],
+        "weights": [float(max(mu[i], 0.0) / sigma[i] ** 2) for i in order],
+        "scales": [float(sigma[i]) for i in order],
+        "snr": [float(snr[i]) for i in order],
+    }
+
+
+def softmax_neg(evidence: np.ndarray, temperature: float) -> np.ndarray:
+    z = -evidence / max(float(temperature), 1e-12)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(evidence: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the negative log-likelihood of the true class."""
+
+    def nll(t: float) -> float:
+        p = softmax_neg(evidence, t)
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))))
+
+    scale = float(np.median(evidence[evidence > 0])) if (evidence > 0).any() else 1.0
+    grid = scale * np.logspace(-3, 2, 121)
+    best = grid[int(np.argmin([nll(t) for t in grid]))]
+    lo, hi = best / 1.2, best * 1.2
+    for _ in range(40):  # golden-section refinement in log space
+        a, b = (
+            np.exp(np.log(lo) + 0.382 * (np.log(hi) - np.log(lo))),
+            np.exp(np.log(lo) + 0.618 * (np.log(hi) - np.log(lo))),
+        )
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return float(np.sqrt(lo * hi))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 100) -> np.ndarray:
+    """Logistic regression by Newton's method; returns [bias, coef...]."""
+    xb = np.hstack([np.ones((len(x), 1)), x])
+    beta = np.zeros(xb.shape[1])
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(xb @ beta, -30, 30)))
+        g = xb.T @ (p - y) + l2 * beta
+        h = (xb * (p * (1 - p))[:, None]).T @ xb + l2 * np.eye(len(beta))
+        step = np.linalg.solve(h, g)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return beta
+
+
+def pcorrect_features(probs: np.ndarray, anomaly: np.ndarray) -> np.ndarray:
+    srt = np.sort(probs, axis=1)
+    pmax = np.clip(srt[:, -1], 1e-9, 1 - 1e-9)
+    margin = np.clip(srt[:, -1] - srt[:, -2], 1e-9, 1.0)
+    return np.stack([np.log(pmax / (1 - pmax)), np.log(margin), np.clip(anomaly, -10, 50)], axis=1)
+
+
+def anomaly_reference(errors: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Mean and spread of the true class's error per class and timestep unit (N, C, K input)."""
+    true = errors[np.arange(len(labels)), labels]  # (N, K)
+    g_mu, g_sd = np.nanmean(true, axis=0), np.nanstd(true, axis=0) + 1e-12
+    mu = np.tile(g_mu, (n_classes, 1))
+    sd = np.tile(g_sd, (n_classes, 1))
+    for c in range(n_classes):
+        sel = true[labels == c]
+        if len(sel) >= 20:
+            mu[c], sd[c] = np.nanmean(sel, axis=0), np.nanstd(sel, axis=0) + 1e-12
+    return {"mean": mu.tolist(), "std": sd.tolist()}
+
+
+def anomaly_scores(
+    result: ErrorResult, winner: np.ndarray, reference: dict[str, Any], ref_timesteps: list[int]
+) -> np.ndarray:
+    """Mean z-score of the winning class's errors against calibration cells of that class."""
+    mu, sd = np.asarray(reference["mean"]), np.asarray(reference["std"])
+    col = {t: i for i, t in enumerate(ref_timesteps)}
+    idx = np.array([col.get(int(t), -1) for t in result.unit_timesteps])
+    n = len(winner)
+    e = result.errors[np.arange(n), winner]  # (N, U)
+    valid = idx >= 0
+    z = (e[:, valid] - mu[winner][:, idx[valid]]) / sd[winner][:, idx[valid]]
+    return np.nanmean(z, axis=1) if z.shape[1] else np.zeros(n)
+
+
+def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error with equal-width bins."""
+    confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = (confidence > lo) & (confidence <= hi) if lo > 0 else (confidence >= lo) & (confidence <= hi)
+        if sel.any():
+            total += sel.mean() * abs(confidence[sel].mean() - correct[sel].mean())
+    return float(total)
+
+
+def fit_calibration(
+    result: ErrorResult,
+    labels: np.ndarray,
+    n_classes: int,
+    reference: dict[str, Any],
+    ref_timesteps: list[int],
+    specificity: float = 0.96,
+    flag_below: float = 0.9,
+) -> dict[str, Any]:
+    """Fit temperature, P(correct) and the anomaly threshold on a calibration run."""
+    winner, evidence = class_evidence(result)
+    temperature = fit_temperature(evidence, labels)
+    probs = softmax_neg(evidence, temperature)
+    anomaly = anomaly_scores(result, winner, reference, ref_timesteps)
+    correct = (winner == labels).astype(float)
+    beta = fit_logistic(pcorrect_features(probs, anomaly), correct)
+    return {
+        "temperature": temperature,
+        "p_correct": {"features": ["logit(p_max)", "log(margin)", "anomaly"], "coef": beta.tolist()},
+        "anomaly": {
+            "reference": reference,
+            "reference_timesteps": [int(t) for t in ref_timesteps],
+            "threshold": float(np.quantile(anomaly, specificity)),
+            "specificity": specificity,
+        },
+        "flag_below_p_correct": flag_below,
+        "n_calibration_cells": len(labels),
+        "calibration_accuracy": float(correct.mean()),
+    }
+
+
+def apply_pcorrect(probs: np.ndarray, anomaly: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    beta = np.asarray(calibration["p_correct"]["coef"])
+    x = pcorrect_features(probs, anomaly)
+    return 1 / (1 + np.exp(-np.clip(beta[0] + x @ beta[1:], -30, 30)))

@@ -1,0 +1,215 @@
+"""High-level classification of cell crops with a loaded diffusion model.
+
+:func:`iter_classify` is a generator (progress first, result last) so napari workers and the
+CLI share the same code; :func:`classify_crops` runs it to completion.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .calibration import anomaly_scores, apply_pcorrect, softmax_neg
+from .engine import EngineConfig, class_evidence, diffusion_errors
+
+#: Speed/accuracy presets (engine overrides).
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"adaptive": True, "units_per_round": 2, "drop_z": 1.5, "max_units": 12},
+    "balanced": {"adaptive": True},
+    "accurate": {"adaptive": True, "tta": 2, "drop_z": 3.0},
+    "full": {"adaptive": False},
+}
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    message: str = ""
+
+
+@dataclass
+class Classification:
+    """Per-cell results of the generative classifier."""
+
+    classes: list[str]
+    pred: np.ndarray
+    probs: np.ndarray
+    evidence: np.ndarray
+    certainty: np.ndarray
+    p_correct: np.ndarray
+    anomaly: np.ndarray
+    flagged: np.ndarray
+    unet_calls: np.ndarray
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.pred)
+
+    @property
+    def pred_names(self) -> list[str]:
+        return [self.classes[i] for i in self.pred]
+
+    def to_frame(self):
+        """Results as a pandas DataFrame (one row per cell)."""
+        import pandas as pd
+
+        df = pd.DataFrame(
+            {
+                "class": self.pred_names,
+                "certainty": self.certainty,
+                "p_correct": self.p_correct,
+                "anomaly": self.anomaly,
+                "flagged": self.flagged,
+                "unet_calls": self.unet_calls,
+            }
+        )
+        for j, c in enumerate(self.classes):
+            df[f"p_{c}"] = self.probs[:, j]
+        return df
+
+
+def engine_config(model, speed: str = "balanced", **overrides: Any) -> EngineConfig:
+    if speed not in PRESETS:
+        raise InputError(f"unknown speed {speed!r}; choose one of {', '.join(PRESETS)}")
+    cal = model.metadata.calibration or {}
+    merged = dict(PRESETS[speed])
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return EngineConfig.from_calibration(cal, **merged)
+
+
+def iter_classify(
+    model,
+    crops: np.ndarray,
+    speed: str = "balanced",
+    seed: int = 0,
+    batch_cells: int = 64,
+    should_stop: Callable[[], bool] | None = None,
+    **engine_overrides: Any,
+) -> Iterator[Progress | Classification]:
+    """Classify uint8 crops (N, S, S, 3); yields :class:`Progress`, then the :class:`Classification`."""
+    import torch
+
+    from ..crops import to_model_tensor
+    from ..model.architecture import alphas_cumprod
+
+    crops = np.asarray(crops)
+    size = model.size
+    if crops.ndim != 4 or crops.shape[1:] != (size, size, 3) or crops.dtype != np.uint8:
+        raise InputError(f"crops must be uint8 (N, {size}, {size}, 3), got {crops.dtype} {crops.shape}")
+    cfg = engine_config(model, speed, seed=seed, **engine_overrides)
+    cal = model.metadata.calibration or {}
+    n, c = len(crops), model.metadata.n_classes
+    t0 = time.perf_counter()
+    parts = []
+    yield Progress(0, n, "classifying")
+    ac = alphas_cumprod(model.scheduler)
+    dev = model.device
+    if dev.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    for start in range(0, n, batch_cells):
+        stop = min(n, start + batch_cells)
+        x0 = to_model_tensor(crops[start:stop]).to(dev)
+        res = diffusion_errors(
+            model.unet, ac, x0, c, cfg, cell_ids=np.arange(start, stop), should_stop=should_stop
+        )
+        parts.append(res)
+        yield Progress(stop, n, "classifying")
+    from .engine import ErrorResult
+
+    if parts:
+        width = max(p.errors.shape[2] for p in parts)
+        errs = np.concatenate(
+            [
+                np.pad(p.errors, ((0, 0), (0, 0), (0, width - p.errors.shape[2])), constant_values=np.nan)
+                for p in parts
+            ]
+        )
+        ref = max(parts, key=lambda p: p.errors.shape[2])
+        res = ErrorResult(
+            errs,
+            np.concatenate([p.active for p in parts]),
+            np.concatenate([p.calls for p in parts]),
+            ref.unit_timesteps,
+            ref.unit_weights,
+            ref.unit_scales,
+        )
+    else:
+        res = ErrorResult(
+            np.zeros((0, c, 1)),
+            np.zeros((0, c), bool),
+            np.zeros(0, np.int64),
+            np.zeros(1),
+            np.ones(1),
+            np.ones(1),
+        )
+    yield finish(
+        res,
+        model.metadata.classes,
+        cal,
+        time.perf_counter() - t0,
+        {"speed": speed, "seed": seed, **cfg.__dict__},
+    )
+
+
+def finish(
+    res, classes: list[str], cal: dict[str, Any], seconds: float, settings: dict[str, Any]
+) -> Classification:
+    """Errors → probabilities, certainty, P(correct), anomaly, flags."""
+    n, c = res.active.shape
+    if n == 0:
+        z = np.zeros(0)
+        return Classification(
+            classes,
+            z.astype(int),
+            np.zeros((0, c)),
+            np.zeros((0, c)),
+            z,
+            z,
+            z,
+            z.astype(bool),
+            z.astype(int),
+            seconds,
+            settings,
+        )
+    winner, evidence = class_evidence(res)
+    temperature = float(cal.get("temperature", 1.0))
+    probs = softmax_neg(evidence, temperature)
+    if "anomaly" in cal:
+        anomaly = anomaly_scores(
+            res, winner, cal["anomaly"]["reference"], cal["anomaly"]["reference_timesteps"]
+        )
+        threshold = float(cal["anomaly"]["threshold"])
+    else:
+        anomaly, threshold = np.zeros(n), np.inf
+    p_correct = apply_pcorrect(probs, anomaly, cal) if "p_correct" in cal else probs.max(axis=1)
+    flag_below = float(cal.get("flag_below_p_correct", 0.9))
+    flagged = (p_correct < flag_below) | (anomaly > threshold)
+    return Classification(
+        classes=list(classes),
+        pred=winner,
+        probs=probs,
+        evidence=evidence,
+        certainty=probs.max(axis=1),
+        p_correct=p_correct,
+        anomaly=anomaly,
+        flagged=flagged,
+        unet_calls=res.calls,
+        seconds=seconds,
+        settings=settings,
+    )
+
+
+def classify_crops(model, crops: np.ndarray, **kwargs: Any) -> Classification:
+    """Run :func:`iter_classify` to completion and return the result."""
+    out = None
+    for item in iter_classify(model, crops, **kwargs):
+        out = item
+    assert isinstance(out, Classification)
+    return out

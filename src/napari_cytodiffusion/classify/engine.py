@@ -1,0 +1,239 @@
+"""Adaptive diffusion errors: the expensive core of the generative classifier.
+
+For every cell, a set of *units* (a timestep, optionally under a test-time view such as a
+rotation) is evaluated. Each unit draws one noise image, shared by all classes, so the
+per-class errors are paired. Classes are evaluated in rounds; after each round, a class whose
+paired error difference to the current best is significantly positive is dropped. Cells x
+classes x units are batched into large UNet calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Candidate timestep grid used when a model has no calibrated one.
+DEFAULT_TIMESTEPS = [int(t) for t in np.linspace(30, 930, 31).round()]
+
+VIEWS = ("identity", "rot90", "rot180", "rot270", "flip", "flip_rot90", "flip_rot180", "flip_rot270")
+
+
+@dataclass
+class EngineConfig:
+    """How to spend UNet calls."""
+
+    timesteps: list[int] = field(default_factory=lambda: list(DEFAULT_TIMESTEPS))
+    weights: list[float] | None = None  # per timestep; default uniform
+    scales: list[float] | None = None  # per timestep std of paired differences; default 1
+    adaptive: bool = True
+    units_per_round: int = 2
+    drop_z: float = 2.5
+    min_units_before_drop: int = 2
+    max_units: int | None = None
+    tta: int = 1
+    disc_radius: float | None = None
+    seed: int = 0
+    batch_size: int = 512
+
+    @classmethod
+    def from_calibration(cls, calibration: dict[str, Any], **overrides: Any) -> EngineConfig:
+        eng = dict(calibration.get("engine", {}))
+        eng.update({k: v for k, v in overrides.items() if v is not None})
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in eng.items() if k in known})
+
+
+@dataclass
+class ErrorResult:
+    """Paired diffusion errors of a batch of cells.
+
+    Attributes
+    ----------
+    errors
+        (N, C, U) raw mean squared noise-prediction errors; NaN where not evaluated.
+    active
+        (N, C) classes still active at the end.
+    calls
+        (N,) UNet evaluations spent on each cell.
+    unit_timesteps
+        (U,) timestep of each unit.
+    """
+
+    errors: np.ndarray
+    active: np.ndarray
+    calls: np.ndarray
+    unit_timesteps: np.ndarray
+    unit_weights: np.ndarray
+    unit_scales: np.ndarray
+
+
+def _view(x, v: int):
+    import torch
+
+    if v >= 4:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k=v % 4, dims=(-2, -1))
+
+
+def _disc_mask(size: int, radius: float | None, device):
+    import torch
+
+    if radius is None:
+        return None
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    c = (size - 1) / 2
+    r = torch.sqrt((yy - c) ** 2 + (xx - c) ** 2) / (size / 2)
+    m = torch.clamp((radius + 0.1 - r) / 0.2, 0, 1).float().to(device)
+    return m / m.mean()
+
+
+def diffusion_errors(
+    unet,
+    alphas_cumprod,
+    x0,
+    n_classes: int,
+    config: EngineConfig,
+    cell_ids: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ErrorResult:
+    """Compute paired per-class diffusion errors for a batch of cells.
+
+    Parameters
+    ----------
+    unet
+        Class-conditional diffusers UNet (epsilon prediction).
+    alphas_cumprod
+        Tensor of cumulative alphas of the training schedule.
+    x0
+        (N, 3, S, S) float tensor in [-1, 1], on the UNet's device.
+    n_classes
+        Number of real classes (the null class is not evaluated).
+    config
+        Engine settings.
+    cell_ids
+        Stable ids used to seed each cell's noise, so a cell's result does not depend
+        on what else is in the batch (default 0..N-1).
+    progress
+        Called with the number of UNet evaluations done after each UNet call.
+    should_stop
+        Polled between UNet calls; raise :class:`~napari_cytodiffusion.errors.Cancelled`.
+    """
+    import torch
+
+    from ..errors import Cancelled
+
+    dev = x0.device
+    n, _, size, _ = x0.shape
+    ts = list(config.timesteps)
+    k = len(ts)
+    views = max(1, min(int(config.tta), len(VIEWS)))
+    # units: view-major so the first rounds see every timestep in the identity view
+    unit_t = np.array([ts[i % k] for i in range(k * views)], dtype=np.int64)
+    unit_v = np.array([i // k for i in range(k * views)], dtype=np.int64)
+    w = np.asarray(config.weights if config.weights is not None else np.ones(k), dtype=np.float64)
+    s = np.asarray(config.scales if config.scales is not None else np.ones(k), dtype=np.float64)
+    unit_w, unit_s = np.tile(w, views), np.tile(s, views)
+    n_units = len(unit_t) if config.max_units is None else min(len(unit_t), int(config.max_units))
+    if cell_ids is None:
+        cell_ids = np.arange(n)
+    # per-cell deterministic noise for every unit
+    noise = torch.empty((n, n_units, 3, size, size))
+    for i, cid in enumerate(cell_ids):
+        g = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + int(cid))
+        noise[i] = torch.randn((n_units, 3, size, size), generator=g)
+    noise = noise.to(dev)
+    ac = alphas_cumprod.to(dev)
+    mask = _disc_mask(size, config.disc_radius, dev)
+    errors = np.full((n, n_classes, n_units), np.nan, dtype=np.float64)
+    active = np.ones((n, n_classes), dtype=bool)
+    calls = np.zeros(n, dtype=np.int64)
+    done_units = 0
+    per_round = n_units if not config.adaptive else max(1, int(config.units_per_round))
+    while done_units < n_units:
+        units = list(range(done_units, min(n_units, done_units + per_round)))
+        cells, classes = np.nonzero(active)
+        items = [(ci, cl, u) for ci, cl in zip(cells, classes, strict=True) for u in units]
+        for start in range(0, len(items), config.batch_size):
+            if should_stop is not None and should_stop():
+                raise Cancelled("classification cancelled")
+            chunk = items[start : start + config.batch_size]
+            ci = torch.as_tensor([it[0] for it in chunk], device=dev)
+            cl = torch.as_tensor([it[1] for it in chunk], device=dev)
+            uu = np.array([it[2] for it in chunk])
+            ut = torch.as_tensor(unit_t[uu], device=dev)
+            eps = noise[ci, torch.as_tensor(uu, device=dev)]
+            xs = x0[ci]
+            if views > 1:
+                xs = torch.stack([_view(xs[j], int(unit_v[u])) for j, u in enumerate(uu)])
+            a = ac[ut][:, None, None, None]
+            xt = a.sqrt() * xs + (1 - a).sqrt() * eps
+            with torch.inference_mode():
+                pred = unet(xt, ut, class_labels=cl).sample
+            sq = (pred.float() - eps) ** 2
+            if mask is not None:
+                sq = sq * mask
+            err = sq.mean(dim=(1, 2, 3)).cpu().numpy()
+            errors[ci.cpu().numpy(), cl.cpu().numpy(), uu] = err
+            np.add.at(calls, ci.cpu().numpy(), 1)
+            if progress is not None:
+                progress(len(chunk))
+        done_units = units[-1] + 1
+        if config.adaptive and done_units >= config.min_units_before_drop and done_units < n_units:
+            _drop_classes(
+                errors[:, :, :done_units], active, unit_w[:done_units], unit_s[:done_units], config.drop_z
+            )
+    return ErrorResult(errors, active, calls, unit_t[:n_units], unit_w[:n_units], unit_s[:n_units])
+
+
+def _drop_classes(errors: np.ndarray, active: np.ndarray, w: np.ndarray, s: np.ndarray, z: float) -> None:
+    """Paired z-test (variance floored at 1 in scale units) against the current best class."""
+    n, c, u = errors.shape
+    score = weighted_score(errors, w)
+    score = np.where(active, score, np.inf)
+    best = np.argmin(score, axis=1)
+    diff = (errors - errors[np.arange(n), best][:, None, :]) / s[None, None, :]
+    mean = np.nanmean(np.where(active[:, :, None], diff, np.nan), axis=2)
+    var = np.nanvar(np.where(active[:, :, None], diff, np.nan), axis=2, ddof=1) if u > 1 else np.ones((n, c))
+    se = np.sqrt(np.maximum(np.nan_to_num(var, nan=1.0), 1.0) / u)
+    drop = active & (mean / se > z)
+    drop[np.arange(n), best] = False
+    active &= ~drop
+
+
+def weighted_score(errors: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted mean error over evaluated units → (N, C) (NaN-aware)."""
+    ok = np.isfinite(errors)
+    ww = np.where(ok, w[None, None, :], 0.0)
+    tot = ww.sum(axis=2)
+    return np.where(
+        tot > 0, np.nansum(np.where(ok, errors, 0.0) * ww, axis=2) / np.maximum(tot, 1e-12), np.inf
+    )
+
+
+def class_evidence(result: ErrorResult) -> tuple[np.ndarray, np.ndarray]:
+    """Winner and per-class evidence D (N, C) ≥ 0: weighted mean paired error gap to the winner.
+
+    Each class is compared with the winner on the units where both were evaluated.
+    """
+    e, w = result.errors, result.unit_weights
+    score = np.where(result.active, weighted_score(e, w), np.inf)
+    winner = np.argmin(score, axis=1)
+    n = e.shape[0]
+    diff = e - e[np.arange(n), winner][:, None, :]
+    gap = weighted_score(diff, w)
+    gap[np.arange(n), winner] = 0.0
+    gap = np.where(
+        np.isfinite(gap),
+        gap,
+        np.nanmax(np.where(np.isfinite(gap), gap, np.nan)) if np.isfinite(gap).any() else 1.0,
+    )
+    return winner, np.maximum(gap, 0.0)
+
+
+def iter_batches(n: int, batch: int) -> Iterator[slice]:
+    for start in range(0, n, batch):
+        yield slice(start, min(n, start + batch))

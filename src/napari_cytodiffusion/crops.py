@@ -1,0 +1,144 @@
+"""Cutting model-ready crops: from single-cell images and from cells of a segmented smear.
+
+Both paths follow the model metadata's ``preprocessing`` section, so training images,
+evaluation images and smear cells reach the UNet at the same scale and normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .io.images import to_rgb_float
+
+
+def _resize_uint8(img: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    resample = Image.Resampling.BOX if img.shape[0] >= size else Image.Resampling.BICUBIC
+    return np.asarray(Image.fromarray(img).resize((size, size), resample=resample))
+
+
+def as_uint8_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Any accepted image → uint8 RGB (H, W, 3)."""
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        return image
+    return np.clip(np.round(to_rgb_float(image, name) * 255.0), 0, 255).astype(np.uint8)
+
+
+def crop_single_cell(image: np.ndarray, size: int, center_crop_fraction: float) -> np.ndarray:
+    """Centre-crop a single-cell image square and resize it to ``size`` (uint8 RGB).
+
+    Parameters
+    ----------
+    image
+        Single-cell image of any size with the cell near the centre.
+    size
+        Output side in pixels.
+    center_crop_fraction
+        Fraction of the shorter side kept around the centre.
+    """
+    rgb = as_uint8_rgb(image)
+    h, w = rgb.shape[:2]
+    side = max(1, int(round(min(h, w) * float(center_crop_fraction))))
+    top, left = (h - side) // 2, (w - side) // 2
+    return _resize_uint8(np.ascontiguousarray(rgb[top : top + side, left : left + side]), size)
+
+
+def single_cell_crops(images: list[np.ndarray], preprocessing: dict[str, Any]) -> np.ndarray:
+    """Crop a list of single-cell images as a model's metadata says → (N, S, S, 3) uint8."""
+    size = int(preprocessing["size"])
+    frac = float(preprocessing["single_cell"]["center_crop_fraction"])
+    if not images:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([crop_single_cell(im, size, frac) for im in images])
+
+
+def smear_crop_side(diameters: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+    """Crop side (pixels) for each cell of a smear, from the cells' equivalent diameters.
+
+    The field of view is ``field_rbc_diameters`` times the median cell diameter of the
+    smear (red cells dominate), i.e. the physical scale of the training crops; a cell larger
+    than ``max_cell_fraction`` of that field gets a larger crop.
+    """
+    smear = preprocessing["smear"]
+    diameters = np.asarray(diameters, dtype=np.float64)
+    if diameters.size == 0:
+        return diameters
+    ref = float(np.median(diameters))
+    field = float(smear["field_rbc_diameters"]) * ref
+    minimum = diameters / float(smear["max_cell_fraction"])
+    return np.maximum(np.maximum(field, minimum), 8.0)
+
+
+def crops_from_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    preprocessing: dict[str, Any],
+    label_ids: np.ndarray | None = None,
+    centroids: np.ndarray | None = None,
+    diameters: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a model crop around each labelled cell of a smear.
+
+    Parameters
+    ----------
+    image
+        The smear (any accepted image type).
+    labels
+        Instance labels of the same height and width.
+    preprocessing
+        The model's preprocessing metadata.
+    label_ids, centroids, diameters
+        Optional precomputed cell table columns (all cells if omitted).
+
+    Returns
+    -------
+    crops, label_ids
+        (N, S, S, 3) uint8 crops and the label id of each.
+    """
+    rgb = as_uint8_rgb(image)
+    labels = np.asarray(labels)
+    if labels.shape[:2] != rgb.shape[:2]:
+        raise InputError(f"labels shape {labels.shape[:2]} does not match image shape {rgb.shape[:2]}")
+    size = int(preprocessing["size"])
+    if label_ids is None or centroids is None or diameters is None:
+        from .segmentation.table import cells_table
+
+        table = cells_table(labels)
+        label_ids = table["label"].to_numpy()
+        centroids = table[["centroid_y", "centroid_x"]].to_numpy()
+        diameters = table["equivalent_diameter"].to_numpy()
+    label_ids = np.asarray(label_ids)
+    if label_ids.size == 0:
+        return np.zeros((0, size, size, 3), np.uint8), label_ids
+    sides = smear_crop_side(np.asarray(diameters), preprocessing)
+    pad = int(np.ceil(sides.max() / 2)) + 2
+    padded = np.pad(
+        rgb, ((pad, pad), (pad, pad), (0, 0)), mode="reflect" if min(rgb.shape[:2]) > pad else "edge"
+    )
+    out = np.empty((label_ids.size, size, size, 3), np.uint8)
+    for i, ((cy, cx), side) in enumerate(zip(np.asarray(centroids), sides, strict=True)):
+        s = int(round(side))
+        top = int(round(cy - s / 2)) + pad
+        left = int(round(cx - s / 2)) + pad
+        out[i] = _resize_uint8(np.ascontiguousarray(padded[top : top + s, left : left + s]), size)
+    return out, label_ids
+
+
+def to_model_tensor(crops: np.ndarray):
+    """uint8 (N, S, S, 3) → float32 torch tensor (N, 3, S, S) in [-1, 1]."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def from_model_tensor(x) -> np.ndarray:
+    """Inverse of :func:`to_model_tensor` → uint8 (N, S, S, 3)."""
+    arr = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte()
+    return arr.permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,1 @@
+"""Metrics and plots for classification, segmentation and generation."""

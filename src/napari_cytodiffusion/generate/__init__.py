@@ -1,0 +1,1 @@
+"""Class-conditional generation of synthetic cells."""

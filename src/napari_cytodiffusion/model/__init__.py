@@ -1,0 +1,1 @@
+"""The class-conditional diffusion model: architecture, folders, registry and training."""

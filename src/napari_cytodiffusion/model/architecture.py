@@ -1,0 +1,87 @@
+"""Construction of the class-conditional UNet and its noise schedule.
+
+The model is a diffusers :class:`~diffusers.UNet2DModel` with ``num_class_embeds =
+n_classes + 1``; the last class id is the *null* class used for classifier-free guidance.
+It predicts the noise (epsilon) under a 1000-step schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Architecture of the shipped default. 32 px keeps a UNet call at ~10 ms per cell on a
+#: 2-core CPU (64 px costs ~48 ms, 48 px ~32 ms with the same widths; measured with
+#: 2 threads, batch 128-256), which is what makes >= 5 cells/s reachable.
+DEFAULT_ARCH: dict[str, Any] = {
+    "sample_size": 32,
+    "block_out_channels": [32, 64, 128],
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 16,
+    "attention_head_dim": 32,
+}
+
+#: Small architecture for tests and quick experiments.
+TINY_ARCH: dict[str, Any] = {
+    "sample_size": 16,
+    "block_out_channels": [16, 32],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "attention_head_dim": 16,
+}
+
+
+@dataclass
+class ScheduleConfig:
+    """Noise schedule (diffusers DDPMScheduler arguments)."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_unet(n_classes: int, arch: dict[str, Any] | None = None):
+    """Create an untrained class-conditional UNet for ``n_classes`` real classes."""
+    from diffusers import UNet2DModel
+
+    cfg = dict(DEFAULT_ARCH if arch is None else arch)
+    return UNet2DModel(
+        in_channels=3,
+        out_channels=3,
+        num_class_embeds=int(n_classes) + 1,
+        sample_size=int(cfg["sample_size"]),
+        block_out_channels=tuple(cfg["block_out_channels"]),
+        down_block_types=tuple(cfg["down_block_types"]),
+        up_block_types=tuple(cfg["up_block_types"]),
+        layers_per_block=int(cfg["layers_per_block"]),
+        norm_num_groups=int(cfg["norm_num_groups"]),
+        attention_head_dim=int(cfg["attention_head_dim"]),
+    )
+
+
+def build_scheduler(config: ScheduleConfig | dict[str, Any] | None = None):
+    """Create the DDPM training scheduler."""
+    from diffusers import DDPMScheduler
+
+    if config is None:
+        config = ScheduleConfig()
+    if isinstance(config, ScheduleConfig):
+        config = config.to_dict()
+    kwargs = {k: v for k, v in config.items() if k != "extra"}
+    kwargs.update(config.get("extra", {}) or {})
+    return DDPMScheduler(**kwargs)
+
+
+def alphas_cumprod(scheduler):
+    """Return the scheduler's cumulative alphas as a float32 tensor."""
+    import torch
+
+    return torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32)

@@ -1,0 +1,335 @@
+"""Training the class-conditional DDPM: a generator that yields progress and runs headless.
+
+Recipe: AdamW, linear warm-up, EMA weights, Min-SNR-gamma loss weighting for epsilon
+prediction, label dropout to the null class (for classifier-free guidance), class-balanced
+batches, on-the-fly augmentation, periodic checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import Cancelled, InputError, ModelError
+from .architecture import DEFAULT_ARCH, ScheduleConfig, alphas_cumprod, build_scheduler, build_unet
+from .augment import AugmentConfig, augment_batch
+from .folder import ModelMetadata, default_colours, default_preprocessing, save_model
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FILE = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (stored in the model metadata as the recipe)."""
+
+    steps: int = 20000
+    batch_size: int = 128
+    lr: float = 6e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    ema_decay: float = 0.9995
+    label_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    class_balance: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 1000
+    store_margin: float = 1.125
+    arch: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_ARCH))
+    augment: dict[str, Any] = field(default_factory=lambda: asdict(AugmentConfig()))
+    mixed_precision: bool = True
+    device: str | None = None
+    max_seconds: float | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.arch["sample_size"])
+
+
+@dataclass
+class TrainingData:
+    """Crops ready for training: uint8 (N, S', S', 3) at ``size * store_margin``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise InputError("training images must be uint8 (N, H, W, 3)")
+        if len(self.images) != len(self.labels):
+            raise InputError("training images and labels differ in length")
+        if len(self.images) == 0:
+            raise InputError("no training images")
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        if (counts == 0).any():
+            empty = [c for c, n in zip(self.classes, counts, strict=True) if n == 0]
+            raise InputError(f"classes without training images: {', '.join(empty)}")
+
+
+def store_size(size: int, margin: float) -> int:
+    return int(round(size * margin))
+
+
+def prepare_training_data(
+    source: str | os.PathLike,
+    size: int,
+    center_crop_fraction: float = 0.65,
+    store_margin: float = 1.125,
+    split: str | None = None,
+    classes: list[str] | None = None,
+    workers: int = 2,
+) -> TrainingData:
+    """Read a folder of class folders or a CSV into :class:`TrainingData`.
+
+    Images are centre-cropped to ``center_crop_fraction * store_margin`` of their side and
+    resized to ``size * store_margin`` pixels, leaving room for rotation and scale jitter.
+    """
+    from ..io.datasets import load_single_cell_crops, map_classes, read_labelled
+
+    labelled = read_labelled(source, split=split)
+    names = classes or labelled.class_names()
+    if len(names) < 2:
+        raise InputError(f"{source}: need at least two classes to train, found {len(names)}")
+    labels = map_classes(labelled.classes, names, where=str(source))
+    frac = min(1.0, center_crop_fraction * store_margin)
+    images = load_single_cell_crops(labelled.paths, store_size(size, store_margin), frac, workers)
+    return TrainingData(
+        images=images,
+        labels=labels,
+        classes=list(names),
+        description={"source": str(source), "split": split, "n_images": len(labels)},
+    )
+
+
+def _resolve_device(requested: str | None):
+    import torch
+
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _class_sampler(labels: np.ndarray, n_classes: int, balance: float):
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    class_p = counts ** (1.0 - balance)
+    class_p /= class_p.sum()
+    per_class = [np.flatnonzero(labels == c) for c in range(n_classes)]
+    return class_p, per_class
+
+
+def train(
+    data: TrainingData,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    metadata: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Train a model and write it to ``out_dir``; yields progress dictionaries.
+
+    Each yielded dict has ``step``, ``total``, ``loss`` (running mean), ``lr`` and
+    ``steps_per_second``; the last one has ``done=True`` and ``model_dir``.
+
+    Parameters
+    ----------
+    data
+        Training crops and labels.
+    out_dir
+        Model folder to create. Checkpoints go to ``out_dir/checkpoints``.
+    config
+        Hyper-parameters; ignored in favour of the checkpoint's when resuming.
+    resume
+        Continue from ``out_dir/checkpoints/last.pt``.
+    metadata
+        Extra metadata fields (``name``, ``training`` entries such as data licence).
+    should_stop
+        Polled every step; if it returns True, a checkpoint is written and
+        :class:`~napari_cytodiffusion.errors.Cancelled` is raised.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise InputError(f"nothing to resume: {ckpt_path} does not exist")
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch.load: pickle/zip errors of many types
+            raise ModelError(f"cannot read checkpoint {ckpt_path}: {exc}") from exc
+        saved = TrainConfig(**state["config"])
+        if config is not None:  # allow extending the run / changing the time limit only
+            saved.steps = max(saved.steps, config.steps)
+            saved.max_seconds = config.max_seconds
+            saved.device = config.device
+        config = saved
+        if list(state["classes"]) != list(data.classes):
+            raise InputError(f"checkpoint classes {state['classes']} differ from the data's {data.classes}")
+    else:
+        config = config or TrainConfig()
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise InputError(f"{out_dir} exists and is not empty; use --resume or a new folder")
+    expected = store_size(config.size, config.store_margin)
+    if data.images.shape[1] != expected:
+        raise InputError(f"training crops are {data.images.shape[1]} px, expected {expected}")
+
+    device = _resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    unet = build_unet(len(data.classes), config.arch).to(device)
+    scheduler = build_scheduler(ScheduleConfig())
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    np_rng = np.random.default_rng(config.seed)
+    step, elapsed_before, loss_hist = 0, 0.0, []
+    warm_start = 0
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        if state.get("opt") is not None:
+            opt.load_state_dict(state["opt"])
+        else:  # a slimmed checkpoint (weights only): fresh optimizer moments, re-warm
+            warm_start = int(state["step"])
+        gen.set_state(state["torch_gen"])
+        np_rng.bit_generator.state = state["np_rng"]
+        step = int(state["step"])
+        elapsed_before = float(state.get("elapsed", 0.0))
+        loss_hist = list(state.get("loss_hist", []))
+
+    ac = alphas_cumprod(scheduler).to(device)
+    snr = ac / (1 - ac)
+    loss_w = torch.clamp(snr, max=config.min_snr_gamma) / snr
+    images = torch.from_numpy(data.images).to(device)
+    n_classes = len(data.classes)
+    class_p, per_class = _class_sampler(data.labels, n_classes, config.class_balance)
+    aug_cfg = AugmentConfig(**config.augment)
+    use_amp = config.mixed_precision and device.type == "cuda"
+    meta_extra = dict(metadata or {})
+
+    def save_checkpoint(elapsed: float) -> None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "unet": unet.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "torch_gen": gen.get_state(),
+                "np_rng": np_rng.bit_generator.state,
+                "step": step,
+                "elapsed": elapsed,
+                "config": asdict(config),
+                "classes": list(data.classes),
+                "loss_hist": loss_hist,
+            },
+            tmp,
+        )
+        os.replace(tmp, ckpt_path)
+
+    def export(elapsed: float) -> Path:
+        pre = default_preprocessing(config.size)
+        training_meta = {
+            "data": data.description,
+            "class_counts": dict(
+                zip(data.classes, np.bincount(data.labels, minlength=n_classes).tolist(), strict=True)
+            ),
+            "recipe": asdict(config),
+            "steps_done": step,
+            "train_seconds": round(elapsed, 1),
+            "hardware": _hardware(device),
+            "final_loss": float(np.mean(loss_hist[-200:])) if loss_hist else None,
+        }
+        training_meta.update(meta_extra.get("training", {}))
+        meta = ModelMetadata(
+            name=str(meta_extra.get("name", out_dir.name)),
+            classes=list(data.classes),
+            colours=default_colours(list(data.classes)),
+            preprocessing=pre,
+            schedule=ScheduleConfig().to_dict(),
+            training=training_meta,
+        )
+        cpu_ema = copy.deepcopy(ema).to("cpu")
+        return save_model(cpu_ema, scheduler, meta, out_dir, overwrite=True)
+
+    t0 = time.perf_counter()
+    last_t, last_step = t0, step
+    unet.train()
+    while step < config.steps:
+        if should_stop is not None and should_stop():
+            save_checkpoint(elapsed_before + time.perf_counter() - t0)
+            raise Cancelled(f"training stopped at step {step}; resume with --resume")
+        b = config.batch_size
+        cls = np_rng.choice(n_classes, size=b, p=class_p)
+        idx = np.array([per_class[c][np_rng.integers(len(per_class[c]))] for c in cls])
+        x0 = augment_batch(images[torch.from_numpy(idx).to(device)], config.size, gen, aug_cfg)
+        y = torch.from_numpy(cls).to(device)
+        drop = (torch.rand(b, generator=gen) < config.label_dropout).to(device)
+        y = torch.where(drop, torch.full_like(y, n_classes), y)
+        t = torch.randint(0, ac.numel(), (b,), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        a = ac[t][:, None, None, None]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        lr = config.lr * min(1.0, (step + 1 - warm_start) / max(1, config.warmup_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            pred = unet(xt, t, class_labels=y).sample
+        per = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (per * loss_w[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            ema_p = [p for p in ema.parameters()]
+            torch._foreach_lerp_(ema_p, [p.detach() for p in unet.parameters()], 1 - decay)
+        step += 1
+        loss_hist.append(float(loss.detach()))
+        loss_hist = loss_hist[-5000:]
+        now = time.perf_counter()
+        elapsed = elapsed_before + now - t0
+        timed_out = config.max_seconds is not None and now - t0 >= config.max_seconds
+        if step % config.checkpoint_every == 0 or step == config.steps or timed_out:
+            save_checkpoint(elapsed)
+        if step % 10 == 0 or step == config.steps or timed_out:
+            sps = (step - last_step) / max(1e-9, now - last_t)
+            last_t, last_step = now, step
+            yield {
+                "step": step,
+                "total": config.steps,
+                "loss": float(np.mean(loss_hist[-100:])),
+                "lr": lr,
+                "steps_per_second": sps,
+                "elapsed": elapsed,
+            }
+        if timed_out:
+            break
+    path = export(elapsed_before + time.perf_counter() - t0)
+    yield {
+        "step": step,
+        "total": config.steps,
+        "loss": float(np.mean(loss_hist[-100:])) if loss_hist else float("nan"),
+        "done": True,
+        "finished": step >= config.steps,
+        "model_dir": str(path),
+    }
+
+
+def _hardware(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"

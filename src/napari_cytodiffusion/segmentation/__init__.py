@@ -1,0 +1,1 @@
+"""Smear segmentation with Cellpose and the cells table."""

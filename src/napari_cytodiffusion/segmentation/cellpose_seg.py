@@ -1,0 +1,239 @@
+"""Cellpose segmentation of smears: the project's offline smear model, built-ins, user models.
+
+Large images are segmented in overlapping tiles, each tile processed independently and the
+tiles stitched by keeping, for every cell, the tile in which it lies furthest from an edge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import Cancelled, InputError, ModelError
+from ..paths import DEFAULT_SMEAR_MODEL
+from .channels import smear_channels
+
+SMEAR_MODEL_NAME = "smear"
+BUILTIN_MODELS = ("cyto3", "cyto2", "cyto", "nuclei")
+
+
+@dataclass
+class SegmentParams:
+    """Segmentation settings (also recorded in exports' audit trail)."""
+
+    model: str = SMEAR_MODEL_NAME
+    diameter: float | None = None
+    flow_threshold: float = 0.4
+    cellprob_threshold: float = 0.0
+    min_size: int = 15
+    exclude_border: bool = False
+    tile_size: int = 2048
+    tile_overlap: int = 192
+    gpu: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedSegmenter:
+    model: Any
+    name: str
+    diam_mean: float
+    two_channel: bool
+
+
+def _cellpose_models_dir() -> Path:
+    return Path(os.environ.get("CELLPOSE_LOCAL_MODELS_PATH", Path.home() / ".cellpose" / "models"))
+
+
+@lru_cache(maxsize=4)
+def load_segmenter(model: str = SMEAR_MODEL_NAME, gpu: bool = False) -> LoadedSegmenter:
+    """Load a Cellpose model: ``"smear"`` (bundled), a built-in name, or a model file path."""
+    import torch
+
+    use_gpu = bool(gpu and torch.cuda.is_available())
+    from cellpose import models
+
+    if model == SMEAR_MODEL_NAME:
+        info = json.loads((DEFAULT_SMEAR_MODEL / "cellpose_smear.json").read_text())
+        net = models.CellposeModel(
+            gpu=use_gpu, pretrained_model=False, model_type=None, diam_mean=float(info["diam_mean"]), nchan=2
+        )
+        state = torch.load(DEFAULT_SMEAR_MODEL / "cellpose_smear.pt", map_location="cpu", weights_only=True)
+        net.net.load_state_dict({k: v.float() for k, v in state.items()})
+        net.net.eval()
+        return LoadedSegmenter(net, "smear (project model)", float(info["diam_mean"]), True)
+    if model in BUILTIN_MODELS:
+        cached = (
+            list(_cellpose_models_dir().glob(f"{model}*"))
+            if model != "cyto3"
+            else list(_cellpose_models_dir().glob("cyto3*"))
+        )
+        if (not cached and os.environ.get("HF_HUB_OFFLINE") == "1") or (not cached and _offline()):
+            raise ModelError(
+                f"Cellpose model {model!r} is not cached in {_cellpose_models_dir()} and the internet "
+                f"cannot be reached; use the bundled model 'smear' or copy the file there"
+            )
+        try:
+            net = models.CellposeModel(gpu=use_gpu, model_type=model)
+        except Exception as exc:  # network/download errors vary
+            raise ModelError(f"cannot load Cellpose model {model!r}: {exc}") from exc
+        return LoadedSegmenter(net, model, float(net.diam_mean), False)
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(
+            f"unknown segmentation model {model!r}: use 'smear', one of {', '.join(BUILTIN_MODELS)}, or a model file"
+        )
+    try:
+        net = models.CellposeModel(gpu=use_gpu, pretrained_model=str(path))
+    except Exception as exc:
+        raise ModelError(f"cannot load Cellpose model file {path}: {exc}") from exc
+    return LoadedSegmenter(net, str(path), float(net.diam_mean), False)
+
+
+def _offline() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("www.cellpose.org", 443), timeout=2).close()
+        return False
+    except OSError:
+        return True
+
+
+def _prepare(seg: LoadedSegmenter, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    if seg.two_channel:
+        return np.moveaxis(smear_channels(rgb), -1, 0), {"channel_axis": 0, "channels": None}
+    gray = 1.0 - rgb.mean(axis=-1)  # cells dark on bright background → bright cells
+    return gray[None], {"channel_axis": 0, "channels": [0, 0]}
+
+
+def _eval(
+    seg: LoadedSegmenter, x: np.ndarray, kw: dict[str, Any], params: SegmentParams, diameter: float | None
+) -> np.ndarray:
+    masks = seg.model.eval(
+        x,
+        diameter=diameter,
+        flow_threshold=params.flow_threshold,
+        cellprob_threshold=params.cellprob_threshold,
+        min_size=params.min_size,
+        **kw,
+    )[0]
+    return np.asarray(masks, dtype=np.uint32)
+
+
+def _median_diameter(labels: np.ndarray) -> float | None:
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    if len(areas) < 3:
+        return None
+    return float(np.median(2 * np.sqrt(areas / np.pi)))
+
+
+def iter_segment(
+    image: np.ndarray, params: SegmentParams | None = None, should_stop: Callable[[], bool] | None = None
+) -> Iterator[tuple[int, int] | np.ndarray]:
+    """Segment one 2D image; yields ``(tiles_done, tiles_total)`` then the uint32 labels."""
+    from ..io.images import to_rgb_float
+
+    params = params or SegmentParams()
+    rgb = to_rgb_float(image)
+    if float(rgb.max() - rgb.min()) < 1e-3:
+        yield (1, 1)
+        yield np.zeros(rgb.shape[:2], np.uint32)
+        return
+    seg = load_segmenter(params.model, params.gpu)
+    diameter = params.diameter
+    if diameter is not None and diameter <= 0:
+        raise InputError("diameter must be positive (or empty for automatic)")
+    h, w = rgb.shape[:2]
+    if diameter is None:  # automatic: a first pass at the model's scale on a central window
+        win = rgb[max(0, h // 2 - 512) : h // 2 + 512, max(0, w // 2 - 512) : w // 2 + 512]
+        x, kw = _prepare(seg, win)
+        d = _median_diameter(_eval(seg, x, kw, params, None))
+        diameter = d if d is not None and abs(d / seg.diam_mean - 1) > 0.25 else None
+    tiles = _tiles(h, w, params.tile_size, params.tile_overlap)
+    labels = np.zeros((h, w), np.uint32)
+    next_id = 1
+    for i, (y0, y1, x0, x1) in enumerate(tiles):
+        if should_stop is not None and should_stop():
+            raise Cancelled("segmentation cancelled")
+        x, kw = _prepare(seg, rgb[y0:y1, x0:x1])
+        m = _eval(seg, x, kw, params, diameter)
+        if len(tiles) == 1:
+            labels = m
+        else:
+            next_id = _paste(labels, m, (y0, y1, x0, x1), (h, w), params.tile_overlap, next_id)
+        yield (i + 1, len(tiles))
+    if params.exclude_border:
+        from skimage.segmentation import clear_border
+
+        labels = clear_border(labels)
+    from skimage.segmentation import relabel_sequential
+
+    yield relabel_sequential(labels)[0].astype(np.uint32)
+
+
+def segment(image: np.ndarray, params: SegmentParams | None = None, **kwargs: Any) -> np.ndarray:
+    """Segment a 2D image (or each plane of a stack) → uint32 labels.
+
+    Parameters
+    ----------
+    image
+        (H, W), (H, W, C) or a stack (Z, H, W[, C]) processed plane by plane.
+    params
+        :class:`SegmentParams`; keyword arguments override its fields.
+    """
+    params = params or SegmentParams()
+    if kwargs:
+        params = SegmentParams(**{**params.to_dict(), **kwargs})
+    arr = np.asarray(image)
+    if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+        return np.stack([segment(plane, params) for plane in arr])
+    out = None
+    for item in iter_segment(arr, params):
+        out = item
+    return out
+
+
+def _tiles(h: int, w: int, size: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    if h <= size and w <= size:
+        return [(0, h, 0, w)]
+    step = max(1, size - overlap)
+    ys = list(range(0, max(1, h - overlap), step))
+    xs = list(range(0, max(1, w - overlap), step))
+    return [(y, min(h, y + size), x, min(w, x + size)) for y in ys for x in xs]
+
+
+def _paste(labels, tile, box, shape, overlap, next_id) -> int:
+    """Paste a tile's cells whose centre lies in the tile's core region (no double counting)."""
+    y0, y1, x0, x1 = box
+    h, w = shape
+    half = overlap // 2
+    cy0 = y0 + (half if y0 > 0 else 0)
+    cy1 = y1 - (half if y1 < h else 0)
+    cx0 = x0 + (half if x0 > 0 else 0)
+    cx1 = x1 - (half if x1 < w else 0)
+    from scipy import ndimage
+
+    ids = np.unique(tile)
+    ids = ids[ids > 0]
+    if len(ids) == 0:
+        return next_id
+    centres = ndimage.center_of_mass(np.ones_like(tile), tile, ids)
+    region = labels[y0:y1, x0:x1]
+    for lab, (cy, cx) in zip(ids, centres, strict=True):
+        gy, gx = cy + y0, cx + x0
+        if cy0 <= gy < cy1 and cx0 <= gx < cx1:
+            sel = (tile == lab) & (region == 0)
+            region[sel] = next_id
+            next_id += 1
+    return next_id
