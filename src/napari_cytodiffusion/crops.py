@@ -58,7 +58,9 @@ def single_cell_crops(images: list[np.ndarray], preprocessing: dict[str, Any]) -
     return np.stack([crop_single_cell(im, size, frac) for im in images])
 
 
-def smear_crop_side(diameters: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+def smear_crop_side(
+    diameters: np.ndarray, preprocessing: dict[str, Any], reference: float | None = None
+) -> np.ndarray:
     """Crop side (pixels) for each cell of a smear, from the cells' equivalent diameters.
 
     The field of view is ``field_rbc_diameters`` times the median cell diameter of the
@@ -69,7 +71,7 @@ def smear_crop_side(diameters: np.ndarray, preprocessing: dict[str, Any]) -> np.
     diameters = np.asarray(diameters, dtype=np.float64)
     if diameters.size == 0:
         return diameters
-    ref = float(np.median(diameters))
+    ref = float(reference) if reference else float(np.median(diameters))
     field = float(smear["field_rbc_diameters"]) * ref
     minimum = diameters / float(smear["max_cell_fraction"])
     return np.maximum(np.maximum(field, minimum), 8.0)
@@ -82,6 +84,7 @@ def crops_from_labels(
     label_ids: np.ndarray | None = None,
     centroids: np.ndarray | None = None,
     diameters: np.ndarray | None = None,
+    reference_diameter: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut a model crop around each labelled cell of a smear.
 
@@ -95,6 +98,8 @@ def crops_from_labels(
         The model's preprocessing metadata.
     label_ids, centroids, diameters
         Optional precomputed cell table columns (all cells if omitted).
+    reference_diameter
+        Typical (red) cell diameter of the whole smear; defaults to the median of ``diameters``.
 
     Returns
     -------
@@ -116,7 +121,7 @@ def crops_from_labels(
     label_ids = np.asarray(label_ids)
     if label_ids.size == 0:
         return np.zeros((0, size, size, 3), np.uint8), label_ids
-    sides = smear_crop_side(np.asarray(diameters), preprocessing)
+    sides = smear_crop_side(np.asarray(diameters), preprocessing, reference_diameter)
     pad = int(np.ceil(sides.max() / 2)) + 2
     padded = np.pad(
         rgb, ((pad, pad), (pad, pad), (0, 0)), mode="reflect" if min(rgb.shape[:2]) > pad else "edge"

@@ -9,6 +9,7 @@ classes x units are batched into large UNet calls.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,8 +197,11 @@ def _drop_classes(errors: np.ndarray, active: np.ndarray, w: np.ndarray, s: np.n
     score = np.where(active, score, np.inf)
     best = np.argmin(score, axis=1)
     diff = (errors - errors[np.arange(n), best][:, None, :]) / s[None, None, :]
-    mean = np.nanmean(np.where(active[:, :, None], diff, np.nan), axis=2)
-    var = np.nanvar(np.where(active[:, :, None], diff, np.nan), axis=2, ddof=1) if u > 1 else np.ones((n, c))
+    masked = np.where(active[:, :, None], diff, np.nan)
+    with warnings.catch_warnings():  # inactive classes are all-NaN rows by design
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(masked, axis=2)
+        var = np.nanvar(masked, axis=2, ddof=1) if u > 1 else np.ones((n, c))
     se = np.sqrt(np.maximum(np.nan_to_num(var, nan=1.0), 1.0) / u)
     drop = active & (mean / se > z)
     drop[np.arange(n), best] = False

@@ -313,6 +313,9 @@ def load_model(folder: str | os.PathLike, device: str | None = None, verify: boo
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
 
         unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)

@@ -1,0 +1,267 @@
+"""Sub-commands about the diffusion model: train, evaluate, generate, evaluate-generation."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ._common import device_arg, out_dir, progress
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a class-conditional diffusion model on labelled cells")
+    p.add_argument("--data", required=True, help="folder of class sub-folders, or CSV path,class[,split]")
+    p.add_argument("--out", required=True, help="model folder to create (or resume)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--split", default=None, help="with a CSV: use only rows of this split")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument(
+        "--arch", default="default", choices=["default", "tiny"], help="tiny: 16 px, for quick tests"
+    )
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument(
+        "--max-seconds", type=float, default=None, help="stop (checkpoint + export) after this long"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", help="accuracy, calibration and anomaly metrics on labelled single-cell images"
+    )
+    p.add_argument("--data", required=True, help="folder of class sub-folders, or CSV path,class[,split]")
+    p.add_argument("--split", default=None)
+    p.add_argument("--ood", default=None, help="folder of out-of-distribution cells (anomaly AUROC)")
+    p.add_argument("--model", default="default")
+    p.add_argument("--speed", default="balanced", choices=["fast", "balanced", "accurate", "full"])
+    p.add_argument("--limit", type=int, default=None, help="evaluate a stratified subset of N cells")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("generate", help="generate synthetic cells of a class")
+    p.add_argument("--class", dest="cls", required=True, help="class name or 'all'")
+    p.add_argument("-n", type=int, default=8, help="images per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--scheduler", default="ddim", choices=["ddim", "dpm"])
+    p.add_argument("--model", default="default")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "evaluate-generation", help="do generated cells look like their class? memorisation check"
+    )
+    p.add_argument("--generated", required=True, help="folder written by 'generate' (class sub-folders)")
+    p.add_argument(
+        "--train-data", default=None, help="real training cells (folder/CSV) for the memorisation check"
+    )
+    p.add_argument("--split", default=None)
+    p.add_argument("--model", default="default")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_evaluate_generation)
+
+
+def cmd_train(a) -> int:
+    from ..model.architecture import DEFAULT_ARCH, TINY_ARCH
+    from ..model.train import TrainConfig, prepare_training_data, train
+
+    arch = dict(TINY_ARCH if a.arch == "tiny" else DEFAULT_ARCH)
+    cfg = TrainConfig(
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        arch=arch,
+        seed=a.seed,
+        checkpoint_every=a.checkpoint_every,
+        max_seconds=a.max_seconds,
+        device=device_arg(a.device),
+        warmup_steps=min(500, max(1, a.steps // 10)),
+    )
+    out = Path(a.out)
+    if a.resume:
+        import torch
+
+        ck = out / "checkpoints" / "last.pt"
+        if not ck.is_file():
+            raise InputError(f"nothing to resume: {ck} does not exist")
+        saved = torch.load(ck, map_location="cpu", weights_only=False)["config"]
+        arch = saved["arch"]
+        cfg.arch = arch
+    size = int(arch["sample_size"])
+    data = prepare_training_data(a.data, size, store_margin=cfg.store_margin, split=a.split)
+    print(f"training on {len(data.labels)} cells of {len(data.classes)} classes: {', '.join(data.classes)}")
+    bar = progress(None, total=cfg.steps, desc="train")
+    last = None
+    for ev in train(data, out, cfg, resume=a.resume):
+        bar.n = ev["step"]
+        bar.set_postfix(loss=f"{ev['loss']:.4f}")
+        bar.refresh()
+        last = ev
+    bar.close()
+    print(
+        f"model written to {last['model_dir']} after {last['step']} steps (loss {last['loss']:.4f})"
+        + ("" if last.get("finished") else "; stopped early, continue with --resume")
+    )
+    return 0
+
+
+def _stratified(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    idx = np.arange(len(labels))
+    if limit is None or limit >= len(labels):
+        return idx
+    rng = np.random.default_rng(seed)
+    take = []
+    classes = np.unique(labels)
+    per = max(1, limit // len(classes))
+    for c in classes:
+        cand = idx[labels == c]
+        take += list(rng.choice(cand, size=min(per, len(cand)), replace=False))
+    return np.sort(np.array(take))
+
+
+def cmd_evaluate(a) -> int:
+    from ..classify.classifier import classify_crops
+    from ..evaluate.metrics import auroc, classification_metrics, sensitivity_at_specificity
+    from ..evaluate.plots import confusion_png, reliability_png
+    from ..io.atomic import write_json
+    from ..io.datasets import load_single_cell_crops, map_classes, read_labelled
+    from ..model.registry import get_model
+
+    out = out_dir(a.out)
+    model = get_model(a.model, device=device_arg(a.device))
+    data = read_labelled(a.data, split=a.split)
+    y = map_classes(data.classes, model.classes, where=str(a.data))
+    sel = _stratified(y, a.limit, a.seed)
+    pre = model.metadata.preprocessing
+    crops = load_single_cell_crops(
+        [data.paths[i] for i in sel], pre["size"], pre["single_cell"]["center_crop_fraction"]
+    )
+    y = y[sel]
+    res = classify_crops(model, crops, speed=a.speed, seed=a.seed)
+    m = classification_metrics(y, res.pred, res.probs, res.p_correct, model.classes)
+    m["unet_calls_per_cell"] = float(res.unet_calls.mean()) if len(res) else 0.0
+    m["cells_per_second"] = len(res) / max(res.seconds, 1e-9)
+    m["selective_accuracy_at_p_correct_0.95"] = m["selective_accuracy_p_correct_0.95"]
+    m["model"] = model.short_id()
+    m["speed"] = a.speed
+    m["device"] = str(model.device)
+    if a.ood:
+        from ..io.images import IMAGE_SUFFIXES
+
+        root = Path(a.ood)
+        files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(f"--ood {root}: no images found")
+        ood = load_single_cell_crops(files, pre["size"], pre["single_cell"]["center_crop_fraction"])
+        r_ood = classify_crops(model, ood, speed=a.speed, seed=a.seed)
+        m["anomaly_auroc"] = auroc(res.anomaly, r_ood.anomaly)
+        m["sensitivity_at_specificity_0.96"] = sensitivity_at_specificity(res.anomaly, r_ood.anomaly, 0.96)
+        m["n_ood"] = len(files)
+    write_json(out / "metrics.json", m)
+    confusion_png(np.array(m["confusion_matrix"]), model.classes, out / "confusion_matrix.png")
+    reliability_png(res.probs.max(axis=1), (res.pred == y).astype(float), out / "reliability_diagram.png")
+    keys = (
+        "n",
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "ece",
+        "unet_calls_per_cell",
+        "cells_per_second",
+        "anomaly_auroc",
+        "sensitivity_at_specificity_0.96",
+    )
+    print(json.dumps({k: m[k] for k in keys if k in m}, indent=1))
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from PIL import Image
+
+    from ..generate.sampling import GenerateParams, iter_generate
+    from ..io.atomic import write_json, write_with
+    from ..model.registry import get_model
+
+    if a.n < 1:
+        raise InputError("-n must be at least 1")
+    out = out_dir(a.out)
+    model = get_model(a.model, device=device_arg(a.device))
+    classes = list(range(len(model.classes))) if a.cls.lower() == "all" else [model.class_index(a.cls)]
+    ids = [c for c in classes for _ in range(a.n)]
+    seeds = [a.seed + i for i in range(len(ids))]
+    params = GenerateParams(steps=a.steps, guidance=a.guidance, scheduler=a.scheduler)
+    t0 = time.perf_counter()
+    images = None
+    for item in iter_generate(model, ids, seeds, params):
+        images = item
+    dt = time.perf_counter() - t0
+    for i, (c, s) in enumerate(zip(ids, seeds, strict=True)):
+        name = model.classes[c]
+        path = out / name / f"{name}_seed{s}.png"
+        write_with(path, lambda tmp, im=images[i]: Image.fromarray(im).save(tmp, format="PNG"))
+        write_json(
+            path.with_suffix(".json"),
+            {"class": name, "seed": s, **params.to_dict(), "model": model.short_id()},
+        )
+    print(f"generated {len(ids)} cells in {dt:.1f} s ({dt / len(ids):.2f} s per cell) → {out}")
+    return 0
+
+
+def cmd_evaluate_generation(a) -> int:
+    from ..classify.classifier import classify_crops
+    from ..io.atomic import write_json
+    from ..io.datasets import load_single_cell_crops, map_classes, read_labelled
+    from ..model.registry import get_model
+
+    out = out_dir(a.out)
+    model = get_model(a.model)
+    gen = read_labelled(a.generated)
+    y = map_classes(gen.classes, model.classes, where=a.generated)
+    size = model.size
+    crops = load_single_cell_crops(gen.paths, size, 1.0)  # generated images are already model crops
+    res = classify_crops(model, crops, speed="balanced")
+    per_class = {model.classes[c]: float((res.pred[y == c] == c).mean()) for c in np.unique(y)}
+    m = {
+        "n": len(y),
+        "generative_classifier_agreement": float((res.pred == y).mean()),
+        "generative_classifier_agreement_per_class": per_class,
+        "model": model.short_id(),
+    }
+    if a.train_data:
+        real = read_labelled(a.train_data, split=a.split)
+        pre = model.metadata.preprocessing
+        rc = load_single_cell_crops(real.paths, size, pre["single_cell"]["center_crop_fraction"]).reshape(
+            len(real), -1
+        )
+        g = crops.reshape(len(crops), -1).astype(np.float32)
+        r = rc.astype(np.float32)
+        d = ((g**2).sum(1)[:, None] + (r**2).sum(1)[None, :] - 2 * g @ r.T).clip(0) ** 0.5 / np.sqrt(
+            g.shape[1]
+        )
+        nn = d.min(axis=1)
+        # reference: distance from real cells to their nearest *other* real cell
+        sub = r[: min(500, len(r))]
+        dr = ((sub**2).sum(1)[:, None] + (r**2).sum(1)[None, :] - 2 * sub @ r.T).clip(0) ** 0.5 / np.sqrt(
+            g.shape[1]
+        )
+        dr[np.arange(len(sub)), np.arange(len(sub))] = np.inf
+        m["memorisation"] = {
+            "median_nn_distance_generated_to_train": float(np.median(nn)),
+            "median_nn_distance_train_to_train": float(np.median(dr.min(axis=1))),
+            "share_closer_than_5th_percentile_of_real": float(
+                (nn < np.quantile(dr.min(axis=1), 0.05)).mean()
+            ),
+        }
+    write_json(out / "metrics.json", m)
+    print(json.dumps(m, indent=1))
+    return 0

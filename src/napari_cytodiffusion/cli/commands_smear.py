@@ -1,0 +1,308 @@
+"""Sub-commands that work on smears: demo, segment, classify, analyze, evaluate-segmentation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ._common import expand_inputs, out_dir
+
+
+def _seg_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("segmentation")
+    g.add_argument(
+        "--seg-model",
+        default="smear",
+        help="'smear' (bundled, offline), a Cellpose built-in (cyto3, ...) or a model file",
+    )
+    g.add_argument(
+        "--diameter", type=float, default=None, help="cell diameter in pixels (default: automatic)"
+    )
+    g.add_argument("--flow-threshold", type=float, default=0.4)
+    g.add_argument("--cellprob-threshold", type=float, default=0.0)
+    g.add_argument("--min-size", type=int, default=15)
+    g.add_argument("--exclude-border", action="store_true")
+    g.add_argument("--gpu", action="store_true", help="use a GPU when available")
+
+
+def _cls_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("classification")
+    g.add_argument("--model", default="default", help="model folder or name (default: bundled pbc32)")
+    g.add_argument("--speed", default="balanced", choices=["fast", "balanced", "accurate", "full"])
+    g.add_argument(
+        "--cells",
+        default="stained",
+        choices=["stained", "all"],
+        help="classify nucleated cells and platelets only (stained) or every cell",
+    )
+    g.add_argument("--min-area", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _seg_params(a):
+    from ..segmentation.cellpose_seg import SegmentParams
+
+    return SegmentParams(
+        model=a.seg_model,
+        diameter=a.diameter,
+        flow_threshold=a.flow_threshold,
+        cellprob_threshold=a.cellprob_threshold,
+        min_size=a.min_size,
+        exclude_border=a.exclude_border,
+        gpu=a.gpu,
+    )
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="sample smear → segmentation → classification → outputs")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed", default="fast", choices=["fast", "balanced", "accurate", "full"])
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("segment", help="segment smear images into labels TIFF + cells CSV")
+    p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True)
+    _seg_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser(
+        "classify", help="classify single-cell images, or the cells of a smear given its labels"
+    )
+    p.add_argument("inputs", nargs="+", help="single-cell images/folders, or one smear image with --labels")
+    p.add_argument("--labels", default=None, help="labels TIFF of the smear (from 'segment' or napari)")
+    p.add_argument("--out", required=True)
+    _cls_args(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("analyze", help="segment + classify + summarise many smears")
+    p.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
+    p.add_argument("--out", required=True)
+    p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")
+    p.add_argument("--workers", type=int, default=1, help="local dask workers (1 = run in this process)")
+    _seg_args(p)
+    _cls_args(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser(
+        "evaluate-segmentation", help="AP / detection F1 of the segmentation against references"
+    )
+    p.add_argument("--images", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--masks", help="folder of masks (binary or label images) named like the images")
+    src.add_argument("--yolo", help="folder of YOLO .txt boxes named like the images")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    _seg_args(p)
+    p.set_defaults(func=cmd_evaluate_segmentation)
+
+
+def write_smear_outputs(res, out: Path, stem: str, model, input_path=None, image=None) -> dict[str, Path]:
+    from ..export import audit_trail, write_cells_csv, write_labels_tiff, write_summary_json
+
+    audit = audit_trail(
+        model, res.parameters, input_path=input_path, input_array=image if input_path is None else None
+    )
+    return {
+        "cells": write_cells_csv(res.table, out / f"{stem}_cells.csv", audit),
+        "labels": write_labels_tiff(res.labels, out / f"{stem}_labels.tif", audit),
+        "summary": write_summary_json(res.summary, out / f"{stem}_summary.json", audit),
+    }
+
+
+def cmd_demo(a) -> int:
+    from ..generate.sampling import GenerateParams, generate, montage
+    from ..io.atomic import write_with
+    from ..model.registry import get_model
+    from ..pipeline import analyze
+    from ..sample_data import synthetic_smear
+
+    out = out_dir(a.out)
+    t0 = time.perf_counter()
+    image, _ = synthetic_smear(seed=a.seed)
+    model = get_model("default")
+    res = analyze(image, model=model, speed=a.speed, seed=a.seed)
+    from ..export import audit_trail, write_cells_csv, write_labels_tiff, write_summary_json
+
+    audit = audit_trail(model, res.parameters, input_array=image)
+    write_cells_csv(res.table, out / "cells.csv", audit)
+    write_labels_tiff(res.labels, out / "labels.tif", audit)
+    write_summary_json(res.summary, out / "summary.json", audit)
+    ids = [c for c in range(len(model.classes)) for _ in range(4)]
+    imgs = generate(
+        model, ids, [a.seed * 1000 + i for i in range(len(ids))], GenerateParams(steps=20, guidance=2.0)
+    )
+    from PIL import Image
+
+    write_with(
+        out / "generated_montage.png",
+        lambda tmp: Image.fromarray(montage(imgs, 4, 3)).save(tmp, format="PNG"),
+    )
+    s = res.summary
+    print(
+        f"segmented {s['n_cells']} cells; classified {s['n_classified']} stained cells "
+        f"({s['n_flagged']} flagged) in {time.perf_counter() - t0:.1f} s"
+    )
+    print("differential: " + ", ".join(f"{c} {k}" for c, k in s["counts"].items() if k))
+    print(
+        f"verdict: {s['verdict']}; outputs in {out}: cells.csv, labels.tif, summary.json, generated_montage.png "
+        f"(rows 1-8 = {', '.join(model.classes)})"
+    )
+    return 0
+
+
+def cmd_segment(a) -> int:
+    from ..export import audit_trail, write_cells_csv, write_labels_tiff
+    from ..io.images import read_image
+    from ..segmentation.cellpose_seg import segment
+    from ..segmentation.table import cells_table
+
+    out = out_dir(a.out)
+    params = _seg_params(a)
+    for path in expand_inputs(a.images):
+        t0 = time.perf_counter()
+        img = read_image(path)
+        labels = segment(img, params)
+        audit = audit_trail(None, {"segmentation": params.to_dict()}, input_path=path)
+        write_labels_tiff(labels, out / f"{path.stem}_labels.tif", audit)
+        if labels.ndim == 2:
+            write_cells_csv(cells_table(labels, img), out / f"{path.stem}_cells.csv", audit)
+        print(f"{path.name}: {int(labels.max())} cells in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_classify(a) -> int:
+    from ..classify.classifier import classify_crops
+    from ..crops import single_cell_crops
+    from ..export import audit_trail, write_cells_csv
+    from ..io.images import read_image
+    from ..model.registry import get_model
+    from ..pipeline import analyze
+
+    out = out_dir(a.out)
+    model = get_model(a.model)
+    if a.labels:
+        if len(a.inputs) != 1:
+            raise InputError("with --labels give exactly one smear image")
+        from ..export import read_labels_tiff
+
+        path = Path(a.inputs[0])
+        image = read_image(path)
+        labels, _ = (
+            read_labels_tiff(a.labels)
+            if Path(a.labels).suffix.lower() in (".tif", ".tiff")
+            else (read_image(a.labels), {})
+        )
+        res = analyze(
+            image, model=model, labels=labels, speed=a.speed, cells=a.cells, min_area=a.min_area, seed=a.seed
+        )
+        write_smear_outputs(res, out, path.stem, model, input_path=path)
+        print(
+            f"{path.name}: classified {res.summary['n_classified']} cells; verdict {res.summary['verdict']}"
+        )
+        return 0
+    paths = expand_inputs(a.inputs)
+    crops = single_cell_crops([read_image(p) for p in paths], model.metadata.preprocessing)
+    res = classify_crops(model, crops, speed=a.speed, seed=a.seed)
+    df = res.to_frame()
+    df.insert(0, "path", [str(p) for p in paths])
+    write_cells_csv(df, out / "predictions.csv", audit_trail(model, {"speed": a.speed, "seed": a.seed}))
+    print(
+        f"classified {len(paths)} cells in {res.seconds:.1f} s ({len(paths) / max(res.seconds, 1e-9):.2f} cells/s); "
+        f"{int(res.flagged.sum())} flagged → {out / 'predictions.csv'}"
+    )
+    return 0
+
+
+def cmd_analyze(a) -> int:
+    from ..batch import run_analysis
+
+    return run_analysis(expand_inputs(a.inputs), out_dir(a.out), a)
+
+
+def cmd_evaluate_segmentation(a) -> int:
+    from ..evaluate.segmentation import (
+        average_precision,
+        box_iou,
+        boxes_from_labels,
+        instances_from_mask,
+        iou_matrix,
+        match,
+        read_yolo,
+    )
+    from ..io.atomic import write_json
+    from ..io.images import read_image
+    from ..segmentation.cellpose_seg import segment
+
+    out = out_dir(a.out)
+    images = expand_inputs([a.images])[: a.limit]
+    params = _seg_params(a)
+    per_image, secs = [], []
+    tot = {"tp50": 0, "tp75": 0, "gt": 0, "pred": 0}
+    per_class: dict[int, dict[str, int]] = {}
+    for path in images:
+        img = read_image(path)
+        t0 = time.perf_counter()
+        pred = segment(img, params)
+        secs.append(time.perf_counter() - t0)
+        n_pred = int(pred.max())
+        if a.masks:
+            cands = [Path(a.masks) / f"{path.stem}{suf}" for suf in (".png", "_mask.png", ".tif", ".tiff")]
+            mpath = next((c for c in cands if c.exists()), None)
+            if mpath is None:
+                raise InputError(f"no mask for {path.name} in {a.masks}")
+            gt = instances_from_mask(read_image(mpath))
+            if gt.shape != pred.shape:
+                from skimage.transform import resize
+
+                gt = resize(gt, pred.shape, order=0, preserve_range=True, anti_aliasing=False).astype(
+                    np.int32
+                )
+            iou = iou_matrix(gt, pred)
+            n_gt = int(iou.shape[0])
+            tp50, tp75 = match(iou, 0.5), match(iou, 0.75)
+            tot["tp75"] += tp75
+        else:
+            ypath = Path(a.yolo) / f"{path.stem}.txt"
+            if not ypath.exists():
+                raise InputError(f"no YOLO file for {path.name} in {a.yolo}")
+            cls, boxes = read_yolo(ypath, *img.shape[:2])
+            pboxes = boxes_from_labels(pred)
+            iou = box_iou(boxes, pboxes)
+            n_gt = len(boxes)
+            tp50 = match(iou, 0.5)
+            for c in np.unique(cls):
+                sub = iou[cls == c]
+                d = per_class.setdefault(int(c), {"tp": 0, "gt": 0})
+                d["tp"] += match(sub, 0.5)
+                d["gt"] += int((cls == c).sum())
+        tot["tp50"] += tp50
+        tot["gt"] += n_gt
+        tot["pred"] += n_pred
+        per_image.append({"image": path.name, "n_true": n_gt, "n_pred": n_pred, "tp50": tp50})
+    p = tot["tp50"] / tot["pred"] if tot["pred"] else 0.0
+    r = tot["tp50"] / tot["gt"] if tot["gt"] else 0.0
+    metrics = {
+        "n_images": len(images),
+        "ap50": average_precision(tot["tp50"], tot["gt"], tot["pred"]),
+        "ap75": average_precision(tot["tp75"], tot["gt"], tot["pred"]) if a.masks else None,
+        "precision": p,
+        "recall": r,
+        "f1": 2 * p * r / (p + r) if p + r else 0.0,
+        "seconds_per_image": float(np.mean(secs)) if secs else None,
+        "segmentation": params.to_dict(),
+        "per_image": per_image,
+    }
+    if per_class:  # boxes: recall per class (predictions carry no class)
+        names = {0: "wbc", 1: "rbc", 2: "platelet"}
+        metrics["recall_per_class"] = {
+            names.get(c, str(c)): d["tp"] / d["gt"] for c, d in per_class.items() if d["gt"]
+        }
+    write_json(out / "metrics.json", metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_image", "segmentation")}, indent=1))
+    return 0

@@ -1,0 +1,67 @@
+"""Entry point: parse arguments, dispatch to a sub-command, turn user errors into exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .. import __version__
+from ..errors import CytoDiffusionError
+
+COMMANDS = (
+    "demo",
+    "segment",
+    "classify",
+    "evaluate",
+    "evaluate-segmentation",
+    "generate",
+    "evaluate-generation",
+    "train",
+    "analyze",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import commands_model, commands_smear
+
+    p = _Parser(
+        prog="napari-cytodiffusion",
+        description="Segment blood smears and classify every cell with a diffusion model.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    commands_smear.register(sub)
+    commands_model.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CytoDiffusionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

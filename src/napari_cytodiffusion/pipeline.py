@@ -1,0 +1,200 @@
+"""The whole path for one smear: image → labels → cells table → crops → classes → summary.
+
+:func:`iter_analyze` is a generator of :class:`Stage` progress items ending with a
+:class:`SmearResult`, used by the CLI (``demo``, ``analyze``), the widgets and batch jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+#: Violet stain (blue − green) above which a cell counts as nucleated/platelet ("stained").
+STAINED_THRESHOLD = 0.15
+
+DEFAULT_TRIAGE = {
+    "max_flagged_fraction": 0.10,
+    "alert_classes": {"erythroblast": 0.0, "ig": 0.02},
+}
+UNCLASSIFIED = "red cell (not classified)"
+
+
+@dataclass
+class Stage:
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass
+class SmearResult:
+    labels: np.ndarray
+    table: Any  # pandas.DataFrame
+    summary: dict[str, Any]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    classification: Any = None
+
+
+def stained_score(image_rgb01: np.ndarray, labels: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
+    """90th percentile of (blue − green) inside each cell: high for nuclei, granules, platelets."""
+    from scipy import ndimage
+
+    v = image_rgb01[..., 2] - image_rgb01[..., 1]
+    if len(label_ids) == 0:
+        return np.zeros(0)
+    return np.asarray(
+        ndimage.labeled_comprehension(v, labels, label_ids, lambda a: np.percentile(a, 90), float, 0.0)
+    )
+
+
+def select_cells(
+    table, image_rgb01: np.ndarray, labels: np.ndarray, which: str = "stained", min_area: int = 0
+) -> np.ndarray:
+    """Boolean mask over the table's rows: which cells go to the classifier."""
+    if which not in ("stained", "all"):
+        raise InputError(f"cells must be 'stained' or 'all', not {which!r}")
+    sel = table["area"].to_numpy() >= int(min_area)
+    if which == "stained":
+        sel &= stained_score(image_rgb01, labels, table["label"].to_numpy()) > STAINED_THRESHOLD
+    return sel
+
+
+def summarize(table, classes: list[str], triage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Differential count, flagged cells and a triage verdict (routine / needs review)."""
+    triage = {**DEFAULT_TRIAGE, **(triage or {})}
+    classified = table[table["classified"]] if "classified" in table else table.iloc[0:0]
+    n = len(classified)
+    counts = {c: int((classified["class"] == c).sum()) for c in classes}
+    pct = {c: (100.0 * k / n if n else 0.0) for c, k in counts.items()}
+    n_flag = int(classified["flagged"].sum()) if n else 0
+    reasons = []
+    if n and n_flag / n > triage["max_flagged_fraction"]:
+        reasons.append(
+            f"{n_flag / n:.0%} of classified cells flagged (> {triage['max_flagged_fraction']:.0%})"
+        )
+    for cls, limit in triage["alert_classes"].items():
+        if cls in counts and n and counts[cls] / n > limit:
+            reasons.append(f"{cls}: {counts[cls]} cells ({pct[cls]:.1f}%)")
+    return {
+        "n_cells": int(len(table)),
+        "n_classified": n,
+        "n_not_classified": int(len(table) - n),
+        "counts": counts,
+        "percent": pct,
+        "n_flagged": n_flag,
+        "percent_flagged": 100.0 * n_flag / n if n else 0.0,
+        "verdict": "needs review" if reasons else "routine",
+        "reasons": reasons,
+        "triage_thresholds": triage,
+    }
+
+
+def iter_analyze(
+    image: np.ndarray,
+    model=None,
+    segment_params=None,
+    labels: np.ndarray | None = None,
+    speed: str = "balanced",
+    cells: str = "stained",
+    min_area: int = 0,
+    seed: int = 0,
+    triage: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[Stage | SmearResult]:
+    """Segment (unless ``labels`` are given) and classify one smear."""
+    from .classify.classifier import Classification, Progress, iter_classify
+    from .crops import crops_from_labels
+    from .io.images import to_rgb_float
+    from .model.registry import get_model
+    from .segmentation.cellpose_seg import SegmentParams, iter_segment
+    from .segmentation.table import cells_table
+
+    t0 = time.perf_counter()
+    rgb = to_rgb_float(image)
+    params: dict[str, Any] = {"speed": speed, "cells": cells, "min_area": min_area, "seed": seed}
+    if labels is None:
+        segment_params = segment_params or SegmentParams()
+        params["segmentation"] = segment_params.to_dict()
+        for item in iter_segment(rgb, segment_params, should_stop=should_stop):
+            if isinstance(item, tuple):
+                yield Stage("segmenting", *item)
+            else:
+                labels = item
+    else:
+        labels = np.asarray(labels)
+        if labels.shape != rgb.shape[:2]:
+            raise InputError(f"labels {labels.shape} do not match the image {rgb.shape[:2]}")
+        params["segmentation"] = "given labels"
+    t_seg = time.perf_counter() - t0
+    model = model if model is not None and not isinstance(model, str) else get_model(model)
+    table = cells_table(labels, rgb)
+    sel = select_cells(table, rgb, labels, cells, min_area)
+    crops, _ = crops_from_labels(
+        rgb,
+        labels,
+        model.metadata.preprocessing,
+        table["label"].to_numpy()[sel],
+        table[["centroid_y", "centroid_x"]].to_numpy()[sel],
+        table["equivalent_diameter"].to_numpy()[sel],
+        reference_diameter=float(np.median(table["equivalent_diameter"])) if len(table) else None,
+    )
+    result = None
+    for item in iter_classify(model, crops, speed=speed, seed=seed, should_stop=should_stop):
+        if isinstance(item, Progress):
+            yield Stage("classifying", item.done, item.total)
+        elif isinstance(item, Classification):
+            result = item
+    table = attach_classification(table, sel, result, model.classes)
+    summary = summarize(table, model.classes, triage)
+    summary["seconds"] = {
+        "segmentation": t_seg,
+        "classification": result.seconds if result else 0.0,
+        "total": time.perf_counter() - t0,
+    }
+    params["model"] = model.short_id()
+    yield SmearResult(
+        labels=labels.astype(np.uint32),
+        table=table,
+        summary=summary,
+        parameters=params,
+        classification=result,
+    )
+
+
+def attach_classification(table, sel: np.ndarray, result, classes: list[str]):
+    """Add class, probabilities, certainty, P(correct), anomaly and flags to the cells table."""
+    table = table.copy()
+    n = len(table)
+    table["classified"] = sel
+    table["class"] = UNCLASSIFIED
+    for col in ("certainty", "p_correct", "anomaly"):
+        table[col] = np.nan
+    table["flagged"] = False
+    for c in classes:
+        table[f"p_{c}"] = np.nan
+    if result is not None and len(result):
+        idx = np.flatnonzero(sel)
+        table.loc[idx, "class"] = result.pred_names
+        table.loc[idx, "certainty"] = result.certainty
+        table.loc[idx, "p_correct"] = result.p_correct
+        table.loc[idx, "anomaly"] = result.anomaly
+        table.loc[idx, "flagged"] = result.flagged
+        for j, c in enumerate(classes):
+            table.loc[idx, f"p_{c}"] = result.probs[:, j]
+    table["corrected_class"] = ""
+    assert len(table) == n
+    return table
+
+
+def analyze(image: np.ndarray, **kwargs: Any) -> SmearResult:
+    """Run :func:`iter_analyze` to completion."""
+    out = None
+    for item in iter_analyze(image, **kwargs):
+        out = item
+    return out
