@@ -1,0 +1,59 @@
+"""Turning results into layer data: colours by class, uncertainty colours, legend (no Qt, no napari)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+UNCLASSIFIED_COLOUR = "#bbbbbb"
+
+
+def hex_to_rgba(colour: str, alpha: float = 1.0) -> np.ndarray:
+    c = colour.lstrip("#")
+    return np.array([int(c[i : i + 2], 16) / 255 for i in (0, 2, 4)] + [alpha], dtype=np.float32)
+
+
+def class_colours(table, classes: list[str], colours: list[str]) -> np.ndarray:
+    """RGBA per row of the cells table by its (corrected, else predicted) class."""
+    lut = {c: hex_to_rgba(col) for c, col in zip(classes, colours, strict=True)}
+    grey = hex_to_rgba(UNCLASSIFIED_COLOUR)
+    return np.stack([lut.get(c, grey) for c in effective_class(table)]) if len(table) else np.zeros((0, 4), np.float32)
+
+
+def effective_class(table) -> list[str]:
+    """The user's correction where there is one, the prediction otherwise."""
+    corrected = table["corrected_class"].fillna("").astype(str) if "corrected_class" in table else None
+    out = []
+    for i, c in enumerate(table["class"].astype(str)):
+        out.append(corrected.iloc[i] if corrected is not None and corrected.iloc[i] else c)
+    return out
+
+
+def label_colour_dict(table, mode: str, classes: list[str], colours: list[str]) -> dict:
+    """{label: RGBA} for a DirectLabelColormap: by class, by uncertainty (1-P(correct)) or by anomaly."""
+    import matplotlib
+
+    out: dict = {None: np.zeros(4, np.float32), 0: np.zeros(4, np.float32)}
+    labels = table["label"].to_numpy()
+    if mode == "class":
+        cols = class_colours(table, classes, colours)
+        cols[~table["classified"].to_numpy(bool), 3] = 0.35
+    else:
+        value = (1 - table["p_correct"].to_numpy(float)) if mode == "uncertainty" else table["anomaly"].to_numpy(float)
+        finite = np.isfinite(value)
+        lo, hi = (np.nanmin(value[finite]), np.nanmax(value[finite])) if finite.any() else (0.0, 1.0)
+        norm = np.clip((value - lo) / max(hi - lo, 1e-9), 0, 1)
+        cols = matplotlib.colormaps["magma"](np.nan_to_num(norm)).astype(np.float32)
+        cols[~finite] = hex_to_rgba(UNCLASSIFIED_COLOUR, 0.35)
+    for lab, col in zip(labels, cols, strict=True):
+        out[int(lab)] = col
+    return out
+
+
+def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
+    rows = [f"<b>{summary['verdict'].upper()}</b> — {summary['n_classified']} classified, "
+            f"{summary['n_flagged']} flagged ({summary['percent_flagged']:.1f}%)"]
+    for c, col in zip(classes, colours, strict=True):
+        k = summary["counts"].get(c, 0)
+        rows.append(f"<span style='color:{col}'>&#9632;</span> {c}: {k} ({summary['percent'].get(c, 0):.1f}%)")
+    rows += [f"<i>{r}</i>" for r in summary.get("reasons", [])]
+    return "<br>".join(rows)

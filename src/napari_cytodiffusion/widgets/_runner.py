@@ -1,0 +1,153 @@
+"""Shared machinery: a Run/Cancel row with a progress bar, worker lifecycle and notifications."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Generator
+from typing import Any
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+
+from ..errors import Cancelled, CytoDiffusionError
+from ..paths import cache_dir
+
+
+def notify(kind: str, message: str) -> None:
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    {"error": show_error, "warning": show_warning}.get(kind, show_info)(message)
+
+
+class RunnerMixin:
+    """Adds ``run_button``, ``cancel_button``, ``progress`` and ``status`` to a Container."""
+
+    settings_key = "widget"
+    #: stop a generator worker at its next yield; False lets the work finish cleanly (checkpoint)
+    quit_on_cancel = True
+
+    def _init_runner(self: Container, run_text: str) -> None:
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.status = Label(value="")
+        self.extend([self.run_button, self.cancel_button, self.progress, self.status])
+        self.run_button.changed.connect(self._start)
+        self.cancel_button.changed.connect(self.cancel)
+        self._stop = threading.Event()
+        self.worker = None
+
+    # subclasses implement
+    def _work(self) -> tuple[Callable[[], Generator], Callable[[Any], None]] | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        try:
+            job = self._work()
+        except CytoDiffusionError as exc:
+            notify("error", str(exc))
+            return
+        if job is None:
+            return
+        gen_factory, on_result = job
+        from napari.qt.threading import create_worker
+
+        self._stop.clear()
+        self.worker = create_worker(gen_factory, _start_thread=False)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(lambda r: self._safe(on_result, r))
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(self._on_finished)
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.visible = True
+        self.progress.value = 0
+        self.status.value = "running…"
+        self.save_settings()
+        self.worker.start()
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    def cancel(self) -> None:
+        self._stop.set()
+        if self.worker is not None and self.quit_on_cancel:
+            self.worker.quit()
+        self.status.value = "cancelling…"
+
+    def _on_progress(self, item: Any) -> None:
+        if isinstance(item, tuple) and len(item) >= 2:
+            done, total = item[0], item[1]
+            self.progress.max = max(1, int(total))
+            self.progress.value = min(int(done), self.progress.max)
+            if len(item) > 2:
+                self.status.value = f"{item[2]}: {done}/{total}"
+
+    def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, Cancelled):
+            notify("info", str(exc))
+        elif isinstance(exc, CytoDiffusionError):
+            notify("error", str(exc))
+        else:
+            notify("error", f"{type(exc).__name__}: {exc}")
+        self.status.value = f"stopped: {exc}"
+
+    def _on_finished(self) -> None:
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        self.progress.visible = False
+        if self._stop.is_set() and self.status.value.startswith(("running", "cancelling")):
+            self.status.value = "cancelled"
+
+    def _safe(self, fn: Callable[[Any], None], value: Any) -> None:
+        try:
+            fn(value)
+        except CytoDiffusionError as exc:
+            notify("error", str(exc))
+
+    # parameter persistence -------------------------------------------------
+    persisted: tuple[str, ...] = ()
+
+    def save_settings(self: Container) -> None:
+        path = cache_dir() / "widget_settings.json"
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, json.JSONDecodeError):
+            data = {}
+        data[self.settings_key] = {n: _jsonable(getattr(self, n).value) for n in self.persisted}
+        from ..io.atomic import write_json
+
+        try:
+            write_json(path, data)
+        except CytoDiffusionError:
+            pass  # settings are a convenience; an unwritable cache must not block work
+
+    def load_settings(self: Container) -> None:
+        path = cache_dir() / "widget_settings.json"
+        try:
+            saved = json.loads(path.read_text()).get(self.settings_key, {}) if path.exists() else {}
+        except (OSError, json.JSONDecodeError):
+            return
+        for name, value in saved.items():
+            if name in self.persisted:
+                try:
+                    getattr(self, name).value = value
+                except (ValueError, TypeError):
+                    continue  # a stale value that the widget no longer accepts
+
+
+def _jsonable(v: Any) -> Any:
+    from pathlib import Path
+
+    return str(v) if isinstance(v, Path) else v
+
+
+def unique_layer_name(viewer, base: str) -> str:
+    """A layer name not used yet in ``viewer`` (user layers are never overwritten)."""
+    names = {layer.name for layer in viewer.layers}
+    if base not in names:
+        return base
+    i = 2
+    while f"{base} [{i}]" in names:
+        i += 1
+    return f"{base} [{i}]"

@@ -1,0 +1,199 @@
+"""*Classify cells*: image + labels → classes, certainty, anomaly; layers, legend, correction, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
+
+from ..errors import InputError
+from ._runner import RunnerMixin, notify, unique_layer_name
+
+COLOUR_MODES = ("class", "uncertainty", "anomaly")
+
+
+class ClassifyWidget(Container, RunnerMixin):
+    settings_key = "classify"
+    persisted = ("speed", "cells", "min_area", "max_flagged")
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=lambda _: self._layers("Image"))
+        self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layers("Labels"))
+        self.model_dir = FileEdit(label="model (empty = default)", mode="d", value="")
+        self.speed = ComboBox(label="speed", choices=["fast", "balanced", "accurate", "full"], value="balanced")
+        self.cells = ComboBox(label="cells", choices=["stained", "all"], value="stained",
+                              tooltip="stained: nucleated cells and platelets; all: every labelled cell")
+        self.min_area = SpinBox(label="min area (px)", value=0, min=0, max=10**7)
+        self.max_flagged = FloatSpinBox(label="review if flagged >", value=0.10, min=0.0, max=1.0, step=0.01)
+        self.extend([self.image, self.labels_layer, self.model_dir, self.speed, self.cells, self.min_area, self.max_flagged])
+        self._init_runner("Classify")
+        self.colour_by = ComboBox(label="colour labels by", choices=list(COLOUR_MODES), value="class")
+        self.legend = Label(value="")
+        self.correct_to = ComboBox(label="set selected to", choices=lambda _: self._classes())
+        self.correct_button = PushButton(text="Apply correction")
+        self.export_dir = FileEdit(label="export folder", mode="d", value="")
+        self.export_button = PushButton(text="Export results")
+        self.extend([self.colour_by, self.legend, self.correct_to, self.correct_button, self.export_dir, self.export_button])
+        self.colour_by.changed.connect(self._recolour)
+        self.correct_button.changed.connect(self.apply_correction)
+        self.export_button.changed.connect(lambda: self.export(self.export_dir.value))
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.connect(lambda e: (self.image.reset_choices(), self.labels_layer.reset_choices()))
+        self.load_settings()
+        self.result = None  # dict: table, summary, model, image layer, labels layer, points layer, params
+
+    def _layers(self, kind: str):
+        import napari.layers
+
+        cls = getattr(napari.layers, kind)
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, cls)]
+
+    def _model(self):
+        from ..model.registry import get_model
+
+        v = str(self.model_dir.value or "")
+        return get_model(None if v in ("", ".") else v)
+
+    def _classes(self):
+        try:
+            return self._model().classes
+        except Exception:  # invalid folder typed in: no choices until it is fixed
+            return []
+
+    def _work(self):
+        from ..pipeline import DEFAULT_TRIAGE, Stage, iter_analyze
+
+        image_layer, labels_layer = self.image.value, self.labels_layer.value
+        if image_layer is None or labels_layer is None:
+            raise InputError("choose an image and its labels (run Segment cells first, or paint labels)")
+        image = np.asarray(image_layer.data)
+        labels = np.asarray(labels_layer.data)
+        if labels.shape != image.shape[: labels.ndim] or labels.ndim != 2:
+            raise InputError(f"labels {labels.shape} must be 2D and match the image {image.shape[:2]}")
+        model = self._model()
+        opts = {"speed": self.speed.value, "cells": self.cells.value, "min_area": self.min_area.value}
+        triage = {**DEFAULT_TRIAGE, "max_flagged_fraction": float(self.max_flagged.value)}
+
+        def gen():
+            out = None
+            for item in iter_analyze(image, model=model, labels=labels.copy(), triage=triage,
+                                     should_stop=self.should_stop, **opts):
+                if isinstance(item, Stage):
+                    yield (item.done, item.total, item.stage)
+                else:
+                    out = item
+            return out
+
+        def done(res):
+            self._show(res, model, image_layer, labels_layer, image)
+
+        return gen, done
+
+    # results ---------------------------------------------------------------
+    def _show(self, res, model, image_layer, labels_layer, image) -> None:
+        from ..layers import class_colours, legend_html
+
+        table = res.table
+        md = model.metadata
+        in_viewer = labels_layer in self.viewer.layers
+        if not in_viewer:  # the source layer was deleted meanwhile: bring the labels back as a new layer
+            labels_layer = self.viewer.add_labels(res.labels, name=unique_layer_name(self.viewer, f"{labels_layer.name} (restored)"))
+            notify("warning", "the labels layer was removed during classification; results were added to a restored copy")
+        features = table.copy()
+        features["uncertainty"] = 1 - features["p_correct"].fillna(1.0)
+        face = class_colours(table, md.classes, md.colours)
+        points = self.viewer.add_points(
+            table[["centroid_y", "centroid_x"]].to_numpy(), features=features,
+            name=unique_layer_name(self.viewer, f"{image_layer.name} cells"),
+            face_color=face, border_color="uncertainty", border_colormap="magma", border_width=0.25,
+            border_width_is_relative=True, size=np.where(features["flagged"], 18, 10),
+            symbol=np.where(features["flagged"], "star", "disc"),
+            scale=labels_layer.scale, translate=labels_layer.translate,
+            metadata={"napari-cytodiffusion": {"model": model.short_id(), "parameters": res.parameters}},
+        )
+        self.result = {"table": table, "summary": res.summary, "model": model, "image_layer": image_layer,
+                       "labels_layer": labels_layer, "points": points, "params": res.parameters,
+                       "image": image, "labels": res.labels}
+        self._recolour()
+        self.legend.value = legend_html(res.summary, md.classes, md.colours)
+        self.status.value = f"{res.summary['n_classified']} cells classified — {res.summary['verdict']}"
+
+    def _recolour(self) -> None:
+        if not self.result:
+            return
+        from napari.utils.colormaps import DirectLabelColormap
+
+        from ..layers import label_colour_dict
+
+        table = self.result["points"].features
+        md = self.result["model"].metadata
+        cmap = DirectLabelColormap(color_dict=label_colour_dict(table, self.colour_by.value, md.classes, md.colours))
+        self.result["labels_layer"].colormap = cmap
+
+    def apply_correction(self) -> None:
+        """Set the true class of the selected points (kept in features as ``corrected_class``)."""
+        from ..layers import class_colours
+
+        if not self.result:
+            notify("warning", "classify a smear first")
+            return
+        pts = self.result["points"]
+        sel = sorted(pts.selected_data)
+        if not sel or not self.correct_to.value:
+            notify("warning", "select cells in the points layer and a class")
+            return
+        feats = pts.features.copy()
+        feats.loc[sel, "corrected_class"] = self.correct_to.value
+        pts.features = feats
+        md = self.result["model"].metadata
+        pts.face_color = class_colours(feats, md.classes, md.colours)
+        self._recolour()
+        self.status.value = f"{len(sel)} cell(s) set to {self.correct_to.value}"
+
+    def export(self, folder) -> dict[str, Path] | None:
+        """Cells CSV, summary JSON, labels TIFF with audit trail, and corrected cells as a training set."""
+        from ..crops import crops_from_labels
+        from ..export import audit_trail, write_cells_csv, write_labels_tiff, write_summary_json
+        from ..io.atomic import write_with
+        from ..pipeline import summarize
+
+        if not self.result:
+            notify("warning", "nothing to export yet")
+            return None
+        folder = Path(str(folder or ""))
+        if str(folder) in ("", "."):
+            notify("warning", "choose an export folder")
+            return None
+        r = self.result
+        table = r["points"].features.drop(columns=["uncertainty"], errors="ignore")
+        model = r["model"]
+        stem = r["image_layer"].name.replace("/", "_")
+        summary = summarize(table, model.classes, r["summary"]["triage_thresholds"])
+        src = getattr(r["image_layer"], "source", None)
+        audit = audit_trail(model, r["params"], input_path=getattr(src, "path", None), input_array=r["image"])
+        out = {
+            "cells": write_cells_csv(table, folder / f"{stem}_cells.csv", audit),
+            "summary": write_summary_json(summary, folder / f"{stem}_summary.json", audit),
+            "labels": write_labels_tiff(r["labels"], folder / f"{stem}_labels.tif", audit),
+        }
+        corrected = table[table["corrected_class"].fillna("").astype(str) != ""]
+        if len(corrected):
+            from PIL import Image
+
+            crops, _ = crops_from_labels(r["image"], r["labels"], model.metadata.preprocessing, corrected["label"].to_numpy(),
+                                         corrected[["centroid_y", "centroid_x"]].to_numpy(),
+                                         corrected["equivalent_diameter"].to_numpy(),
+                                         reference_diameter=float(np.median(table["equivalent_diameter"])))
+            rows = []
+            for crop, (_, row) in zip(crops, corrected.iterrows(), strict=True):
+                rel = Path(row["corrected_class"]) / f"{stem}_cell{int(row['label'])}.png"
+                write_with(folder / "corrections" / rel, lambda tmp, c=crop: Image.fromarray(c).save(tmp, format="PNG"))
+                rows.append({"path": str(rel), "class": row["corrected_class"]})
+            import pandas as pd
+
+            out["corrections"] = write_cells_csv(pd.DataFrame(rows), folder / "corrections" / "labels.csv")
+        notify("info", f"exported to {folder}")
+        return out

@@ -1,0 +1,75 @@
+"""*Segment cells*: image layer → Labels layer, with the project's Cellpose smear model."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
+
+from ..errors import InputError
+from ._runner import RunnerMixin, notify, unique_layer_name
+
+
+class SegmentWidget(Container, RunnerMixin):
+    settings_key = "segment"
+    persisted = ("model", "diameter", "flow_threshold", "cellprob_threshold", "min_size", "exclude_border")
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=self._images)
+        self.model = ComboBox(label="model", choices=["smear", "cyto3", "cyto2", "nuclei"], value="smear",
+                              tooltip="'smear' is bundled and works offline; built-ins download on first use")
+        self.diameter = FloatSpinBox(label="diameter (0 = auto)", value=0.0, min=0.0, max=1000.0)
+        self.flow_threshold = FloatSpinBox(label="flow threshold", value=0.4, min=0.0, max=3.0, step=0.05)
+        self.cellprob_threshold = FloatSpinBox(label="cell prob. threshold", value=0.0, min=-6.0, max=6.0, step=0.25)
+        self.min_size = SpinBox(label="min size (px)", value=15, min=0, max=100000)
+        self.exclude_border = CheckBox(text="exclude border cells", value=False)
+        self.extend([self.image, self.model, self.diameter, self.flow_threshold, self.cellprob_threshold,
+                     self.min_size, self.exclude_border])
+        self._init_runner("Segment")
+        self.load_settings()
+        self.viewer.layers.events.inserted.connect(lambda e: self.image.reset_choices())
+        self.viewer.layers.events.removed.connect(lambda e: self.image.reset_choices())
+
+    def _images(self, _=None):
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def params(self):
+        from ..segmentation.cellpose_seg import SegmentParams
+
+        return SegmentParams(model=self.model.value, diameter=self.diameter.value or None,
+                             flow_threshold=self.flow_threshold.value, cellprob_threshold=self.cellprob_threshold.value,
+                             min_size=self.min_size.value, exclude_border=self.exclude_border.value)
+
+    def _work(self):
+        from ..segmentation.cellpose_seg import iter_segment
+
+        layer = self.image.value
+        if layer is None:
+            raise InputError("add or open an image first")
+        data = np.asarray(layer.data[-1] if layer.multiscale else layer.data)
+        if data.ndim == 4 or (data.ndim == 3 and not layer.rgb):
+            idx = self.viewer.dims.current_step[0]  # current plane of a stack
+            data = data[min(idx, len(data) - 1)]
+        params = self.params()
+        scale, translate, name = layer.scale[-2:], layer.translate[-2:], layer.name
+
+        def gen():
+            labels = None
+            for item in iter_segment(data, params, should_stop=self.should_stop):
+                if isinstance(item, tuple):
+                    yield (*item, "tiles")
+                else:
+                    labels = item
+            return labels
+
+        def done(labels):
+            new = self.viewer.add_labels(labels, name=unique_layer_name(self.viewer, f"{name} labels"),
+                                         scale=scale, translate=translate,
+                                         metadata={"napari-cytodiffusion": {"source": name, "segmentation": params.to_dict()}})
+            self.status.value = f"{int(labels.max())} cells → '{new.name}'"
+            notify("info", self.status.value)
+
+        return gen, done

@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_cytodiffusion.classify.calibration import ece, fit_temperature, softmax_neg
+from napari_cytodiffusion.classify.classifier import classify_crops
+from napari_cytodiffusion.cli.main import main
+from napari_cytodiffusion.evaluate.metrics import auroc, sensitivity_at_specificity
+from napari_cytodiffusion.model.registry import get_model
+
+
+def _pbc_subset(shared_data, per_class=2):
+    import pandas as pd
+
+    df = pd.read_csv(shared_data / "pbc" / "labels.csv")
+    df = df[df.split == "val"].groupby("class").head(per_class)
+    return df
+
+
+def test_default_model_classifies_real_pbc_cells(shared_data):
+    from napari_cytodiffusion.crops import single_cell_crops
+    from napari_cytodiffusion.io.images import read_image
+
+    df = _pbc_subset(shared_data, 2)
+    model = get_model("default")
+    crops = single_cell_crops([read_image(shared_data / "pbc" / p) for p in df.path], model.metadata.preprocessing)
+    res = classify_crops(model, crops, speed="balanced", seed=0)
+    truth = np.array([model.class_index(c) for c in df["class"]])
+    assert (res.pred == truth).mean() >= 0.75
+    assert np.allclose(res.probs.sum(axis=1), 1)
+    assert ((res.p_correct >= 0) & (res.p_correct <= 1)).all()
+    # deterministic for a seed; the adaptive engine spends fewer UNet calls than the full grid
+    again = classify_crops(model, crops[:4], speed="balanced", seed=0)
+    assert np.array_equal(again.pred, res.pred[:4]) and np.allclose(again.probs, res.probs[:4])
+    full = classify_crops(model, crops[:4], speed="full", seed=0)
+    assert full.unet_calls.mean() > again.unet_calls.mean()
+    assert full.unet_calls[0] == len(model.metadata.calibration["engine"]["timesteps"]) * 8
+
+
+def test_evaluate_cli_writes_metrics(shared_data, tmp_path):
+    df = _pbc_subset(shared_data, 1)
+    csv = tmp_path / "cells.csv"
+    df.assign(path=[str(shared_data / "pbc" / p) for p in df.path])[["path", "class"]].to_csv(csv, index=False)
+    ood = tmp_path / "ood"
+    ood.mkdir()
+    import shutil
+
+    for f in sorted((shared_data / "mpidb_falciparum" / "crops" / "r").glob("*.png"))[:3]:
+        shutil.copy(f, ood / f.name)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(csv), "--ood", str(ood), "--out", str(out), "--speed", "fast"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "n", "unet_calls_per_cell", "cells_per_second",
+                "selective_accuracy_at_p_correct_0.95", "anomaly_auroc", "sensitivity_at_specificity_0.96"):
+        assert key in m
+    assert m["n"] == 8
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    assert (out / "reliability_diagram.png").stat().st_size > 1000
+
+
+def test_tiny_model_separates_two_colours(tiny_model, tiny_dataset):
+    from napari_cytodiffusion.crops import single_cell_crops
+    from napari_cytodiffusion.io.datasets import read_labelled
+    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.model.folder import load_model
+
+    model = load_model(tiny_model)
+    ls = read_labelled(tiny_dataset)
+    crops = single_cell_crops([read_image(p) for p in ls.paths], model.metadata.preprocessing)
+    res = classify_crops(model, crops, speed="full", timesteps=[100, 300, 500])
+    assert res.probs.shape == (24, 2)
+    assert res.unet_calls[0] == 6
+
+
+def test_calibration_helpers():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 500)
+    evidence = rng.gamma(2.0, 1.0, (500, 3)) * 3
+    evidence[np.arange(500), labels] = 0
+    flip = rng.random(500) < 0.2  # some cells favour a wrong class
+    evidence[flip, (labels[flip] + 1) % 3] = -0.5
+    evidence -= evidence.min(axis=1, keepdims=True)
+    t = fit_temperature(evidence, labels)
+    p = softmax_neg(evidence, t)
+    assert ece(p.max(1), p.argmax(1) == labels) < 0.1
+    assert auroc(np.zeros(10), np.ones(10)) == 1.0
+    assert auroc(np.arange(10), np.arange(10)) == pytest.approx(0.5)
+    assert sensitivity_at_specificity(np.arange(100), np.array([200, 50])) == 0.5

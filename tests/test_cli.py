@@ -1,0 +1,39 @@
+import pytest
+
+from napari_cytodiffusion.cli.main import COMMANDS, main
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_subcommand_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: napari-cytodiffusion " + cmd in capsys.readouterr().out
+
+
+def test_missing_image_is_one_line_exit_2(tmp_path, capsys):
+    code = main(["segment", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "not found" in err
+
+
+def test_unknown_class_exit_2(tmp_path, capsys):
+    code = main(["generate", "--class", "dragon", "-n", "1", "--out", str(tmp_path)])
+    assert code == 2
+    assert "unknown class 'dragon'" in capsys.readouterr().err
+
+
+def test_argparse_error_is_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--scheduler", "euler", "--class", "all", "--out", "x"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["generate", "--class", "all", "-n", "1", "--out", str(blocker)])
+    assert code == 2
+    assert "not a folder" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from napari_cytodiffusion.cli.main import main
+from napari_cytodiffusion.errors import InputError
+from napari_cytodiffusion.generate.sampling import GenerateParams, generate
+from napari_cytodiffusion.io.atomic import write_with
+from napari_cytodiffusion.io.images import to_rgb_float
+from napari_cytodiffusion.model.folder import load_model
+
+
+def test_generation_is_seed_deterministic(tiny_model):
+    m = load_model(tiny_model)
+    p = GenerateParams(steps=4, guidance=2.0)
+    a = generate(m, [0, 1, 0], [5, 6, 7], p)
+    b = generate(m, [0], [5], p)  # same seed alone in its batch
+    assert a.shape == (3, 16, 16, 3) and a.dtype == np.uint8
+    assert np.array_equal(a[0], b[0])
+    c = generate(m, [0], [5], GenerateParams(steps=4, guidance=2.0, scheduler="dpm"))
+    assert c.shape == (1, 16, 16, 3)
+
+
+def test_generate_cli_writes_class_folders(tiny_model, tmp_path):
+    out = tmp_path / "gen"
+    assert main(["generate", "--model", str(tiny_model), "--class", "all", "-n", "2", "--steps", "3", "--out", str(out)]) == 0
+    files = sorted(out.glob("*/*.png"))
+    assert len(files) == 4
+    side = json.loads(files[0].with_suffix(".json").read_text())
+    assert {"class", "seed", "steps", "guidance", "scheduler", "model"} <= set(side)
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [np.zeros((32, 32), np.uint16) + 1000, np.random.default_rng(0).random((32, 32, 4)).astype(np.float32),
+     np.full((32, 32, 1), 7, np.int32), np.full((3, 32, 32), 0.5)],
+)
+def test_images_of_many_kinds_become_rgb01(arr):
+    out = to_rgb_float(arr)
+    assert out.shape == (32, 32, 3) and out.dtype == np.float32 and 0 <= out.min() <= out.max() <= 1
+
+
+@pytest.mark.parametrize("bad", [np.zeros(10), np.zeros((2, 2, 2, 2, 2)), np.full((16, 16), np.nan), np.zeros((4, 4))])
+def test_bad_arrays_raise_input_error(bad):
+    with pytest.raises(InputError):
+        to_rgb_float(bad)
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+
+    def failing(tmp):
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(InputError, match="No space left"):
+        write_with(target, failing)
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["out.csv"]

@@ -1,0 +1,90 @@
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from napari_cytodiffusion.cli.main import main
+from napari_cytodiffusion.errors import InputError, ModelError
+from napari_cytodiffusion.model.folder import load_model, read_metadata
+from napari_cytodiffusion.paths import DEFAULT_MODEL_DIR
+
+
+def test_default_model_loads_offline_with_metadata(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    m = load_model(DEFAULT_MODEL_DIR)
+    assert time.perf_counter() - t0 < 30  # generous; the real figure is in benchmarks/
+    assert m.classes == ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+    assert m.unet.config.num_class_embeds == 9
+    meta = m.metadata
+    assert "CC BY 4.0" in json.dumps(meta.training)
+    assert {"temperature", "p_correct", "anomaly", "engine"} <= set(meta.calibration)
+    assert meta.validation["balanced_accuracy"] > 0.9
+    assert len(meta.content_hash) == 64
+
+
+def test_tiny_model_roundtrip(tiny_model):
+    m = load_model(tiny_model)
+    assert m.classes == ["redcell", "violet"]
+    assert m.size == 16
+    assert (tiny_model / "checkpoints" / "last.pt").is_file()
+
+
+def test_corrupt_weights_are_detected(tiny_model, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    w = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="content hash"):
+        load_model(bad)
+
+
+def test_missing_and_mismatched_folders(tiny_model, tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="missing"):
+        read_metadata(tmp_path / "empty")
+    mism = tmp_path / "mism"
+    shutil.copytree(tiny_model, mism)
+    meta = json.loads((mism / "cytodiffusion.json").read_text())
+    meta["classes"].append({"id": 2, "name": "extra", "colour": "#000000"})
+    (mism / "cytodiffusion.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="class embeddings"):
+        load_model(mism, verify=False)
+
+
+def test_train_cli_and_resume(tiny_dataset, tmp_path):
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(out), "--arch", "tiny", "--steps", "6",
+                 "--batch-size", "4", "--checkpoint-every", "3"]) == 0
+    meta = read_metadata(out)
+    assert meta.training["steps_done"] == 6
+    # a second run without --resume must refuse to overwrite
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(out), "--arch", "tiny", "--steps", "6"]) == 2
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(out), "--resume", "--steps", "9"]) == 0
+    assert read_metadata(out).training["steps_done"] == 9
+
+
+def test_training_is_deterministic(tiny_dataset, tmp_path):
+    from napari_cytodiffusion.model.architecture import TINY_ARCH
+    from napari_cytodiffusion.model.train import TrainConfig, prepare_training_data, train
+
+    data = prepare_training_data(tiny_dataset, 16)
+    losses = []
+    for name in ("a", "b"):
+        cfg = TrainConfig(steps=10, batch_size=4, arch=dict(TINY_ARCH), warmup_steps=2)
+        losses.append([ev["loss"] for ev in train(data, tmp_path / name, cfg) if "loss" in ev])
+    assert np.allclose(losses[0], losses[1])
+
+
+def test_unknown_class_in_csv(tiny_dataset, tmp_path):
+    from napari_cytodiffusion.io.datasets import map_classes
+
+    with pytest.raises(InputError, match="unknown class"):
+        map_classes(["redcell", "Dragon"], ["redcell", "violet"])
+    assert list(map_classes(["REDCELL", "violet"], ["redcell", "violet"])) == [0, 1]
