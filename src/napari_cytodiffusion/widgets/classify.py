@@ -43,6 +43,7 @@ class ClassifyWidget(Container, RunnerMixin):
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(lambda e: (self.image.reset_choices(), self.labels_layer.reset_choices()))
         self.load_settings()
+        self.model_dir.changed.connect(lambda: self.correct_to.reset_choices())
         self.result = None  # dict: table, summary, model, image layer, labels layer, points layer, params
 
     def _layers(self, kind: str):
@@ -58,6 +59,9 @@ class ClassifyWidget(Container, RunnerMixin):
         return get_model(None if v in ("", ".") else v)
 
     def _classes(self):
+        result = self.__dict__.get("result")
+        if result:
+            return result["model"].classes
         try:
             return self._model().classes
         except Exception:  # invalid folder typed in: no choices until it is fixed
@@ -118,6 +122,7 @@ class ClassifyWidget(Container, RunnerMixin):
                        "labels_layer": labels_layer, "points": points, "params": res.parameters,
                        "image": image, "labels": res.labels}
         self._recolour()
+        self.correct_to.reset_choices()
         self.legend.value = legend_html(res.summary, md.classes, md.colours)
         self.status.value = f"{res.summary['n_classified']} cells classified — {res.summary['verdict']}"
 
