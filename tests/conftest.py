@@ -21,8 +21,12 @@ def _start_xvfb() -> None:
     if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
         return
     r, w = os.pipe()
-    _XVFB = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                             pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _XVFB = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        pass_fds=(w,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(w)
     num = b""
     while not num.endswith(b"\n"):
@@ -46,7 +50,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_collection_modifyitems(config, items):
-    skip_gui = pytest.mark.skip(reason="no display and no Xvfb: install xvfb (see README) to run napari tests")
+    skip_gui = pytest.mark.skip(
+        reason="no display and no Xvfb: install xvfb (see README) to run napari tests"
+    )
     for item in items:
         if "make_napari_viewer" in getattr(item, "fixturenames", ()) and not HAS_DISPLAY:
             item.add_marker(skip_gui)
@@ -90,7 +96,9 @@ def tiny_model(tiny_dataset, tmp_path_factory) -> Path:
     from napari_cytodiffusion.model.train import TrainConfig, prepare_training_data, train
 
     out = tmp_path_factory.mktemp("models") / "tiny"
-    cfg = TrainConfig(steps=40, batch_size=16, arch=dict(TINY_ARCH), warmup_steps=5, checkpoint_every=20, lr=2e-3)
+    cfg = TrainConfig(
+        steps=40, batch_size=16, arch=dict(TINY_ARCH), warmup_steps=5, checkpoint_every=20, lr=2e-3
+    )
     data = prepare_training_data(tiny_dataset, cfg.size, store_margin=cfg.store_margin)
     for _ in train(data, out, cfg):
         pass

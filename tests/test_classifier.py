@@ -24,7 +24,9 @@ def test_default_model_classifies_real_pbc_cells(shared_data):
 
     df = _pbc_subset(shared_data, 2)
     model = get_model("default")
-    crops = single_cell_crops([read_image(shared_data / "pbc" / p) for p in df.path], model.metadata.preprocessing)
+    crops = single_cell_crops(
+        [read_image(shared_data / "pbc" / p) for p in df.path], model.metadata.preprocessing
+    )
     res = classify_crops(model, crops, speed="balanced", seed=0)
     truth = np.array([model.class_index(c) for c in df["class"]])
     assert (res.pred == truth).mean() >= 0.75
@@ -32,7 +34,9 @@ def test_default_model_classifies_real_pbc_cells(shared_data):
     assert ((res.p_correct >= 0) & (res.p_correct <= 1)).all()
     # deterministic for a seed; the adaptive engine spends fewer UNet calls than the full grid
     again = classify_crops(model, crops[:4], speed="balanced", seed=0)
-    assert np.array_equal(again.pred, res.pred[:4]) and np.allclose(again.probs, res.probs[:4])
+    assert np.array_equal(again.pred, res.pred[:4]) and np.allclose(
+        again.probs, res.probs[:4], atol=1e-4
+    )  # batch composition changes float rounding only
     full = classify_crops(model, crops[:4], speed="full", seed=0)
     assert full.unet_calls.mean() > again.unet_calls.mean()
     assert full.unet_calls[0] == len(model.metadata.calibration["engine"]["timesteps"]) * 8
@@ -41,7 +45,9 @@ def test_default_model_classifies_real_pbc_cells(shared_data):
 def test_evaluate_cli_writes_metrics(shared_data, tmp_path):
     df = _pbc_subset(shared_data, 1)
     csv = tmp_path / "cells.csv"
-    df.assign(path=[str(shared_data / "pbc" / p) for p in df.path])[["path", "class"]].to_csv(csv, index=False)
+    df.assign(path=[str(shared_data / "pbc" / p) for p in df.path])[["path", "class"]].to_csv(
+        csv, index=False
+    )
     ood = tmp_path / "ood"
     ood.mkdir()
     import shutil
@@ -49,10 +55,22 @@ def test_evaluate_cli_writes_metrics(shared_data, tmp_path):
     for f in sorted((shared_data / "mpidb_falciparum" / "crops" / "r").glob("*.png"))[:3]:
         shutil.copy(f, ood / f.name)
     out = tmp_path / "eval"
-    assert main(["evaluate", "--data", str(csv), "--ood", str(ood), "--out", str(out), "--speed", "fast"]) == 0
+    assert (
+        main(["evaluate", "--data", str(csv), "--ood", str(ood), "--out", str(out), "--speed", "fast"]) == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "n", "unet_calls_per_cell", "cells_per_second",
-                "selective_accuracy_at_p_correct_0.95", "anomaly_auroc", "sensitivity_at_specificity_0.96"):
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "ece",
+        "n",
+        "unet_calls_per_cell",
+        "cells_per_second",
+        "selective_accuracy_at_p_correct_0.95",
+        "anomaly_auroc",
+        "sensitivity_at_specificity_0.96",
+    ):
         assert key in m
     assert m["n"] == 8
     assert (out / "confusion_matrix.png").stat().st_size > 1000
@@ -74,16 +92,15 @@ def test_tiny_model_separates_two_colours(tiny_model, tiny_dataset):
 
 
 def test_calibration_helpers():
+    # labels drawn from softmax(-evidence / 0.7): the fitted temperature must recover 0.7
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, 500)
-    evidence = rng.gamma(2.0, 1.0, (500, 3)) * 3
-    evidence[np.arange(500), labels] = 0
-    flip = rng.random(500) < 0.2  # some cells favour a wrong class
-    evidence[flip, (labels[flip] + 1) % 3] = -0.5
-    evidence -= evidence.min(axis=1, keepdims=True)
+    evidence = rng.gamma(1.5, 1.0, (4000, 4))
+    p_true = softmax_neg(evidence, 0.7)
+    labels = np.array([rng.choice(4, p=p) for p in p_true])
     t = fit_temperature(evidence, labels)
+    assert t == pytest.approx(0.7, rel=0.15)
     p = softmax_neg(evidence, t)
-    assert ece(p.max(1), p.argmax(1) == labels) < 0.1
+    assert ece(p.max(1), p.argmax(1) == labels) < 0.03
     assert auroc(np.zeros(10), np.ones(10)) == 1.0
     assert auroc(np.arange(10), np.arange(10)) == pytest.approx(0.5)
     assert sensitivity_at_specificity(np.arange(100), np.array([200, 50])) == 0.5

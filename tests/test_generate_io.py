@@ -25,7 +25,24 @@ def test_generation_is_seed_deterministic(tiny_model):
 
 def test_generate_cli_writes_class_folders(tiny_model, tmp_path):
     out = tmp_path / "gen"
-    assert main(["generate", "--model", str(tiny_model), "--class", "all", "-n", "2", "--steps", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_model),
+                "--class",
+                "all",
+                "-n",
+                "2",
+                "--steps",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     files = sorted(out.glob("*/*.png"))
     assert len(files) == 4
     side = json.loads(files[0].with_suffix(".json").read_text())
@@ -34,15 +51,21 @@ def test_generate_cli_writes_class_folders(tiny_model, tmp_path):
 
 @pytest.mark.parametrize(
     "arr",
-    [np.zeros((32, 32), np.uint16) + 1000, np.random.default_rng(0).random((32, 32, 4)).astype(np.float32),
-     np.full((32, 32, 1), 7, np.int32), np.full((3, 32, 32), 0.5)],
+    [
+        np.zeros((32, 32), np.uint16) + 1000,
+        np.random.default_rng(0).random((32, 32, 4)).astype(np.float32),
+        np.full((32, 32, 1), 7, np.int32),
+        np.full((3, 32, 32), 0.5),
+    ],
 )
 def test_images_of_many_kinds_become_rgb01(arr):
     out = to_rgb_float(arr)
     assert out.shape == (32, 32, 3) and out.dtype == np.float32 and 0 <= out.min() <= out.max() <= 1
 
 
-@pytest.mark.parametrize("bad", [np.zeros(10), np.zeros((2, 2, 2, 2, 2)), np.full((16, 16), np.nan), np.zeros((4, 4))])
+@pytest.mark.parametrize(
+    "bad", [np.zeros(10), np.zeros((2, 2, 2, 2, 2)), np.full((16, 16), np.nan), np.zeros((4, 4))]
+)
 def test_bad_arrays_raise_input_error(bad):
     with pytest.raises(InputError):
         to_rgb_float(bad)

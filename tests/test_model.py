@@ -16,7 +16,16 @@ def test_default_model_loads_offline_with_metadata(monkeypatch):
     t0 = time.perf_counter()
     m = load_model(DEFAULT_MODEL_DIR)
     assert time.perf_counter() - t0 < 30  # generous; the real figure is in benchmarks/
-    assert m.classes == ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+    assert m.classes == [
+        "basophil",
+        "eosinophil",
+        "erythroblast",
+        "ig",
+        "lymphocyte",
+        "monocyte",
+        "neutrophil",
+        "platelet",
+    ]
     assert m.unet.config.num_class_embeds == 9
     meta = m.metadata
     assert "CC BY 4.0" in json.dumps(meta.training)
@@ -60,12 +69,32 @@ def test_missing_and_mismatched_folders(tiny_model, tmp_path):
 
 def test_train_cli_and_resume(tiny_dataset, tmp_path):
     out = tmp_path / "m"
-    assert main(["train", "--data", str(tiny_dataset), "--out", str(out), "--arch", "tiny", "--steps", "6",
-                 "--batch-size", "4", "--checkpoint-every", "3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(out),
+                "--arch",
+                "tiny",
+                "--steps",
+                "6",
+                "--batch-size",
+                "4",
+                "--checkpoint-every",
+                "3",
+            ]
+        )
+        == 0
+    )
     meta = read_metadata(out)
     assert meta.training["steps_done"] == 6
     # a second run without --resume must refuse to overwrite
-    assert main(["train", "--data", str(tiny_dataset), "--out", str(out), "--arch", "tiny", "--steps", "6"]) == 2
+    assert (
+        main(["train", "--data", str(tiny_dataset), "--out", str(out), "--arch", "tiny", "--steps", "6"]) == 2
+    )
     assert main(["train", "--data", str(tiny_dataset), "--out", str(out), "--resume", "--steps", "9"]) == 0
     assert read_metadata(out).training["steps_done"] == 9
 

@@ -4,13 +4,14 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 WIDGETS = ["Segment cells", "Classify cells", "Generate cells", "Train model"]
 
 
 def test_manifest_validates():
-    r = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-cytodiffusion"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "napari-cytodiffusion"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 

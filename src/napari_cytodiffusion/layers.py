@@ -16,7 +16,11 @@ def class_colours(table, classes: list[str], colours: list[str]) -> np.ndarray:
     """RGBA per row of the cells table by its (corrected, else predicted) class."""
     lut = {c: hex_to_rgba(col) for c, col in zip(classes, colours, strict=True)}
     grey = hex_to_rgba(UNCLASSIFIED_COLOUR)
-    return np.stack([lut.get(c, grey) for c in effective_class(table)]) if len(table) else np.zeros((0, 4), np.float32)
+    return (
+        np.stack([lut.get(c, grey) for c in effective_class(table)])
+        if len(table)
+        else np.zeros((0, 4), np.float32)
+    )
 
 
 def effective_class(table) -> list[str]:
@@ -38,7 +42,11 @@ def label_colour_dict(table, mode: str, classes: list[str], colours: list[str]) 
         cols = class_colours(table, classes, colours)
         cols[~table["classified"].to_numpy(bool), 3] = 0.35
     else:
-        value = (1 - table["p_correct"].to_numpy(float)) if mode == "uncertainty" else table["anomaly"].to_numpy(float)
+        value = (
+            (1 - table["p_correct"].to_numpy(float))
+            if mode == "uncertainty"
+            else table["anomaly"].to_numpy(float)
+        )
         finite = np.isfinite(value)
         lo, hi = (np.nanmin(value[finite]), np.nanmax(value[finite])) if finite.any() else (0.0, 1.0)
         norm = np.clip((value - lo) / max(hi - lo, 1e-9), 0, 1)
@@ -50,10 +58,14 @@ def label_colour_dict(table, mode: str, classes: list[str], colours: list[str]) 
 
 
 def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
-    rows = [f"<b>{summary['verdict'].upper()}</b> — {summary['n_classified']} classified, "
-            f"{summary['n_flagged']} flagged ({summary['percent_flagged']:.1f}%)"]
+    rows = [
+        f"<b>{summary['verdict'].upper()}</b> — {summary['n_classified']} classified, "
+        f"{summary['n_flagged']} flagged ({summary['percent_flagged']:.1f}%)"
+    ]
     for c, col in zip(classes, colours, strict=True):
         k = summary["counts"].get(c, 0)
-        rows.append(f"<span style='color:{col}'>&#9632;</span> {c}: {k} ({summary['percent'].get(c, 0):.1f}%)")
+        rows.append(
+            f"<span style='color:{col}'>&#9632;</span> {c}: {k} ({summary['percent'].get(c, 0):.1f}%)"
+        )
     rows += [f"<i>{r}</i>" for r in summary.get("reasons", [])]
     return "<br>".join(rows)

@@ -23,12 +23,28 @@ class ClassifyWidget(Container, RunnerMixin):
         self.image = ComboBox(label="image", choices=lambda _: self._layers("Image"))
         self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layers("Labels"))
         self.model_dir = FileEdit(label="model (empty = default)", mode="d", value="")
-        self.speed = ComboBox(label="speed", choices=["fast", "balanced", "accurate", "full"], value="balanced")
-        self.cells = ComboBox(label="cells", choices=["stained", "all"], value="stained",
-                              tooltip="stained: nucleated cells and platelets; all: every labelled cell")
+        self.speed = ComboBox(
+            label="speed", choices=["fast", "balanced", "accurate", "full"], value="balanced"
+        )
+        self.cells = ComboBox(
+            label="cells",
+            choices=["stained", "all"],
+            value="stained",
+            tooltip="stained: nucleated cells and platelets; all: every labelled cell",
+        )
         self.min_area = SpinBox(label="min area (px)", value=0, min=0, max=10**7)
         self.max_flagged = FloatSpinBox(label="review if flagged >", value=0.10, min=0.0, max=1.0, step=0.01)
-        self.extend([self.image, self.labels_layer, self.model_dir, self.speed, self.cells, self.min_area, self.max_flagged])
+        self.extend(
+            [
+                self.image,
+                self.labels_layer,
+                self.model_dir,
+                self.speed,
+                self.cells,
+                self.min_area,
+                self.max_flagged,
+            ]
+        )
         self._init_runner("Classify")
         self.colour_by = ComboBox(label="colour labels by", choices=list(COLOUR_MODES), value="class")
         self.legend = Label(value="")
@@ -36,7 +52,16 @@ class ClassifyWidget(Container, RunnerMixin):
         self.correct_button = PushButton(text="Apply correction")
         self.export_dir = FileEdit(label="export folder", mode="d", value="")
         self.export_button = PushButton(text="Export results")
-        self.extend([self.colour_by, self.legend, self.correct_to, self.correct_button, self.export_dir, self.export_button])
+        self.extend(
+            [
+                self.colour_by,
+                self.legend,
+                self.correct_to,
+                self.correct_button,
+                self.export_dir,
+                self.export_button,
+            ]
+        )
         self.colour_by.changed.connect(self._recolour)
         self.correct_button.changed.connect(self.apply_correction)
         self.export_button.changed.connect(lambda: self.export(self.export_dir.value))
@@ -83,8 +108,9 @@ class ClassifyWidget(Container, RunnerMixin):
 
         def gen():
             out = None
-            for item in iter_analyze(image, model=model, labels=labels.copy(), triage=triage,
-                                     should_stop=self.should_stop, **opts):
+            for item in iter_analyze(
+                image, model=model, labels=labels.copy(), triage=triage, should_stop=self.should_stop, **opts
+            ):
                 if isinstance(item, Stage):
                     yield (item.done, item.total, item.stage)
                 else:
@@ -104,23 +130,42 @@ class ClassifyWidget(Container, RunnerMixin):
         md = model.metadata
         in_viewer = labels_layer in self.viewer.layers
         if not in_viewer:  # the source layer was deleted meanwhile: bring the labels back as a new layer
-            labels_layer = self.viewer.add_labels(res.labels, name=unique_layer_name(self.viewer, f"{labels_layer.name} (restored)"))
-            notify("warning", "the labels layer was removed during classification; results were added to a restored copy")
+            labels_layer = self.viewer.add_labels(
+                res.labels, name=unique_layer_name(self.viewer, f"{labels_layer.name} (restored)")
+            )
+            notify(
+                "warning",
+                "the labels layer was removed during classification; results were added to a restored copy",
+            )
         features = table.copy()
         features["uncertainty"] = 1 - features["p_correct"].fillna(1.0)
         face = class_colours(table, md.classes, md.colours)
         points = self.viewer.add_points(
-            table[["centroid_y", "centroid_x"]].to_numpy(), features=features,
+            table[["centroid_y", "centroid_x"]].to_numpy(),
+            features=features,
             name=unique_layer_name(self.viewer, f"{image_layer.name} cells"),
-            face_color=face, border_color="uncertainty", border_colormap="magma", border_width=0.25,
-            border_width_is_relative=True, size=np.where(features["flagged"], 18, 10),
+            face_color=face,
+            border_color="uncertainty",
+            border_colormap="magma",
+            border_width=0.25,
+            border_width_is_relative=True,
+            size=np.where(features["flagged"], 18, 10),
             symbol=np.where(features["flagged"], "star", "disc"),
-            scale=labels_layer.scale, translate=labels_layer.translate,
+            scale=labels_layer.scale,
+            translate=labels_layer.translate,
             metadata={"napari-cytodiffusion": {"model": model.short_id(), "parameters": res.parameters}},
         )
-        self.result = {"table": table, "summary": res.summary, "model": model, "image_layer": image_layer,
-                       "labels_layer": labels_layer, "points": points, "params": res.parameters,
-                       "image": image, "labels": res.labels}
+        self.result = {
+            "table": table,
+            "summary": res.summary,
+            "model": model,
+            "image_layer": image_layer,
+            "labels_layer": labels_layer,
+            "points": points,
+            "params": res.parameters,
+            "image": image,
+            "labels": res.labels,
+        }
         self._recolour()
         self.correct_to.reset_choices()
         self.legend.value = legend_html(res.summary, md.classes, md.colours)
@@ -135,7 +180,9 @@ class ClassifyWidget(Container, RunnerMixin):
 
         table = self.result["points"].features
         md = self.result["model"].metadata
-        cmap = DirectLabelColormap(color_dict=label_colour_dict(table, self.colour_by.value, md.classes, md.colours))
+        cmap = DirectLabelColormap(
+            color_dict=label_colour_dict(table, self.colour_by.value, md.classes, md.colours)
+        )
         self.result["labels_layer"].colormap = cmap
 
     def apply_correction(self) -> None:
@@ -188,14 +235,22 @@ class ClassifyWidget(Container, RunnerMixin):
         if len(corrected):
             from PIL import Image
 
-            crops, _ = crops_from_labels(r["image"], r["labels"], model.metadata.preprocessing, corrected["label"].to_numpy(),
-                                         corrected[["centroid_y", "centroid_x"]].to_numpy(),
-                                         corrected["equivalent_diameter"].to_numpy(),
-                                         reference_diameter=float(np.median(table["equivalent_diameter"])))
+            crops, _ = crops_from_labels(
+                r["image"],
+                r["labels"],
+                model.metadata.preprocessing,
+                corrected["label"].to_numpy(),
+                corrected[["centroid_y", "centroid_x"]].to_numpy(),
+                corrected["equivalent_diameter"].to_numpy(),
+                reference_diameter=float(np.median(table["equivalent_diameter"])),
+            )
             rows = []
             for crop, (_, row) in zip(crops, corrected.iterrows(), strict=True):
                 rel = Path(row["corrected_class"]) / f"{stem}_cell{int(row['label'])}.png"
-                write_with(folder / "corrections" / rel, lambda tmp, c=crop: Image.fromarray(c).save(tmp, format="PNG"))
+                write_with(
+                    folder / "corrections" / rel,
+                    lambda tmp, c=crop: Image.fromarray(c).save(tmp, format="PNG"),
+                )
                 rows.append({"path": str(rel), "class": row["corrected_class"]})
             import pandas as pd
 

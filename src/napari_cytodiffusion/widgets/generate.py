@@ -25,7 +25,18 @@ class GenerateWidget(Container, RunnerMixin):
         self.scheduler = ComboBox(label="sampler", choices=["ddim", "dpm"], value="ddim")
         self.montage = CheckBox(text="add montage layer", value=True)
         self.export_button = PushButton(text="Export last result…")
-        self.extend([self.model_dir, self.cls, self.count, self.seed, self.steps, self.guidance, self.scheduler, self.montage])
+        self.extend(
+            [
+                self.model_dir,
+                self.cls,
+                self.count,
+                self.seed,
+                self.steps,
+                self.guidance,
+                self.scheduler,
+                self.montage,
+            ]
+        )
         self._init_runner("Generate")
         self.append(self.export_button)
         self.export_button.changed.connect(self._export)
@@ -51,10 +62,16 @@ class GenerateWidget(Container, RunnerMixin):
         model = self._model()
         if self.cls.value is None:
             raise InputError("choose a class")
-        classes = list(range(len(model.classes))) if self.cls.value == "all" else [model.class_index(self.cls.value)]
+        classes = (
+            list(range(len(model.classes)))
+            if self.cls.value == "all"
+            else [model.class_index(self.cls.value)]
+        )
         ids = [c for c in classes for _ in range(self.count.value)]
         seeds = [self.seed.value + i for i in range(len(ids))]
-        params = GenerateParams(steps=self.steps.value, guidance=self.guidance.value, scheduler=self.scheduler.value)
+        params = GenerateParams(
+            steps=self.steps.value, guidance=self.guidance.value, scheduler=self.scheduler.value
+        )
 
         def gen():
             images = None
@@ -69,12 +86,21 @@ class GenerateWidget(Container, RunnerMixin):
             from ..generate.sampling import montage
 
             frames = [{"class": model.classes[c], "seed": s} for c, s in zip(ids, seeds, strict=True)]
-            meta = {"napari-cytodiffusion": {"frames": frames, "params": params.to_dict(), "model": model.short_id()}}
+            meta = {
+                "napari-cytodiffusion": {
+                    "frames": frames,
+                    "params": params.to_dict(),
+                    "model": model.short_id(),
+                }
+            }
             name = unique_layer_name(self.viewer, f"generated {self.cls.value}")
             self.viewer.add_image(images, name=name, rgb=True, metadata=meta)
             if self.montage.value:
-                self.viewer.add_image(montage(images, self.count.value if len(classes) > 1 else min(8, len(images)), 1),
-                                      name=unique_layer_name(self.viewer, f"{name} montage"), rgb=True)
+                self.viewer.add_image(
+                    montage(images, self.count.value if len(classes) > 1 else min(8, len(images)), 1),
+                    name=unique_layer_name(self.viewer, f"{name} montage"),
+                    rgb=True,
+                )
             self._last = (images, frames, params, model)
             self.status.value = f"{len(images)} cells generated"
 

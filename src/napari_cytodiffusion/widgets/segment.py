@@ -17,15 +17,30 @@ class SegmentWidget(Container, RunnerMixin):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=self._images)
-        self.model = ComboBox(label="model", choices=["smear", "cyto3", "cyto2", "nuclei"], value="smear",
-                              tooltip="'smear' is bundled and works offline; built-ins download on first use")
+        self.model = ComboBox(
+            label="model",
+            choices=["smear", "cyto3", "cyto2", "nuclei"],
+            value="smear",
+            tooltip="'smear' is bundled and works offline; built-ins download on first use",
+        )
         self.diameter = FloatSpinBox(label="diameter (0 = auto)", value=0.0, min=0.0, max=1000.0)
         self.flow_threshold = FloatSpinBox(label="flow threshold", value=0.4, min=0.0, max=3.0, step=0.05)
-        self.cellprob_threshold = FloatSpinBox(label="cell prob. threshold", value=0.0, min=-6.0, max=6.0, step=0.25)
+        self.cellprob_threshold = FloatSpinBox(
+            label="cell prob. threshold", value=0.0, min=-6.0, max=6.0, step=0.25
+        )
         self.min_size = SpinBox(label="min size (px)", value=15, min=0, max=100000)
         self.exclude_border = CheckBox(text="exclude border cells", value=False)
-        self.extend([self.image, self.model, self.diameter, self.flow_threshold, self.cellprob_threshold,
-                     self.min_size, self.exclude_border])
+        self.extend(
+            [
+                self.image,
+                self.model,
+                self.diameter,
+                self.flow_threshold,
+                self.cellprob_threshold,
+                self.min_size,
+                self.exclude_border,
+            ]
+        )
         self._init_runner("Segment")
         self.load_settings()
         self.viewer.layers.events.inserted.connect(lambda e: self.image.reset_choices())
@@ -39,9 +54,14 @@ class SegmentWidget(Container, RunnerMixin):
     def params(self):
         from ..segmentation.cellpose_seg import SegmentParams
 
-        return SegmentParams(model=self.model.value, diameter=self.diameter.value or None,
-                             flow_threshold=self.flow_threshold.value, cellprob_threshold=self.cellprob_threshold.value,
-                             min_size=self.min_size.value, exclude_border=self.exclude_border.value)
+        return SegmentParams(
+            model=self.model.value,
+            diameter=self.diameter.value or None,
+            flow_threshold=self.flow_threshold.value,
+            cellprob_threshold=self.cellprob_threshold.value,
+            min_size=self.min_size.value,
+            exclude_border=self.exclude_border.value,
+        )
 
     def _work(self):
         from ..segmentation.cellpose_seg import iter_segment
@@ -66,9 +86,13 @@ class SegmentWidget(Container, RunnerMixin):
             return labels
 
         def done(labels):
-            new = self.viewer.add_labels(labels, name=unique_layer_name(self.viewer, f"{name} labels"),
-                                         scale=scale, translate=translate,
-                                         metadata={"napari-cytodiffusion": {"source": name, "segmentation": params.to_dict()}})
+            new = self.viewer.add_labels(
+                labels,
+                name=unique_layer_name(self.viewer, f"{name} labels"),
+                scale=scale,
+                translate=translate,
+                metadata={"napari-cytodiffusion": {"source": name, "segmentation": params.to_dict()}},
+            )
             self.status.value = f"{int(labels.max())} cells → '{new.name}'"
             notify("info", self.status.value)
 

@@ -16,8 +16,12 @@ class TrainWidget(Container, RunnerMixin):
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.data = FileEdit(label="data (folder or CSV)", mode="r", value="",
-                             tooltip="a folder with one sub-folder per class, or a CSV path,class[,split]")
+        self.data = FileEdit(
+            label="data (folder or CSV)",
+            mode="r",
+            value="",
+            tooltip="a folder with one sub-folder per class, or a CSV path,class[,split]",
+        )
         self.out = FileEdit(label="model folder", mode="d", value="")
         self.steps = SpinBox(label="steps", value=2000, min=1, max=10_000_000)
         self.batch_size = SpinBox(label="batch size", value=64, min=1, max=4096)
@@ -35,8 +39,13 @@ class TrainWidget(Container, RunnerMixin):
         if data_path in ("", ".") or out in ("", "."):
             raise InputError("choose the training data and a model folder")
         arch = dict(TINY_ARCH if self.arch.value == "tiny" else DEFAULT_ARCH)
-        cfg = TrainConfig(steps=self.steps.value, batch_size=self.batch_size.value, arch=arch,
-                          warmup_steps=min(500, max(1, self.steps.value // 10)), checkpoint_every=max(10, self.steps.value // 20))
+        cfg = TrainConfig(
+            steps=self.steps.value,
+            batch_size=self.batch_size.value,
+            arch=arch,
+            warmup_steps=min(500, max(1, self.steps.value // 10)),
+            checkpoint_every=max(10, self.steps.value // 20),
+        )
         resume = self.resume.value
 
         def gen():
