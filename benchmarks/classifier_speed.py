@@ -1,0 +1,90 @@
+"""Full grid vs adaptive generative classification on the same PBC val cells, in one run.
+
+Prints UNet calls per cell, cells per second and accuracy of both, plus the model load time.
+
+    python benchmarks/classifier_speed.py [--n 64] [--threads 2] [--speeds full balanced fast] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument(
+        "--pbc", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "pbc"
+    )
+    ap.add_argument("--n", type=int, default=64, help="cells (stratified over the 8 classes)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--speeds", nargs="+", default=["full", "balanced", "fast"])
+    args = ap.parse_args()
+
+    # cold model load, in a fresh interpreter as a user would see it
+    code = (
+        "import time; t=time.perf_counter(); from napari_cytodiffusion.model.folder import load_model; "
+        "from napari_cytodiffusion.paths import DEFAULT_MODEL_DIR; load_model(DEFAULT_MODEL_DIR); "
+        "print(time.perf_counter()-t)"
+    )
+    load_s = float(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+    )
+
+    import pandas as pd
+    import torch
+
+    from napari_cytodiffusion.classify.classifier import classify_crops
+    from napari_cytodiffusion.crops import single_cell_crops
+    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.model.folder import load_model
+    from napari_cytodiffusion.paths import DEFAULT_MODEL_DIR
+
+    torch.set_num_threads(args.threads)
+    model = load_model(DEFAULT_MODEL_DIR, device=args.device)
+    df = pd.read_csv(args.pbc / "labels.csv")
+    df = (
+        df[df.split == "val"]
+        .groupby("class", group_keys=False)
+        .apply(lambda g: g.sample(min(len(g), args.n // 8), random_state=0))
+    )
+    crops = single_cell_crops([read_image(args.pbc / p) for p in df.path], model.metadata.preprocessing)
+    truth = np.array([model.class_index(c) for c in df["class"]])
+    classify_crops(model, crops[:2], speed="fast")  # warm-up
+    out = {
+        "cells": len(truth),
+        "threads": args.threads,
+        "device": args.device,
+        "model_load_seconds": round(load_s, 2),
+    }
+    for speed in args.speeds:
+        t0 = time.perf_counter()
+        res = classify_crops(model, crops, speed=speed, seed=0)
+        dt = time.perf_counter() - t0
+        out[speed] = {
+            "unet_calls_per_cell": round(float(res.unet_calls.mean()), 1),
+            "cells_per_second": round(len(truth) / dt, 2),
+            "ms_per_unet_call": round(1000 * dt / res.unet_calls.sum(), 2),
+            "accuracy": round(float((res.pred == truth).mean()), 4),
+        }
+    if "full" in out:
+        for speed in args.speeds:
+            if speed != "full":
+                out[speed]["call_reduction_vs_full"] = round(
+                    out["full"]["unet_calls_per_cell"] / out[speed]["unet_calls_per_cell"], 2
+                )
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
