@@ -52,11 +52,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model = load_model(DEFAULT_MODEL_DIR, device=args.device)
     df = pd.read_csv(args.pbc / "labels.csv")
-    df = (
-        df[df.split == "val"]
-        .groupby("class", group_keys=False)
-        .apply(lambda g: g.sample(min(len(g), args.n // 8), random_state=0))
-    )
+    df = df[df.split == "val"].sample(frac=1.0, random_state=0).groupby("class").head(args.n // 8)
     crops = single_cell_crops([read_image(args.pbc / p) for p in df.path], model.metadata.preprocessing)
     truth = np.array([model.class_index(c) for c in df["class"]])
     classify_crops(model, crops[:2], speed="fast")  # warm-up

@@ -13,6 +13,9 @@ from ..errors import Cancelled, CytoDiffusionError
 from ..paths import cache_dir
 
 
+_CANCELLED = object()
+
+
 def notify(kind: str, message: str) -> None:
     from napari.utils.notifications import show_error, show_info, show_warning
 
@@ -52,12 +55,30 @@ class RunnerMixin:
         gen_factory, on_result = job
         from napari.qt.threading import create_worker
 
+        def guarded():
+            try:
+                return (yield from gen_factory())
+            except Cancelled:
+                return _CANCELLED
+
+        def returned(value):
+            if value is _CANCELLED:
+                self.status.value = "cancelled"
+                notify("info", "cancelled")
+            else:
+                self._safe(on_result, value)
+
         self._stop.clear()
-        self.worker = create_worker(gen_factory, _start_thread=False)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(lambda r: self._safe(on_result, r))
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
+        self.worker = create_worker(
+            guarded,
+            _start_thread=False,
+            _connect={
+                "yielded": self._on_progress,
+                "returned": returned,
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
+        )
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.visible = True

@@ -149,7 +149,7 @@ class ClassifyWidget(Container, RunnerMixin):
             border_colormap="magma",
             border_width=0.25,
             border_width_is_relative=True,
-            size=np.where(features["flagged"], 18, 10),
+            size=np.where(features["flagged"], 18, np.where(features["classified"], 12, 5)),
             symbol=np.where(features["flagged"], "star", "disc"),
             scale=labels_layer.scale,
             translate=labels_layer.translate,

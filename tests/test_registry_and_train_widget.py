@@ -1,0 +1,61 @@
+import hashlib
+import shutil
+import zipfile
+
+import pytest
+
+from napari_cytodiffusion.errors import ModelError
+from napari_cytodiffusion.model import registry
+
+
+def test_cache_dir_env_and_official_download(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_CYTODIFFUSION_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in tiny_model.rglob("*"):
+            if f.is_file() and "checkpoints" not in f.parts:
+                zf.write(f, f.relative_to(tiny_model))
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(registry.OFFICIAL_MODELS, "tiny-official", {"url": archive.as_uri(), "sha256": sha})
+    path = registry.resolve_model("tiny-official")
+    assert path == tmp_path / "cache" / "models" / "tiny-official"
+    assert registry.get_model("tiny-official").classes == ["redcell", "violet"]
+    assert "tiny-official" in registry.available_models()
+    # corrupt download → clear error, nothing left in the cache
+    monkeypatch.setitem(registry.OFFICIAL_MODELS, "bad", {"url": archive.as_uri(), "sha256": "0" * 64})
+    with pytest.raises(ModelError, match="corrupt"):
+        registry.resolve_model("bad")
+    monkeypatch.setitem(
+        registry.OFFICIAL_MODELS, "offline", {"url": "http://127.0.0.1:9/none.zip", "sha256": sha}
+    )
+    with pytest.raises(ModelError, match="offline"):
+        registry.resolve_model("offline")
+    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == ["tiny-official"]
+    with pytest.raises(ModelError, match="unknown model"):
+        registry.resolve_model("no-such-model")
+    shutil.rmtree(tmp_path / "cache")
+
+
+def test_train_widget_trains_and_cancels(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
+    from napari_cytodiffusion.model.folder import read_metadata
+    from napari_cytodiffusion.widgets.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    w.data.value = str(tiny_dataset)
+    w.out.value = str(tmp_path / "m")
+    w.arch.value = "tiny"
+    w.steps.value = 12
+    w.batch_size.value = 4
+    w.resume.value = False
+    w.run_button.clicked()
+    qtbot.waitUntil(lambda: w.run_button.enabled and w.worker is not None, timeout=120_000)
+    assert read_metadata(tmp_path / "m").training["steps_done"] == 12
+    # cancel a longer run: a checkpoint is kept so it can be resumed
+    w.out.value = str(tmp_path / "m2")
+    w.steps.value = 100_000
+    w.run_button.clicked()
+    qtbot.waitUntil(lambda: w.progress.value >= 10, timeout=120_000)
+    w.cancel()
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=120_000)
+    assert (tmp_path / "m2" / "checkpoints" / "last.pt").is_file()
