@@ -12,7 +12,6 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from ..errors import Cancelled, CytoDiffusionError
 from ..paths import cache_dir
 
-
 _CANCELLED = object()
 
 
