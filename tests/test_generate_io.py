@@ -83,3 +83,21 @@ def test_failed_write_leaves_no_file(tmp_path):
         write_with(target, failing)
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_counterfactual_map_and_sdedit(tiny_model):
+    from napari_cytodiffusion.classify.counterfactual import counterfactual_map
+    from napari_cytodiffusion.generate.sampling import sdedit
+
+    m = load_model(tiny_model)
+    crop = generate(m, [0], [1], GenerateParams(steps=3))[0]
+    heat = counterfactual_map(m, crop, target=1, source=0)
+    assert heat.shape == (16, 16) and (heat >= 0).all() and heat.max() > 0
+    assert np.allclose(heat, counterfactual_map(m, crop, target=1, source=0))
+    assert counterfactual_map(m, crop, target=0, source=0).max() == 0
+    with pytest.raises(InputError):
+        counterfactual_map(m, crop, target=5)
+    same = sdedit(m, crop[None], target=1, strength=0.0)
+    assert np.array_equal(same[0], crop)
+    cf = sdedit(m, crop[None], target=1, strength=0.6, params=GenerateParams(steps=5))
+    assert cf.shape == (1, 16, 16, 3) and not np.array_equal(cf[0], crop)

@@ -155,19 +155,27 @@ def iter_segment(
     if diameter is not None and diameter <= 0:
         raise InputError("diameter must be positive (or empty for automatic)")
     h, w = rgb.shape[:2]
+    first_pass = None
     if diameter is None:  # automatic: a first pass at the model's scale on a central window
-        win = rgb[max(0, h // 2 - 512) : h // 2 + 512, max(0, w // 2 - 512) : w // 2 + 512]
+        wy0, wx0 = max(0, h // 2 - 512), max(0, w // 2 - 512)
+        win = rgb[wy0 : h // 2 + 512, wx0 : w // 2 + 512]
         x, kw = _prepare(seg, win)
-        d = _median_diameter(_eval(seg, x, kw, params, None))
+        first_pass = _eval(seg, x, kw, params, None)
+        d = _median_diameter(first_pass)
         diameter = d if d is not None and abs(d / seg.diam_mean - 1) > 0.25 else None
+        if diameter is not None or win.shape[:2] != (h, w):
+            first_pass = None  # rescaled or only a window: segment again below
     tiles = _tiles(h, w, params.tile_size, params.tile_overlap)
     labels = np.zeros((h, w), np.uint32)
     next_id = 1
     for i, (y0, y1, x0, x1) in enumerate(tiles):
         if should_stop is not None and should_stop():
             raise Cancelled("segmentation cancelled")
-        x, kw = _prepare(seg, rgb[y0:y1, x0:x1])
-        m = _eval(seg, x, kw, params, diameter)
+        if first_pass is not None and len(tiles) == 1:
+            m = first_pass  # the automatic-diameter pass already covered the whole image at this scale
+        else:
+            x, kw = _prepare(seg, rgb[y0:y1, x0:x1])
+            m = _eval(seg, x, kw, params, diameter)
         if len(tiles) == 1:
             labels = m
         else:
