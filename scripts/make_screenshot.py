@@ -39,6 +39,8 @@ def main() -> int:
     for _ in range(20):
         app.processEvents()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    viewer.reset_view()
+    app.processEvents()
     viewer.screenshot(str(args.out), canvas_only=False)
     print(f"wrote {args.out}")
     viewer.close()
