@@ -26,7 +26,12 @@ import numpy as np
 
 from napari_cytodiffusion.classify.calibration import anomaly_reference, fit_calibration, timestep_statistics
 from napari_cytodiffusion.classify.classifier import finish
-from napari_cytodiffusion.classify.engine import DEFAULT_TIMESTEPS, EngineConfig, diffusion_errors
+from napari_cytodiffusion.classify.engine import (
+    DEFAULT_TIMESTEPS,
+    EngineConfig,
+    diffusion_errors,
+    merge_results,
+)
 from napari_cytodiffusion.crops import to_model_tensor
 from napari_cytodiffusion.evaluate.metrics import auroc, classification_metrics, sensitivity_at_specificity
 from napari_cytodiffusion.model.architecture import alphas_cumprod
@@ -34,8 +39,6 @@ from napari_cytodiffusion.model.folder import load_model, write_metadata
 
 
 def run(model, crops, cfg, batch=256):
-    from napari_cytodiffusion.classify.engine import ErrorResult
-
     cfg.batch_size = 4096 if model.device.type == "cuda" else 512
 
     ac = alphas_cumprod(model.scheduler)
@@ -47,22 +50,7 @@ def run(model, crops, cfg, batch=256):
                 model.unet, ac, x0, model.metadata.n_classes, cfg, cell_ids=np.arange(s, s + len(x0))
             )
         )
-    w = max(p.errors.shape[2] for p in parts)
-    errs = np.concatenate(
-        [
-            np.pad(p.errors, ((0, 0), (0, 0), (0, w - p.errors.shape[2])), constant_values=np.nan)
-            for p in parts
-        ]
-    )
-    ref = parts[0]
-    return ErrorResult(
-        errs,
-        np.concatenate([p.active for p in parts]),
-        np.concatenate([p.calls for p in parts]),
-        ref.unit_timesteps,
-        ref.unit_weights,
-        ref.unit_scales,
-    )
+    return merge_results(parts, model.metadata.n_classes)
 
 
 def main(argv=None) -> int:

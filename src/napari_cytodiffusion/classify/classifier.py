@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from .calibration import anomaly_scores, apply_pcorrect, softmax_neg
-from .engine import EngineConfig, class_evidence, diffusion_errors
+from .engine import EngineConfig, class_evidence, diffusion_errors, merge_results
 
 #: Speed/accuracy presets (engine overrides).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -121,34 +121,7 @@ def iter_classify(
         )
         parts.append(res)
         yield Progress(stop, n, "classifying")
-    from .engine import ErrorResult
-
-    if parts:
-        width = max(p.errors.shape[2] for p in parts)
-        errs = np.concatenate(
-            [
-                np.pad(p.errors, ((0, 0), (0, 0), (0, width - p.errors.shape[2])), constant_values=np.nan)
-                for p in parts
-            ]
-        )
-        ref = max(parts, key=lambda p: p.errors.shape[2])
-        res = ErrorResult(
-            errs,
-            np.concatenate([p.active for p in parts]),
-            np.concatenate([p.calls for p in parts]),
-            ref.unit_timesteps,
-            ref.unit_weights,
-            ref.unit_scales,
-        )
-    else:
-        res = ErrorResult(
-            np.zeros((0, c, 1)),
-            np.zeros((0, c), bool),
-            np.zeros(0, np.int64),
-            np.zeros(1),
-            np.ones(1),
-            np.ones(1),
-        )
+    res = merge_results(parts, c)
     yield finish(
         res,
         model.metadata.classes,

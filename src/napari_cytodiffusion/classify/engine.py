@@ -238,6 +238,29 @@ def class_evidence(result: ErrorResult) -> tuple[np.ndarray, np.ndarray]:
     return winner, np.maximum(gap, 0.0)
 
 
+def merge_results(parts: list[ErrorResult], n_classes: int) -> ErrorResult:
+    """Concatenate the results of consecutive batches of cells (same engine settings)."""
+    if not parts:
+        one = np.ones(1)
+        return ErrorResult(
+            np.zeros((0, n_classes, 1)),
+            np.zeros((0, n_classes), bool),
+            np.zeros(0, np.int64),
+            np.zeros(1, np.int64),
+            one,
+            one,
+        )
+    ref = parts[0]
+    return ErrorResult(
+        np.concatenate([p.errors for p in parts]),
+        np.concatenate([p.active for p in parts]),
+        np.concatenate([p.calls for p in parts]),
+        ref.unit_timesteps,
+        ref.unit_weights,
+        ref.unit_scales,
+    )
+
+
 def iter_batches(n: int, batch: int) -> Iterator[slice]:
     for start in range(0, n, batch):
         yield slice(start, min(n, start + batch))
