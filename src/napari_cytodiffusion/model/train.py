@@ -123,8 +123,9 @@ def _class_sampler(labels: np.ndarray, n_classes: int, balance: float):
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
     class_p = counts ** (1.0 - balance)
     class_p /= class_p.sum()
-    per_class = [np.flatnonzero(labels == c) for c in range(n_classes)]
-    return class_p, per_class
+    by_class = np.argsort(labels, kind="stable")  # image indices grouped by class
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return class_p, by_class, starts, counts.astype(np.int64)
 
 
 def train(
@@ -191,6 +192,8 @@ def train(
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
+    # noise, timesteps and label dropout are drawn on the training device (fast on a GPU)
+    dev_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     np_rng = np.random.default_rng(config.seed)
     step, elapsed_before, loss_hist = 0, 0.0, []
     warm_start = 0
@@ -202,6 +205,8 @@ def train(
         else:  # a slimmed checkpoint (weights only): fresh optimizer moments, re-warm
             warm_start = int(state["step"])
         gen.set_state(state["torch_gen"])
+        if state.get("dev_gen") is not None and state.get("dev_gen_device") == device.type:
+            dev_gen.set_state(state["dev_gen"])
         np_rng.bit_generator.state = state["np_rng"]
         step = int(state["step"])
         elapsed_before = float(state.get("elapsed", 0.0))
@@ -212,7 +217,7 @@ def train(
     loss_w = torch.clamp(snr, max=config.min_snr_gamma) / snr
     images = torch.from_numpy(data.images).to(device)
     n_classes = len(data.classes)
-    class_p, per_class = _class_sampler(data.labels, n_classes, config.class_balance)
+    class_p, by_class, starts, counts = _class_sampler(data.labels, n_classes, config.class_balance)
     aug_cfg = AugmentConfig(**config.augment)
     use_amp = config.mixed_precision and device.type == "cuda"
     meta_extra = dict(metadata or {})
@@ -226,6 +231,8 @@ def train(
                 "ema": ema.state_dict(),
                 "opt": opt.state_dict(),
                 "torch_gen": gen.get_state(),
+                "dev_gen": dev_gen.get_state(),
+                "dev_gen_device": device.type,
                 "np_rng": np_rng.bit_generator.state,
                 "step": step,
                 "elapsed": elapsed,
@@ -271,13 +278,14 @@ def train(
             raise Cancelled(f"training stopped at step {step}; resume with --resume")
         b = config.batch_size
         cls = np_rng.choice(n_classes, size=b, p=class_p)
-        idx = np.array([per_class[c][np_rng.integers(len(per_class[c]))] for c in cls])
+        pick = (np_rng.random(b) * counts[cls]).astype(np.int64)
+        idx = by_class[starts[cls] + pick]
         x0 = augment_batch(images[torch.from_numpy(idx).to(device)], config.size, gen, aug_cfg)
         y = torch.from_numpy(cls).to(device)
-        drop = (torch.rand(b, generator=gen) < config.label_dropout).to(device)
+        drop = torch.rand(b, generator=dev_gen, device=device) < config.label_dropout
         y = torch.where(drop, torch.full_like(y, n_classes), y)
-        t = torch.randint(0, ac.numel(), (b,), generator=gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, ac.numel(), (b,), generator=dev_gen, device=device)
+        noise = torch.randn(x0.shape, generator=dev_gen, device=device)
         a = ac[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         lr = config.lr * min(1.0, (step + 1 - warm_start) / max(1, config.warmup_steps))
