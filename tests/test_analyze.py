@@ -1,0 +1,29 @@
+import pandas as pd
+from PIL import Image
+
+from napari_cytodiffusion.cli.main import main
+from napari_cytodiffusion.sample_data import synthetic_smear
+
+
+def test_analyze_on_a_two_worker_local_cluster(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for s in (1, 2):
+        Image.fromarray(synthetic_smear(seed=s)[0]).save(inp / f"smear{s}.png")
+    (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    out = tmp_path / "out"
+    code = main(["analyze", str(inp), "--out", str(out), "--workers", "2", "--speed", "fast"])
+    assert code == 1  # one bad file fails alone
+    cohort = pd.read_csv(out / "cohort.csv").set_index("image")
+    assert cohort.loc["broken.png", "status"] == "error"
+    assert "cannot read" in cohort.loc["broken.png", "error"]
+    for s in (1, 2):
+        assert cohort.loc[f"smear{s}.png", "status"] == "ok"
+        assert cohort.loc[f"smear{s}.png", "n_cells"] >= 40
+        for suffix in ("_cells.csv", "_labels.tif", "_summary.json"):
+            assert (out / f"smear{s}{suffix}").is_file()
+    # re-running skips finished images: only the broken one is tried again
+    assert main(["analyze", str(inp), "--out", str(out), "--speed", "fast"]) == 1
+    log = (out / "analyze.log").read_text()
+    assert "3 images, 2 already done" in log
+    assert len(pd.read_csv(out / "cohort.csv")) == 3
