@@ -101,3 +101,30 @@ def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer):
     w.run_button.clicked()  # no layers: an error notification, no worker
     assert w.worker is None
     assert w.run_button.enabled
+
+
+def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
+    from napari_cytodiffusion.sample_data import synthetic_smear
+    from napari_cytodiffusion.widgets.classify import ClassifyWidget
+
+    viewer = make_napari_viewer()
+    image, truth = synthetic_smear()
+    viewer.add_image(image, name="smear", rgb=True)
+    viewer.add_labels(truth, name="truth")
+    w = ClassifyWidget(viewer)
+    w.image.value = viewer.layers["smear"]
+    w.labels_layer.value = viewer.layers["truth"]
+    w.model_dir.value = str(tiny_model)
+    w.cells.value = "all"
+    w.speed.value = "fast"
+    w.run_button.clicked()
+    qtbot.waitUntil(lambda: w.worker is not None and w.run_button.enabled, timeout=240_000)
+    w.inspector.target.value = "violet"
+    before = w.inspector.image.value.shape
+    w.result["points"].selected_data = {2}
+    qtbot.waitUntil(
+        lambda: w.inspector.image.value.shape[1] == 2 * w.inspector.image.value.shape[0], timeout=60_000
+    )
+    assert "cell 3" in w.inspector.title.value
+    assert "%" in w.inspector.bars.value
+    assert before != w.inspector.image.value.shape

@@ -62,6 +62,12 @@ class ClassifyWidget(Container, RunnerMixin):
                 self.export_button,
             ]
         )
+        from .inspector import CellInspector
+
+        self.inspector = CellInspector()
+        self.append(self.inspector)
+        self.inspector.target.changed.connect(lambda: self.inspect(self._inspected))
+        self._inspected = None
         self.colour_by.changed.connect(self._recolour)
         self.correct_button.changed.connect(self.apply_correction)
         self.export_button.changed.connect(lambda: self.export(self.export_dir.value))
@@ -168,8 +174,58 @@ class ClassifyWidget(Container, RunnerMixin):
         }
         self._recolour()
         self.correct_to.reset_choices()
+        self.inspector.target.choices = md.classes
+        points.selected_data.events.items_changed.connect(self._on_select)
         self.legend.value = legend_html(res.summary, md.classes, md.colours)
         self.status.value = f"{res.summary['n_classified']} cells classified — {res.summary['verdict']}"
+
+    def _on_select(self, event=None) -> None:
+        sel = sorted(self.result["points"].selected_data) if self.result else []
+        if len(sel) == 1:
+            self.inspect(sel[0])
+
+    def inspect(self, index: int | None) -> None:
+        """Show cell ``index`` (row of the points layer) in the inspector; the heat map runs in a worker."""
+        if index is None or not self.result:
+            return
+        from napari.qt.threading import create_worker
+
+        from ..classify.counterfactual import counterfactual_map
+        from ..crops import crops_from_labels
+
+        self._inspected = index
+        r = self.result
+        table = r["points"].features
+        row = table.iloc[index]
+        model = r["model"]
+        crop = crops_from_labels(
+            r["image"],
+            r["labels"],
+            model.metadata.preprocessing,
+            np.array([row["label"]]),
+            np.array([[row["centroid_y"], row["centroid_x"]]]),
+            np.array([row["equivalent_diameter"]]),
+            reference_diameter=float(np.median(table["equivalent_diameter"])),
+        )[0][0]
+        self.inspector.show(row, crop, model, None)
+        target = self.inspector.target.value
+        if not target or row["class"] not in model.classes:
+            return
+        src, tgt = model.class_index(row["class"]), model.class_index(target)
+
+        def work():
+            return counterfactual_map(model, crop, target=tgt, source=src)
+
+        worker = create_worker(
+            work,
+            _start_thread=False,
+            _connect={
+                "returned": lambda heat: self.inspector.show(row, crop, model, heat),
+                "errored": self._on_error,
+            },
+        )
+        self.inspector._worker = worker
+        worker.start()
 
     def _recolour(self) -> None:
         if not self.result:

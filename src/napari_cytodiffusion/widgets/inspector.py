@@ -1,0 +1,56 @@
+"""Cell inspector: the selected cell's crop, probability bars, certainty and a counterfactual heat map."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Image, Label
+
+
+def probability_bars(probs: dict[str, float], colours: dict[str, str], width: int = 24) -> str:
+    """HTML bars (monospace) for a class → probability mapping, most likely first."""
+    rows = []
+    for c, p in sorted(probs.items(), key=lambda kv: -kv[1]):
+        n = int(round(p * width))
+        rows.append(
+            f"<span style='color:{colours.get(c, '#888')}'>{'█' * n}</span>{'·' * (width - n)} {p:6.1%} {c}"
+        )
+    return "<pre style='margin:0'>" + "<br>".join(rows) + "</pre>"
+
+
+def side_by_side(crop: np.ndarray, heat: np.ndarray | None, scale: int = 4) -> np.ndarray:
+    """The crop and (if given) its heat map as one RGB image, upsampled for display."""
+    import matplotlib
+
+    panels = [crop]
+    if heat is not None:
+        h = heat / (heat.max() + 1e-9)
+        panels.append((matplotlib.colormaps["inferno"](h)[..., :3] * 255).astype(np.uint8))
+    img = np.concatenate(panels, axis=1)
+    return np.kron(img, np.ones((scale, scale, 1), np.uint8))
+
+
+class CellInspector(Container):
+    """Shows one cell of a classification result; owned by the Classify widget."""
+
+    def __init__(self) -> None:
+        super().__init__(labels=False)
+        self.title = Label(value="select a cell in the points layer")
+        self.target = ComboBox(label="heat map: change to", choices=[])
+        self.image = Image(value=np.zeros((8, 8, 3), np.uint8))
+        self.bars = Label(value="")
+        self.extend([self.title, self.target, self.image, self.bars])
+        self._worker = None
+
+    def show(self, row, crop: np.ndarray, model, heat: np.ndarray | None) -> None:
+        classes, colours = (
+            model.metadata.classes,
+            dict(zip(model.metadata.classes, model.metadata.colours, strict=True)),
+        )
+        self.title.value = (
+            f"cell {int(row['label'])}: {row['class']} — certainty {row['certainty']:.2f}, "
+            f"P(correct) {row['p_correct']:.2f}, anomaly {row['anomaly']:.2f}"
+            + (" — FLAGGED" if row["flagged"] else "")
+        )
+        probs = {c: float(row.get(f"p_{c}", np.nan)) for c in classes}
+        self.bars.value = probability_bars({c: p for c, p in probs.items() if np.isfinite(p)}, colours)
+        self.image.value = side_by_side(crop, heat)
