@@ -51,3 +51,15 @@ def test_demo_writes_four_outputs(tmp_path, capsys):
     assert (out / "generated_montage.png").stat().st_size > 5000
     assert "segmented" in capsys.readouterr().out
     assert not list(out.glob(".*"))  # no temp files left behind
+
+
+def test_missing_builtin_model_offline_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from napari_cytodiffusion.cli.main import main as cli
+
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path / "empty_cache"))
+    from PIL import Image
+
+    Image.fromarray(synthetic_smear()[0]).save(tmp_path / "s.png")
+    code = cli(["segment", str(tmp_path / "s.png"), "--seg-model", "cyto2", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "empty_cache" in err and err.count("\n") == 1

@@ -72,12 +72,8 @@ def load_segmenter(model: str = SMEAR_MODEL_NAME, gpu: bool = False) -> LoadedSe
         net.net.eval()
         return LoadedSegmenter(net, "smear (project model)", float(info["diam_mean"]), True)
     if model in BUILTIN_MODELS:
-        cached = (
-            list(_cellpose_models_dir().glob(f"{model}*"))
-            if model != "cyto3"
-            else list(_cellpose_models_dir().glob("cyto3*"))
-        )
-        if (not cached and os.environ.get("HF_HUB_OFFLINE") == "1") or (not cached and _offline()):
+        cached = list(_cellpose_models_dir().glob(f"{model}*"))
+        if not cached and _offline():  # Cellpose would try (and fail) to download it
             raise ModelError(
                 f"Cellpose model {model!r} is not cached in {_cellpose_models_dir()} and the internet "
                 f"cannot be reached; use the bundled model 'smear' or copy the file there"
