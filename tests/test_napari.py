@@ -128,3 +128,27 @@ def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
     assert "cell 3" in w.inspector.title.value
     assert "%" in w.inspector.bars.value
     assert before != w.inspector.image.value.shape
+
+
+def test_classify_selection_and_layer_removed_midway(make_napari_viewer, qtbot, tiny_model):
+    from napari_cytodiffusion.sample_data import synthetic_smear
+    from napari_cytodiffusion.widgets.classify import ClassifyWidget
+
+    viewer = make_napari_viewer()
+    image, truth = synthetic_smear()
+    viewer.add_image(image, name="smear", rgb=True)
+    labels = viewer.add_labels(truth, name="truth")
+    w = ClassifyWidget(viewer)
+    w.image.value, w.labels_layer.value = viewer.layers["smear"], labels
+    w.model_dir.value = str(tiny_model)
+    w.cells.value, w.speed.value = "all", "full"
+    w.only_selected.value = True
+    labels.selected_label = 5
+    w.run_button.clicked()
+    viewer.layers.remove(labels)  # the user deletes the source layer while the worker runs
+    qtbot.waitUntil(lambda: w.worker is not None and w.run_button.enabled, timeout=240_000)
+    feats = viewer.layers["smear cells"].features
+    assert feats["classified"].sum() == 1 and feats.loc[feats["classified"], "label"].item() == 5
+    restored = viewer.layers["truth (restored)"]
+    assert restored.data.max() == truth.max()
+    assert w.result["labels_layer"] is restored

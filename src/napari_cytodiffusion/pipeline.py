@@ -54,12 +54,26 @@ def stained_score(image_rgb01: np.ndarray, labels: np.ndarray, label_ids: np.nda
 
 
 def select_cells(
-    table, image_rgb01: np.ndarray, labels: np.ndarray, which: str = "stained", min_area: int = 0
+    table,
+    image_rgb01: np.ndarray,
+    labels: np.ndarray,
+    which: str = "stained",
+    min_area: int = 0,
+    only_labels: list[int] | None = None,
 ) -> np.ndarray:
-    """Boolean mask over the table's rows: which cells go to the classifier."""
+    """Boolean mask over the table's rows: which cells go to the classifier.
+
+    ``which`` is "stained" (nucleated cells and platelets) or "all"; ``min_area`` drops small
+    cells; ``only_labels`` restricts the choice to these label ids (a user's selection).
+    """
     if which not in ("stained", "all"):
         raise InputError(f"cells must be 'stained' or 'all', not {which!r}")
     sel = table["area"].to_numpy() >= int(min_area)
+    if only_labels is not None:
+        wanted = np.isin(table["label"].to_numpy(), np.asarray(list(only_labels), dtype=np.int64))
+        if not wanted.any():
+            raise InputError("none of the selected labels exists in the labels layer")
+        sel &= wanted
     if which == "stained":
         sel &= stained_score(image_rgb01, labels, table["label"].to_numpy()) > STAINED_THRESHOLD
     return sel
@@ -103,6 +117,7 @@ def iter_analyze(
     speed: str = "balanced",
     cells: str = "stained",
     min_area: int = 0,
+    only_labels: list[int] | None = None,
     seed: int = 0,
     triage: dict[str, Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -117,7 +132,13 @@ def iter_analyze(
 
     t0 = time.perf_counter()
     rgb = to_rgb_float(image)
-    params: dict[str, Any] = {"speed": speed, "cells": cells, "min_area": min_area, "seed": seed}
+    params: dict[str, Any] = {
+        "speed": speed,
+        "cells": cells,
+        "min_area": min_area,
+        "seed": seed,
+        "only_labels": None if only_labels is None else sorted(int(v) for v in only_labels),
+    }
     if labels is None:
         segment_params = segment_params or SegmentParams()
         params["segmentation"] = segment_params.to_dict()
@@ -134,7 +155,7 @@ def iter_analyze(
     t_seg = time.perf_counter() - t0
     model = model if model is not None and not isinstance(model, str) else get_model(model)
     table = cells_table(labels, rgb)
-    sel = select_cells(table, rgb, labels, cells, min_area)
+    sel = select_cells(table, rgb, labels, cells, min_area, only_labels)
     crops, _ = crops_from_labels(
         rgb,
         labels,

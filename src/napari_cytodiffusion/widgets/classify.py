@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 
 from ..errors import InputError
 from ._runner import RunnerMixin, notify, unique_layer_name
@@ -32,6 +32,11 @@ class ClassifyWidget(Container, RunnerMixin):
             value="stained",
             tooltip="stained: nucleated cells and platelets; all: every labelled cell",
         )
+        self.only_selected = CheckBox(
+            text="only selected cells",
+            value=False,
+            tooltip="cells selected in the last result's points layer, else the label selected in the labels layer",
+        )
         self.min_area = SpinBox(label="min area (px)", value=0, min=0, max=10**7)
         self.max_flagged = FloatSpinBox(label="review if flagged >", value=0.10, min=0.0, max=1.0, step=0.01)
         self.extend(
@@ -42,6 +47,7 @@ class ClassifyWidget(Container, RunnerMixin):
                 self.speed,
                 self.cells,
                 self.min_area,
+                self.only_selected,
                 self.max_flagged,
             ]
         )
@@ -110,6 +116,8 @@ class ClassifyWidget(Container, RunnerMixin):
             raise InputError(f"labels {labels.shape} must be 2D and match the image {image.shape[:2]}")
         model = self._model()
         opts = {"speed": self.speed.value, "cells": self.cells.value, "min_area": self.min_area.value}
+        if self.only_selected.value:
+            opts["only_labels"] = self.selected_labels(labels_layer)
         triage = {**DEFAULT_TRIAGE, "max_flagged_fraction": float(self.max_flagged.value)}
 
         def gen():
@@ -178,6 +186,16 @@ class ClassifyWidget(Container, RunnerMixin):
         points.selected_data.events.items_changed.connect(self._on_select)
         self.legend.value = legend_html(res.summary, md.classes, md.colours)
         self.status.value = f"{res.summary['n_classified']} cells classified — {res.summary['verdict']}"
+
+    def selected_labels(self, labels_layer) -> list[int]:
+        """Label ids the user selected: points of the last result, else the labels layer's selected label."""
+        r = self.__dict__.get("result")
+        if r and r["labels_layer"] is labels_layer and r["points"].selected_data:
+            feats = r["points"].features
+            return [int(feats["label"].iloc[i]) for i in sorted(r["points"].selected_data)]
+        if labels_layer.selected_label > 0:
+            return [int(labels_layer.selected_label)]
+        raise InputError("select cells first (points of a previous result, or a label in the labels layer)")
 
     def _on_select(self, event=None) -> None:
         sel = sorted(self.result["points"].selected_data) if self.result else []
