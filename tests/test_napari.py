@@ -74,6 +74,10 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     out = cls.export(tmp_path / "export")
     for key in ("cells", "summary", "labels", "corrections"):
         assert out[key].exists()
+    from napari_cytodiffusion.io.datasets import read_labelled
+
+    corrections = read_labelled(out["corrections"])  # what Train model / `train --data` read
+    assert corrections.classes == ["violet"] and corrections.paths[0].is_file()
 
 
 def test_generate_widget(make_napari_viewer, qtbot, tiny_model):
