@@ -63,3 +63,61 @@ def test_missing_builtin_model_offline_is_a_clear_error(tmp_path, monkeypatch, c
     code = cli(["segment", str(tmp_path / "s.png"), "--seg-model", "cyto2", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "empty_cache" in err and err.count("\n") == 1
+
+
+def test_evaluate_segmentation_masks_and_yolo(tmp_path):
+    from PIL import Image
+
+    from napari_cytodiffusion.segmentation.table import cells_table as table_of
+
+    image, truth = synthetic_smear()
+    (tmp_path / "img").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "yolo").mkdir()
+    Image.fromarray(image).save(tmp_path / "img" / "f1.png")
+    tifffile.imwrite(tmp_path / "masks" / "f1.tif", truth)
+    t = table_of(truth)
+    h, w = truth.shape
+    lines = [
+        f"1 {(r.bbox_x0 + r.bbox_x1) / 2 / w} {(r.bbox_y0 + r.bbox_y1) / 2 / h} {(r.bbox_x1 - r.bbox_x0) / w} "
+        f"{(r.bbox_y1 - r.bbox_y0) / h}"
+        for r in t.itertuples()
+    ]
+    (tmp_path / "yolo" / "f1.txt").write_text("\n".join(lines))
+    for mode in ("masks", "yolo"):
+        out = tmp_path / f"out_{mode}"
+        assert (
+            main(
+                [
+                    "evaluate-segmentation",
+                    "--images",
+                    str(tmp_path / "img"),
+                    f"--{mode}",
+                    str(tmp_path / mode),
+                    "--diameter",
+                    "46",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+        m = json.loads((out / "metrics.json").read_text())
+        for key in ("ap50", "ap75", "precision", "recall", "f1", "seconds_per_image"):
+            assert key in m
+        assert m["f1"] > 0.8 and m["ap50"] > 0.7
+    assert "rbc" in m["recall_per_class"]
+    assert (
+        main(
+            [
+                "evaluate-segmentation",
+                "--images",
+                str(tmp_path / "img"),
+                "--masks",
+                str(tmp_path / "yolo"),
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )

@@ -162,6 +162,21 @@ def _jsonable(v: Any) -> Any:
     return str(v) if isinstance(v, Path) else v
 
 
+def relay(items, label: str):
+    """Worker generator over a core generator that yields ``(done, total)`` tuples, then its result.
+
+    Progress is passed on with ``label`` for the status line; the final item becomes the
+    worker's return value.
+    """
+    result = None
+    for item in items:
+        if isinstance(item, tuple):
+            yield (*item, label)
+        else:
+            result = item
+    return result
+
+
 def unique_layer_name(viewer, base: str) -> str:
     """A layer name not used yet in ``viewer`` (user layers are never overwritten)."""
     names = {layer.name for layer in viewer.layers}

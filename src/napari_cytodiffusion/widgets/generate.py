@@ -6,7 +6,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 
 from ..errors import InputError
-from ._runner import RunnerMixin, notify, unique_layer_name
+from ._runner import RunnerMixin, notify, relay, unique_layer_name
 
 
 class GenerateWidget(Container, RunnerMixin):
@@ -74,13 +74,11 @@ class GenerateWidget(Container, RunnerMixin):
         )
 
         def gen():
-            images = None
-            for item in iter_generate(model, ids, seeds, params, should_stop=self.should_stop):
-                if isinstance(item, tuple):
-                    yield (*item, "denoising")
-                else:
-                    images = item
-            return images
+            return (
+                yield from relay(
+                    iter_generate(model, ids, seeds, params, should_stop=self.should_stop), "denoising"
+                )
+            )
 
         def done(images):
             from ..generate.sampling import montage

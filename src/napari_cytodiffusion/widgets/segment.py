@@ -6,7 +6,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
 
 from ..errors import InputError
-from ._runner import RunnerMixin, notify, unique_layer_name
+from ._runner import RunnerMixin, notify, relay, unique_layer_name
 
 
 class SegmentWidget(Container, RunnerMixin):
@@ -77,13 +77,7 @@ class SegmentWidget(Container, RunnerMixin):
         scale, translate, name = layer.scale[-2:], layer.translate[-2:], layer.name
 
         def gen():
-            labels = None
-            for item in iter_segment(data, params, should_stop=self.should_stop):
-                if isinstance(item, tuple):
-                    yield (*item, "tiles")
-                else:
-                    labels = item
-            return labels
+            return (yield from relay(iter_segment(data, params, should_stop=self.should_stop), "tiles"))
 
         def done(labels):
             new = self.viewer.add_labels(
