@@ -147,3 +147,21 @@ def from_model_tensor(x) -> np.ndarray:
     """Inverse of :func:`to_model_tensor` → uint8 (N, S, S, 3)."""
     arr = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte()
     return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def training_preprocessing(preprocessing: dict[str, Any], margin: float = 1.125) -> dict[str, Any]:
+    """Preprocessing for *training* crops: the same cell scale with a ``margin`` wider field.
+
+    Training crops keep room around the nominal field for rotation and scale jitter
+    (see :func:`napari_cytodiffusion.model.augment.augment_batch`).
+    """
+    import copy
+
+    pre = copy.deepcopy(preprocessing)
+    pre["size"] = int(round(int(preprocessing["size"]) * margin))
+    pre["single_cell"]["center_crop_fraction"] = min(
+        1.0, float(preprocessing["single_cell"]["center_crop_fraction"]) * margin
+    )
+    pre["smear"]["field_rbc_diameters"] = float(preprocessing["smear"]["field_rbc_diameters"]) * margin
+    pre["smear"]["max_cell_fraction"] = float(preprocessing["smear"]["max_cell_fraction"]) / margin
+    return pre

@@ -181,3 +181,55 @@ def apply_pcorrect(probs: np.ndarray, anomaly: np.ndarray, calibration: dict[str
     beta = np.asarray(calibration["p_correct"]["coef"])
     x = pcorrect_features(probs, anomaly)
     return 1 / (1 + np.exp(-np.clip(beta[0] + x @ beta[1:], -30, 30)))
+
+
+def recalibrate(
+    model, crops: np.ndarray, labels: np.ndarray, should_stop=None, speed: str = "balanced", seed: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Refit temperature, P(correct) and the anomaly reference/threshold on labelled cells.
+
+    The engine settings (timesteps, weights, paired-test threshold) are kept from the model's
+    calibration; everything fitted from errors is refitted on ``crops``. Returns the new
+    ``calibration`` block and a small summary of the calibration cells (for ``validation``).
+    """
+    from ..crops import to_model_tensor
+    from ..model.architecture import alphas_cumprod
+    from .classifier import engine_config
+    from .engine import diffusion_errors, merge_results
+
+    labels = np.asarray(labels, dtype=np.int64)
+    cal = model.metadata.calibration or {}
+    cfg = engine_config(model, speed, seed=seed)
+    ac = alphas_cumprod(model.scheduler)
+    parts = []
+    for s in range(0, len(crops), 64):
+        x0 = to_model_tensor(crops[s : s + 64]).to(model.device)
+        parts.append(
+            diffusion_errors(
+                model.unet, ac, x0, model.metadata.n_classes, cfg,
+                cell_ids=np.arange(s, s + len(x0)), should_stop=should_stop,
+            )
+        )  # fmt: skip
+    res = merge_results(parts, model.metadata.n_classes)
+    ref_t = [int(t) for t in res.unit_timesteps]
+    reference = anomaly_reference(res.errors, labels, model.metadata.n_classes)
+    old = cal.get("anomaly", {})
+    new = fit_calibration(
+        res,
+        labels,
+        model.metadata.n_classes,
+        reference,
+        ref_t,
+        specificity=float(old.get("specificity", 0.96)),
+        flag_below=float(cal.get("flag_below_p_correct", 0.9)),
+    )
+    new["engine"] = dict(cal.get("engine", {}))
+    winner, evidence = class_evidence(res)
+    probs = softmax_neg(evidence, new["temperature"])
+    summary = {
+        "calibration_cells": int(len(labels)),
+        "calibration_accuracy": float((winner == labels).mean()),
+        "calibration_ece_after": ece(probs.max(axis=1), (winner == labels).astype(float)),
+        "speed": speed,
+    }
+    return new, summary

@@ -19,6 +19,8 @@ COMMANDS = (
     "evaluate-generation",
     "train",
     "analyze",
+    "finetune",
+    "agreement",
 )
 
 
@@ -28,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import commands_model, commands_smear
+    from . import commands_adapt, commands_model, commands_smear
 
     p = _Parser(
         prog="napari-cytodiffusion",
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     commands_smear.register(sub)
     commands_model.register(sub)
+    commands_adapt.register(sub)
     return p
 
 

@@ -34,7 +34,7 @@ def available_models() -> dict[str, Path]:
     """Name -> folder of every model usable without a download."""
     out = {"default": DEFAULT_MODEL_DIR}
     for p in sorted(models_cache().iterdir()):
-        if (p / "cytodiffusion.json").is_file():
+        if (p / "cytodiffusion.json").is_file() or (p / "cytodiffusion_adapter.json").is_file():
             out[p.name] = p
     return out
 
@@ -89,14 +89,19 @@ def download_official(name: str, timeout: float = 30.0) -> Path:
 
 @lru_cache(maxsize=4)
 def _cached_load(path: str, device: str | None, mtime: float):
+    from ..adapt.adapter import is_adapter, load_adapted_model
     from .folder import load_model
 
+    if is_adapter(path):
+        return load_adapted_model(path, device=device)
     return load_model(path, device=device)
 
 
 def get_model(spec: str | os.PathLike | None = None, device: str | None = None):
-    """Load (and cache in memory) a model by name or folder."""
+    """Load (and cache in memory) a model by name or folder (a model folder or a LoRA adapter folder)."""
+    from ..adapt.adapter import ADAPTER_FILE
+
     path = resolve_model(spec)
-    meta = path / "cytodiffusion.json"
+    meta = path / ADAPTER_FILE if (path / ADAPTER_FILE).is_file() else path / "cytodiffusion.json"
     mtime = meta.stat().st_mtime if meta.exists() else 0.0
     return _cached_load(str(path), device, mtime)

@@ -1,0 +1,82 @@
+"""Dump full-grid paired diffusion errors (every class *and the null class*, every timestep).
+
+The adaptive classifier's choices (which timesteps first, when to drop a class, how to score
+anomalies) can then be studied offline in numpy, because a unit's error does not depend on the
+order in which units are evaluated (each cell/unit has its own fixed noise).
+
+Usage::
+
+    python benchmarks/full_grid_errors.py --model runs/pbc32 --cache pbc_cache.npz \
+        --split cal --per-class 50 --out runs/grid_cal.npz
+
+The output holds ``errors`` (N, C+1, U) — the last class is the null (unconditional) label —
+``labels`` (N,), ``timesteps`` (U,) and ``classes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
+    ap.add_argument("--cache", type=Path, required=True, help="npz from train_default_model.py prepare")
+    ap.add_argument("--split", default="cal", choices=["cal", "val"])
+    ap.add_argument("--per-class", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from napari_cytodiffusion.classify.engine import EngineConfig, diffusion_errors
+    from napari_cytodiffusion.crops import to_model_tensor
+    from napari_cytodiffusion.model.architecture import alphas_cumprod
+    from napari_cytodiffusion.model.folder import load_model
+    from napari_cytodiffusion.model.registry import resolve_model
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = load_model(resolve_model(str(args.model) if args.model else None))
+    z = np.load(args.cache)
+    cache_classes = [str(c) for c in z["classes"]]
+    x, y = z[f"{args.split}_images"], z[f"{args.split}_labels"]
+    rng = np.random.default_rng(args.seed)
+    pick = []
+    for c in range(len(cache_classes)):
+        idx = np.flatnonzero(y == c)
+        pick.extend(rng.choice(idx, size=min(args.per_class, len(idx)), replace=False))
+    pick = np.sort(np.array(pick))
+    cal = model.metadata.calibration or {}
+    cfg = EngineConfig.from_calibration(cal, adaptive=False)
+    n_cls = model.metadata.n_classes + 1  # include the null label
+    ac = alphas_cumprod(model.scheduler)
+    parts = []
+    t0 = time.perf_counter()
+    for s in range(0, len(pick), 32):
+        ids = pick[s : s + 32]
+        x0 = to_model_tensor(x[ids]).to(model.device)
+        parts.append(diffusion_errors(model.unet, ac, x0, n_cls, cfg, cell_ids=ids).errors)
+        print(f"{s + len(ids)}/{len(pick)} cells, {time.perf_counter() - t0:.0f} s", flush=True)
+    remap = {c: i for i, c in enumerate(model.classes)}
+    labels = np.array([remap.get(cache_classes[v], -1) for v in y[pick]])
+    np.savez(
+        args.out,
+        errors=np.concatenate(parts),
+        labels=labels,
+        cell_ids=pick,
+        timesteps=np.array(cfg.timesteps),
+        weights=np.array(cfg.weights),
+        scales=np.array(cfg.scales),
+        classes=np.array(model.classes),
+    )
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
