@@ -26,7 +26,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
     ap.add_argument("--cache", type=Path, required=True, help="npz from train_default_model.py prepare")
-    ap.add_argument("--split", default="cal", choices=["cal", "val"])
+    ap.add_argument(
+        "--split",
+        default="cal",
+        choices=["cal", "val", "images"],
+        help="images: every image of an npz with an 'images' array (e.g. out-of-distribution cells)",
+    )
     ap.add_argument("--per-class", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
@@ -43,8 +48,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(resolve_model(str(args.model) if args.model else None))
     z = np.load(args.cache)
-    cache_classes = [str(c) for c in z["classes"]]
-    x, y = z[f"{args.split}_images"], z[f"{args.split}_labels"]
+    if args.split == "images":
+        cache_classes = ["other"]
+        x = z["images"]
+        y = np.zeros(len(x), dtype=np.int64)
+    else:
+        cache_classes = [str(c) for c in z["classes"]]
+        x, y = z[f"{args.split}_images"], z[f"{args.split}_labels"]
     rng = np.random.default_rng(args.seed)
     pick = []
     for c in range(len(cache_classes)):

@@ -163,3 +163,22 @@ def test_agreement_report_cli(tmp_path):
     assert (tmp_path / "rep" / "agreement.png").stat().st_size > 1000
     assert main(["agreement", "--cells", str(tmp_path / "cells.csv"), "--user-column", "nope",
                  "--out", str(tmp_path / "rep2")]) == 2  # fmt: skip
+
+
+def test_labelling_queue_puts_uncertain_and_abnormal_first():
+    from napari_cytodiffusion.adapt.active import labelling_priority, labelling_queue
+
+    table = pd.DataFrame(
+        {
+            "classified": [True, True, True, True, False, True],
+            "p_correct": [0.99, 0.20, 0.98, 0.97, np.nan, 0.50],
+            "anomaly": [0.1, 0.2, 9.0, 0.0, np.nan, 0.3],
+            "corrected_class": ["", "", "", "", "", "monocyte"],
+        }
+    )
+    queue = labelling_queue(table)
+    assert set(queue[:2]) == {1, 2}  # most uncertain and most abnormal lead
+    assert 4 not in queue and 5 not in queue  # unclassified and already labelled cells are skipped
+    assert queue[-1] == 3 or queue[-1] == 0
+    pri = labelling_priority(np.array([0.9, 0.1]), np.array([0.0, 0.0]))
+    assert pri[1] == 1.0

@@ -134,6 +134,50 @@ def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
     assert before != w.inspector.image.value.shape
 
 
+def test_active_learning_finetune_and_agreement(make_napari_viewer, qtbot, tiny_model, tmp_path):
+    """Next-most-useful cell, corrections, fine-tune on them in a worker, re-classified layer, agreement."""
+    from napari_cytodiffusion.adapt.active import labelling_queue
+    from napari_cytodiffusion.sample_data import synthetic_smear
+    from napari_cytodiffusion.widgets.classify import ClassifyWidget
+
+    viewer = make_napari_viewer()
+    image, truth = synthetic_smear()
+    viewer.add_image(image, name="smear", rgb=True)
+    viewer.add_labels(truth, name="truth")
+    w = ClassifyWidget(viewer)
+    w.image.value = viewer.layers["smear"]
+    w.labels_layer.value = viewer.layers["truth"]
+    w.model_dir.value = str(tiny_model)
+    w.cells.value = "all"
+    w.speed.value = "fast"
+    w.finetune.run_button.clicked()  # nothing classified yet: a notification, no worker
+    assert w.finetune.worker is None
+    w.run_button.clicked()
+    _wait(qtbot, w)
+    pts = w.result["points"]
+    expected = int(labelling_queue(pts.features)[0])
+    assert w.next_to_label() == expected
+    assert pts.selected_data == {expected}
+    assert "unlabelled" in w.inspector.queue_info.value
+    for i, cls in enumerate(["redcell"] * 4 + ["violet"] * 4):
+        pts.selected_data = {i}
+        w.correct_to.value = cls
+        w.apply_correction()
+    assert w.next_to_label() not in range(8)  # labelled cells leave the queue
+    w.finetune.steps.value = 3
+    w.finetune.rank.value = 2
+    w.finetune.adapter_dir.value = str(tmp_path / "adapter")
+    w.finetune.run_button.clicked()
+    _wait(qtbot, w.finetune)
+    assert (tmp_path / "adapter" / "cytodiffusion_adapter.json").is_file()
+    new = viewer.layers["smear cells [2]"]
+    assert w.result["points"] is new and "smear cells" in viewer.layers  # the first result is kept
+    assert list(new.features["corrected_class"].iloc[:8]) == ["redcell"] * 4 + ["violet"] * 4
+    assert w.result["model"].short_id().startswith("adapter@")
+    out = w.export(tmp_path / "export")
+    assert out["agreement"].exists() and (tmp_path / "export" / "smear_agreement.png").exists()
+
+
 def test_classify_selection_and_layer_removed_midway(make_napari_viewer, qtbot, tiny_model):
     from napari_cytodiffusion.sample_data import synthetic_smear
     from napari_cytodiffusion.widgets.classify import ClassifyWidget

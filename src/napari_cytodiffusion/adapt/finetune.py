@@ -322,3 +322,64 @@ def prepare_finetune_data(
             "seed": int(seed),
         },
     )
+
+
+def smear_finetune_data(
+    model,
+    image: np.ndarray,
+    labels: np.ndarray,
+    table,
+    new_classes: bool = True,
+    calibration_fraction: float = 0.3,
+    min_calibration: int = 10,
+    seed: int = 0,
+) -> FinetuneData:
+    """The cells a user corrected on a smear (``corrected_class``) as fine-tuning data.
+
+    Per class, ``calibration_fraction`` of the corrected cells (classes with at least 4) is held
+    out for recalibration; if fewer than ``min_calibration`` cells would be held out, all cells
+    train and the base calibration is kept.
+    """
+    from ..crops import crops_from_labels, training_preprocessing
+
+    if "corrected_class" not in table:
+        raise InputError("no corrected cells: set the true class of some cells first")
+    corr = table["corrected_class"].fillna("").astype(str).str.strip()
+    rows = table[corr != ""]
+    if len(rows) < 2:
+        raise InputError("correct at least two cells before fine-tuning")
+    names = rows["corrected_class"].astype(str).str.strip().tolist()
+    classes = class_list(model, names, new_classes)
+    lookup = {c.lower(): i for i, c in enumerate(classes)}
+    y = np.array([lookup[n.lower()] for n in names], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    cal = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        if len(idx) >= 4:
+            cal[idx[: int(len(idx) * calibration_fraction)]] = True
+    if cal.sum() < min_calibration:
+        cal[:] = False
+    ref = float(np.median(table["equivalent_diameter"]))
+    args = (
+        rows["label"].to_numpy(),
+        rows[["centroid_y", "centroid_x"]].to_numpy(),
+        rows["equivalent_diameter"].to_numpy(),
+    )
+    big, _ = crops_from_labels(
+        image, labels, training_preprocessing(model.metadata.preprocessing), *args, ref
+    )
+    small, _ = crops_from_labels(image, labels, model.metadata.preprocessing, *args, ref)
+    return FinetuneData(
+        classes=classes,
+        train_images=big[~cal],
+        train_labels=y[~cal],
+        cal_images=small[cal],
+        cal_labels=y[cal],
+        description={
+            "source": "cells corrected in napari",
+            "n_train": int((~cal).sum()),
+            "n_calibration": int(cal.sum()),
+            "class_counts": {classes[c]: int((y == c).sum()) for c in np.unique(y)},
+        },
+    )

@@ -68,11 +68,15 @@ class ClassifyWidget(Container, RunnerMixin):
                 self.export_button,
             ]
         )
+        from .finetune import FinetunePanel
         from .inspector import CellInspector
 
         self.inspector = CellInspector()
         self.append(self.inspector)
         self.inspector.target.changed.connect(lambda: self.inspect(self._inspected))
+        self.inspector.next_button.changed.connect(self.next_to_label)
+        self.finetune = FinetunePanel(lambda: self.result, self._show)
+        self.append(self.finetune)
         self._inspected = None
         self.colour_by.changed.connect(self._recolour)
         self.correct_button.changed.connect(self.apply_correction)
@@ -137,7 +141,8 @@ class ClassifyWidget(Container, RunnerMixin):
         return gen, done
 
     # results ---------------------------------------------------------------
-    def _show(self, res, model, image_layer, labels_layer, image) -> None:
+    def _show(self, res, model, image_layer, labels_layer, image, corrections: dict | None = None) -> None:
+        """Add a points layer for a result; ``corrections`` ({label: class}) carry a user's labels over."""
         from ..layers import class_colours, legend_html
 
         table = res.table
@@ -151,6 +156,9 @@ class ClassifyWidget(Container, RunnerMixin):
                 "warning",
                 "the labels layer was removed during classification; results were added to a restored copy",
             )
+        if corrections:
+            table = table.copy()
+            table["corrected_class"] = table["label"].map(corrections).fillna("")
         features = table.copy()
         features["uncertainty"] = 1 - features["p_correct"].fillna(1.0)
         face = class_colours(table, md.classes, md.colours)
@@ -196,6 +204,25 @@ class ClassifyWidget(Container, RunnerMixin):
         if labels_layer.selected_label > 0:
             return [int(labels_layer.selected_label)]
         raise InputError("select cells first (points of a previous result, or a label in the labels layer)")
+
+    def next_to_label(self) -> int | None:
+        """Select and inspect the unlabelled cell whose label would help most (active learning)."""
+        from ..adapt.active import labelling_queue
+
+        if not self.result:
+            notify("warning", "classify a smear first")
+            return None
+        pts = self.result["points"]
+        queue = labelling_queue(pts.features)
+        if queue.size == 0:
+            notify("info", "every classified cell has a label")
+            return None
+        row = int(queue[0])
+        pts.selected_data = {row}
+        self.viewer.camera.center = tuple(np.asarray(pts.data[row]) * np.asarray(pts.scale) + pts.translate)
+        self.inspect(row)
+        self.inspector.queue_info.value = f"{queue.size} unlabelled cell(s) left; this one is the most useful"
+        return row
 
     def _on_select(self, event=None) -> None:
         sel = sorted(self.result["points"].selected_data) if self.result else []
@@ -329,5 +356,11 @@ class ClassifyWidget(Container, RunnerMixin):
             import pandas as pd
 
             out["corrections"] = write_cells_csv(pd.DataFrame(rows), folder / "corrections" / "labels.csv")
+            from ..evaluate.agreement import agreement_png, agreement_report
+            from ..io.atomic import write_json
+
+            report = agreement_report(table)
+            out["agreement"] = write_json(folder / f"{stem}_agreement.json", report)
+            agreement_png(report, folder / f"{stem}_agreement.png")
         notify("info", f"exported to {folder}")
         return out
