@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cytodiffusion.classify.calibration import anomaly_reference, fit_calibration, timestep_statistics
+from napari_cytodiffusion.classify.calibration import fit_calibration, timestep_statistics
 from napari_cytodiffusion.classify.classifier import finish
 from napari_cytodiffusion.classify.engine import (
     DEFAULT_TIMESTEPS,
@@ -64,6 +64,12 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--out", type=Path, default=None, help="write metrics JSON here")
     ap.add_argument("--smoke", action="store_true", help="8 cells and 6 timesteps: checks the script runs")
+    ap.add_argument(
+        "--refit-only",
+        action="store_true",
+        help="keep the model's engine settings (timesteps, weights, drop_z); refit temperature, "
+        "P(correct) and anomaly profile from an adaptive run, then validate (adaptive only)",
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -90,9 +96,20 @@ def main(argv=None) -> int:
             held_x[:4],
         )
     t0 = time.time()
+    old_cal = dict(model.metadata.calibration or {})
+    if args.refit_only:
+        engine = dict(old_cal["engine"])
+        cfg = EngineConfig(**engine, adaptive=True)
+        calib = fit_calibration(run(model, cal_x, cfg), cal_y, c)
+        calib["engine"] = engine
+        for key in ("timestep_snr", "tuning_on_calibration"):
+            if key in old_cal:
+                calib[key] = old_cal[key]
+        return _validate(
+            args, model, calib, cfg, engine, dev, val_x, val_y, held_x, time.time() - t0, full=False
+        )
     full = run(model, cal_x, EngineConfig(timesteps=grid, adaptive=False))
     stats = timestep_statistics(full.errors, cal_y, grid, keep=24)
-    reference = anomaly_reference(full.errors, cal_y, c)
     engine = {k: stats[k] for k in ("timesteps", "weights", "scales")}
     # full-grid accuracy on cal with the fitted weights, then the cheapest adaptive setting within 0.5 pt
     base = EngineConfig(**engine, adaptive=False)
@@ -109,14 +126,21 @@ def main(argv=None) -> int:
     engine["drop_z"] = chosen
     cfg = EngineConfig(**engine, adaptive=True)
     cal_run = run(model, cal_x, cfg)
-    calib = fit_calibration(cal_run, cal_y, c, reference, grid)
+    calib = fit_calibration(cal_run, cal_y, c)
     calib["engine"] = engine
     calib["timestep_snr"] = stats["snr"]
     calib["tuning_on_calibration"] = {"full_grid_accuracy": float(acc_full), "adaptive": tuning}
-    secs_cal = time.time() - t0
-    # validation
+    return _validate(args, model, calib, cfg, engine, dev, val_x, val_y, held_x, time.time() - t0, full=True)
+
+
+def _validate(args, model, calib, cfg, engine, dev, val_x, val_y, held_x, secs_cal, full: bool) -> int:
+    """Measure on PBC val (and the held-out class / OOD set), store in the metadata, print."""
+    old_val = dict(model.metadata.validation or {})
     out = {}
-    for name, ecfg in (("full_grid", EngineConfig(**engine, adaptive=False)), ("adaptive", cfg)):
+    runs = [("adaptive", cfg)]
+    if full:
+        runs.insert(0, ("full_grid", EngineConfig(**engine, adaptive=False)))
+    for name, ecfg in runs:
         t1 = time.time()
         r = run(model, val_x, ecfg)
         dt = time.time() - t1
@@ -164,7 +188,9 @@ def main(argv=None) -> int:
         },
         "full_grid": {
             k: out["full_grid"][k] for k in ("accuracy", "balanced_accuracy", "unet_calls_per_cell")
-        },
+        }
+        if "full_grid" in out
+        else old_val.get("full_grid", {}),
         **({"anomaly_heldout_class": out["heldout_class"]} if "heldout_class" in out else {}),
         **({"anomaly_ood": out["ood"]} if "ood" in out else {}),
     }

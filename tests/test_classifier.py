@@ -104,3 +104,42 @@ def test_calibration_helpers():
     assert auroc(np.zeros(10), np.ones(10)) == 1.0
     assert auroc(np.arange(10), np.arange(10)) == pytest.approx(0.5)
     assert sensitivity_at_specificity(np.arange(100), np.array([200, 50])) == 0.5
+
+
+def test_profile_anomaly_is_two_sided_and_handles_partial_units():
+    """Cells explained unusually well *or* badly by their class score high; missing bands are marginalised."""
+    from napari_cytodiffusion.classify.calibration import fit_calibration, score_anomaly
+    from napari_cytodiffusion.classify.engine import ErrorResult, class_evidence
+
+    rng = np.random.default_rng(1)
+    ts = np.array([150, 250, 350, 450, 550, 650, 750, 850])
+    base = np.exp(-ts / 250.0)  # errors fall with the timestep, as in a real model
+
+    def make(n, scale):
+        labels = rng.integers(0, 3, n)
+        e = base[None, None, :] * np.exp(rng.normal(0, 0.1, (n, 3, len(ts)))) * 1.3
+        e[np.arange(n), labels] = base * scale[:, None] * np.exp(rng.normal(0, 0.1, (n, len(ts))))
+        res = ErrorResult(e, np.ones((n, 3), bool), np.full(n, 24), ts, np.ones(len(ts)), 0.3 * base)
+        return res, labels
+
+    cal, y = make(600, np.ones(600))
+    c = fit_calibration(cal, y, 3)
+    assert c["anomaly"]["method"] == "profile"
+    normal, _ = make(200, np.ones(200))
+    easy, _ = make(50, np.full(50, 0.6))  # "too simple": lower error than any calibration cell
+    hard, _ = make(50, np.full(50, 1.6))
+
+    def scores(res):
+        w, ev = class_evidence(res)
+        return score_anomaly(res, w, ev, c["anomaly"])
+
+    s_norm = scores(normal)
+    assert auroc(s_norm, scores(easy)) > 0.95
+    assert auroc(s_norm, scores(hard)) > 0.95
+    # a run that evaluated only the first half of the units still gives finite, comparable scores
+    half = ErrorResult(
+        normal.errors.copy(), normal.active, normal.calls, ts, normal.unit_weights, normal.unit_scales
+    )
+    half.errors[:, :, 4:] = np.nan
+    s_half = scores(half)
+    assert np.isfinite(s_half).all() and abs(np.median(s_half) - np.median(s_norm)) < 0.5

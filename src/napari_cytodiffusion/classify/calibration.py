@@ -146,29 +146,49 @@ def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
     return float(total)
 
 
+def score_anomaly(
+    result: ErrorResult, winner: np.ndarray, evidence: np.ndarray, anomaly: dict[str, Any]
+) -> np.ndarray:
+    """Anomaly score with the model's calibrated method ("profile", or the older "z_winner")."""
+    if anomaly.get("method") == "profile":
+        from .anomaly import profile_features, profile_scores
+
+        feats = profile_features(
+            result.errors, result.unit_timesteps, result.unit_scales, winner, anomaly["unit_reference"]
+        )
+        return profile_scores(feats, winner, anomaly["profile"])
+    return anomaly_scores(result, winner, anomaly["reference"], anomaly["reference_timesteps"])
+
+
 def fit_calibration(
     result: ErrorResult,
     labels: np.ndarray,
     n_classes: int,
-    reference: dict[str, Any],
-    ref_timesteps: list[int],
     specificity: float = 0.96,
     flag_below: float = 0.9,
 ) -> dict[str, Any]:
-    """Fit temperature, P(correct) and the anomaly threshold on a calibration run."""
+    """Fit temperature, P(correct), the anomaly profile and its threshold on a calibration run."""
+    from .anomaly import BANDS, fit_profile, profile_features, profile_scores, unit_reference
+
     winner, evidence = class_evidence(result)
     temperature = fit_temperature(evidence, labels)
     probs = softmax_neg(evidence, temperature)
-    anomaly = anomaly_scores(result, winner, reference, ref_timesteps)
+    ref = unit_reference(result.errors, labels, result.unit_timesteps)
+    feats = profile_features(result.errors, result.unit_timesteps, result.unit_scales, winner, ref)
+    fitted = fit_profile(feats, winner, n_classes)
+    anomaly = profile_scores(feats, winner, fitted)
     correct = (winner == labels).astype(float)
-    beta = fit_logistic(pcorrect_features(probs, anomaly), correct)
+    beta = fit_logistic(pcorrect_features(probs, np.nan_to_num(anomaly)), correct)
     return {
         "temperature": temperature,
         "p_correct": {"features": ["logit(p_max)", "log(margin)", "anomaly"], "coef": beta.tolist()},
         "anomaly": {
-            "reference": reference,
-            "reference_timesteps": [int(t) for t in ref_timesteps],
-            "threshold": float(np.quantile(anomaly, specificity)),
+            "method": "profile",
+            "description": "Mahalanobis distance of the error profile to calibration cells of the predicted class",
+            "bands": BANDS,
+            "unit_reference": ref,
+            "profile": fitted,
+            "threshold": float(np.nanquantile(anomaly, specificity)),
             "specificity": specificity,
         },
         "flag_below_p_correct": flag_below,
@@ -211,15 +231,11 @@ def recalibrate(
             )
         )  # fmt: skip
     res = merge_results(parts, model.metadata.n_classes)
-    ref_t = [int(t) for t in res.unit_timesteps]
-    reference = anomaly_reference(res.errors, labels, model.metadata.n_classes)
     old = cal.get("anomaly", {})
     new = fit_calibration(
         res,
         labels,
         model.metadata.n_classes,
-        reference,
-        ref_t,
         specificity=float(old.get("specificity", 0.96)),
         flag_below=float(cal.get("flag_below_p_correct", 0.9)),
     )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .calibration import anomaly_scores, apply_pcorrect, softmax_neg
+from .calibration import apply_pcorrect, score_anomaly, softmax_neg
 from .engine import EngineConfig, class_evidence, diffusion_errors, merge_results
 
 #: Speed/accuracy presets (engine overrides).
@@ -155,13 +155,13 @@ def finish(
     temperature = float(cal.get("temperature", 1.0))
     probs = softmax_neg(evidence, temperature)
     if "anomaly" in cal:
-        anomaly = anomaly_scores(
-            res, winner, cal["anomaly"]["reference"], cal["anomaly"]["reference_timesteps"]
-        )
+        anomaly = score_anomaly(res, winner, evidence, cal["anomaly"])
         threshold = float(cal["anomaly"]["threshold"])
     else:
         anomaly, threshold = np.zeros(n), np.inf
-    p_correct = apply_pcorrect(probs, anomaly, cal) if "p_correct" in cal else probs.max(axis=1)
+    p_correct = (
+        apply_pcorrect(probs, np.nan_to_num(anomaly), cal) if "p_correct" in cal else probs.max(axis=1)
+    )
     flag_below = float(cal.get("flag_below_p_correct", 0.9))
     flagged = (p_correct < flag_below) | (anomaly > threshold)
     return Classification(
