@@ -39,7 +39,7 @@ from napari_cytodiffusion.model.folder import load_model, write_metadata
 
 
 def run(model, crops, cfg, batch=256):
-    cfg.batch_size = 4096 if model.device.type == "cuda" else 512
+    cfg.batch_size = 4096 if model.device.type == "cuda" else None
 
     ac = alphas_cumprod(model.scheduler)
     parts = []
@@ -63,6 +63,7 @@ def main(argv=None) -> int:
         "--heldout-class", default=None, help="class missing from the model: its val cells are the anomalies"
     )
     ap.add_argument("--out", type=Path, default=None, help="write metrics JSON here")
+    ap.add_argument("--ood-limit", type=int, default=None, help="use N evenly spaced OOD cells")
     ap.add_argument("--smoke", action="store_true", help="8 cells and 6 timesteps: checks the script runs")
     ap.add_argument(
         "--refit-only",
@@ -161,6 +162,8 @@ def _validate(args, model, calib, cfg, engine, dev, val_x, val_y, held_x, secs_c
         }
     if args.ood_npz:
         o = np.load(args.ood_npz)["images"][:: 100 if args.smoke else 1]
+        if args.ood_limit and len(o) > args.ood_limit:
+            o = o[np.linspace(0, len(o) - 1, args.ood_limit).round().astype(int)]
         ro = finish(run(model, o, cfg), model.classes, calib, 0, {})
         out["ood"] = {
             "set": str(args.ood_npz.name),

@@ -37,7 +37,9 @@ class EngineConfig:
     tta: int = 1
     disc_radius: float | None = None
     seed: int = 0
-    batch_size: int = 512
+    #: UNet evaluations per call; None = 64 on a CPU (cache-friendly: 6 ms per evaluation at 32 px
+    #: vs 10 ms at 512 on 2 cores), 2048 on a GPU
+    batch_size: int | None = None
 
     @classmethod
     def from_calibration(cls, calibration: dict[str, Any], **overrides: Any) -> EngineConfig:
@@ -154,14 +156,16 @@ def diffusion_errors(
     calls = np.zeros(n, dtype=np.int64)
     done_units = 0
     per_round = n_units if not config.adaptive else max(1, int(config.units_per_round))
+    batch_size = int(config.batch_size or (64 if dev.type == "cpu" else 2048))
+    channels_last = dev.type == "cpu"
     while done_units < n_units:
         units = list(range(done_units, min(n_units, done_units + per_round)))
         cells, classes = np.nonzero(active)
         items = [(ci, cl, u) for ci, cl in zip(cells, classes, strict=True) for u in units]
-        for start in range(0, len(items), config.batch_size):
+        for start in range(0, len(items), batch_size):
             if should_stop is not None and should_stop():
                 raise Cancelled("classification cancelled")
-            chunk = items[start : start + config.batch_size]
+            chunk = items[start : start + batch_size]
             ci = torch.as_tensor([it[0] for it in chunk], device=dev)
             cl = torch.as_tensor([it[1] for it in chunk], device=dev)
             uu = np.array([it[2] for it in chunk])
@@ -172,6 +176,8 @@ def diffusion_errors(
                 xs = torch.stack([_view(xs[j], int(unit_v[u])) for j, u in enumerate(uu)])
             a = ac[ut][:, None, None, None]
             xt = a.sqrt() * xs + (1 - a).sqrt() * eps
+            if channels_last:
+                xt = xt.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 pred = unet(xt, ut, class_labels=cl).sample
             sq = (pred.float() - eps) ** 2

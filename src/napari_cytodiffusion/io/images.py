@@ -39,7 +39,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if suffix in {".tif", ".tiff"}:
             import tifffile
 
-            return np.asarray(tifffile.imread(path))
+            arr = np.asarray(tifffile.imread(path))
+            if arr.size == 0:
+                raise InputError(f"cannot read {path.name}: the TIFF holds no image data (truncated?)")
+            return arr
         from PIL import Image
 
         with Image.open(path) as im:
@@ -61,45 +64,92 @@ def to_rgb_float(image: np.ndarray, name: str = "image") -> np.ndarray:
     in [0, 1] are kept, other float ranges are stretched. NaN/inf are replaced by
     the image's finite minimum.
     """
-    arr = np.asarray(image)
-    if arr.dtype == bool:
-        arr = arr.astype(np.float32)
-    if arr.dtype.kind not in "uif":
-        raise InputError(f"{name}: unsupported data type {arr.dtype}")
-    if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # channel-first
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    elif arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    elif not (arr.ndim == 3 and arr.shape[-1] == 3):
-        raise InputError(
-            f"{name}: expected a 2D grayscale or RGB(A) image, got shape {tuple(np.shape(image))}"
-        )
-    if arr.shape[0] < 8 or arr.shape[1] < 8:
-        raise InputError(f"{name}: image is too small ({arr.shape[0]}x{arr.shape[1]} pixels)")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    out = arr.astype(np.float32)
-    finite = np.isfinite(out)
-    if not finite.all():
-        if not finite.any():
-            raise InputError(f"{name}: image contains no finite values")
-        out = np.where(finite, out, np.min(out[finite]))
-    if arr.dtype.kind == "f" and out.min() >= 0.0 and out.max() <= 1.0:
-        return out
-    if arr.dtype.kind in "ui":
-        info = np.iinfo(arr.dtype)
-        if arr.dtype.kind == "u" and out.max() > info.max / 16:
-            return (out / info.max).astype(np.float32)
-    lo, hi = np.percentile(out, [0.1, 99.9])
-    if hi <= lo:
-        lo, hi = float(out.min()), float(out.max())
-    if hi <= lo:
-        return np.zeros_like(out, dtype=np.float32)
-    return np.clip((out - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    norm = RGBNormaliser(image, name)
+    return norm(0, norm.height, 0, norm.width)
+
+
+class RGBNormaliser:
+    """Per-tile conversion to float32 RGB [0, 1] with constants computed once for the whole image.
+
+    Large images are never converted as a whole: the scaling constants come from a strided
+    sample of at most ``max_samples`` pixels (all pixels for images up to that size, giving
+    exactly :func:`to_rgb_float`), and each call converts one window only, so memory stays
+    bounded by the tile size.
+    """
+
+    def __init__(self, image: np.ndarray, name: str = "image", max_samples: int = 16_000_000) -> None:
+        arr = np.asarray(image)
+        is_bool = arr.dtype == bool
+        if arr.dtype.kind not in "uifb":
+            raise InputError(f"{name}: unsupported data type {arr.dtype}")
+        if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
+            arr = np.moveaxis(arr, 0, -1)  # channel-first (a view)
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim == 3 and arr.shape[-1] == 4:
+            arr = arr[..., :3]
+        if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
+            raise InputError(
+                f"{name}: expected a 2D grayscale or RGB(A) image, got shape {tuple(np.shape(image))}"
+            )
+        if arr.shape[0] < 8 or arr.shape[1] < 8:
+            raise InputError(f"{name}: image is too small ({arr.shape[0]}x{arr.shape[1]} pixels)")
+        self.arr = arr
+        self.height, self.width = int(arr.shape[0]), int(arr.shape[1])
+        self.fill = 0.0
+        self.lo, self.hi = 0.0, 1.0
+        self.mode = "uint8" if arr.dtype == np.uint8 else "identity" if is_bool else "scale"
+        if self.mode != "scale":
+            return
+        stride = max(1, int(np.ceil(np.sqrt(self.height * self.width / max_samples))))
+        sample = arr[::stride, ::stride].astype(np.float32)
+        finite = np.isfinite(sample)
+        if not finite.all():
+            if not finite.any():
+                raise InputError(f"{name}: image contains no finite values")
+            self.fill = float(np.min(sample[finite]))
+            sample = np.where(finite, sample, self.fill)
+        if arr.dtype.kind == "f" and sample.min() >= 0.0 and sample.max() <= 1.0:
+            self.mode = "identity"
+            return
+        if arr.dtype.kind in "ui":
+            info = np.iinfo(arr.dtype)
+            if arr.dtype.kind == "u" and sample.max() > info.max / 16:
+                self.lo, self.hi = 0.0, float(info.max)
+                return
+        lo, hi = np.percentile(sample, [0.1, 99.9])
+        if hi <= lo:
+            lo, hi = float(sample.min()), float(sample.max())
+        self.lo, self.hi = float(lo), float(hi)
+        if self.hi <= self.lo:
+            self.mode = "zero"
+
+    def preview(self, max_pixels: int = 4_000_000) -> np.ndarray:
+        """A strided, converted copy of the whole image of at most about ``max_pixels`` pixels."""
+        stride = max(1, int(np.ceil(np.sqrt(self.height * self.width / max_pixels))))
+        return self._convert(self.arr[::stride, ::stride])
+
+    def __call__(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return self._convert(self.arr[y0:y1, x0:x1])
+
+    def _convert(self, win: np.ndarray) -> np.ndarray:
+        if win.ndim == 2:
+            win = win[..., None]
+        if self.mode == "uint8":
+            out = win.astype(np.float32) / 255.0
+        else:
+            out = win.astype(np.float32)
+            if self.fill != 0.0 or not np.isfinite(out).all():
+                out = np.where(np.isfinite(out), out, np.float32(self.fill))
+            if self.mode == "zero":
+                out = np.zeros_like(out)
+            elif self.mode == "scale":
+                out = np.clip((out - self.lo) / (self.hi - self.lo), 0.0, 1.0)
+            else:
+                out = np.clip(out, 0.0, 1.0)
+        if out.shape[-1] == 1:
+            out = np.repeat(out, 3, axis=-1)
+        return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -138,23 +138,25 @@ def iter_segment(
     image: np.ndarray, params: SegmentParams | None = None, should_stop: Callable[[], bool] | None = None
 ) -> Iterator[tuple[int, int] | np.ndarray]:
     """Segment one 2D image; yields ``(tiles_done, tiles_total)`` then the uint32 labels."""
-    from ..io.images import to_rgb_float
+    from ..io.images import RGBNormaliser
 
     params = params or SegmentParams()
-    rgb = to_rgb_float(image)
-    if float(rgb.max() - rgb.min()) < 1e-3:
+    norm = RGBNormaliser(image)  # converts tile by tile: memory stays bounded for huge images
+    h, w = norm.height, norm.width
+    preview = norm.preview()
+    if float(preview.max() - preview.min()) < 1e-3:
         yield (1, 1)
-        yield np.zeros(rgb.shape[:2], np.uint32)
+        yield np.zeros((h, w), np.uint32)
         return
+    del preview
     seg = load_segmenter(params.model, params.gpu)
     diameter = params.diameter
     if diameter is not None and diameter <= 0:
         raise InputError("diameter must be positive (or empty for automatic)")
-    h, w = rgb.shape[:2]
     first_pass = None
     if diameter is None:  # automatic: a first pass at the model's scale on a central window
         wy0, wx0 = max(0, h // 2 - 512), max(0, w // 2 - 512)
-        win = rgb[wy0 : h // 2 + 512, wx0 : w // 2 + 512]
+        win = norm(wy0, h // 2 + 512, wx0, w // 2 + 512)
         x, kw = _prepare(seg, win)
         first_pass = _eval(seg, x, kw, params, None)
         d = _median_diameter(first_pass)
@@ -170,8 +172,13 @@ def iter_segment(
         if first_pass is not None and len(tiles) == 1:
             m = first_pass  # the automatic-diameter pass already covered the whole image at this scale
         else:
-            x, kw = _prepare(seg, rgb[y0:y1, x0:x1])
-            m = _eval(seg, x, kw, params, diameter)
+            tile = norm(y0, y1, x0, x1)
+            if float(tile.max() - tile.min()) < 1e-3:  # empty background: nothing to find
+                m = np.zeros(tile.shape[:2], np.int32)
+            else:
+                x, kw = _prepare(seg, tile)
+                m = _eval(seg, x, kw, params, diameter)
+            del tile
         if len(tiles) == 1:
             labels = m
         else:
@@ -181,9 +188,12 @@ def iter_segment(
         from skimage.segmentation import clear_border
 
         labels = clear_border(labels)
-    from skimage.segmentation import relabel_sequential
+    if params.exclude_border or len(tiles) == 1:
+        from skimage.segmentation import relabel_sequential
 
-    yield relabel_sequential(labels)[0].astype(np.uint32)
+        labels = relabel_sequential(labels)[0]
+    # pasted tiles are numbered 1..n already; avoid a whole-image copy for huge images
+    yield labels if labels.dtype == np.uint32 else labels.astype(np.uint32)
 
 
 def segment(image: np.ndarray, params: SegmentParams | None = None, **kwargs: Any) -> np.ndarray:
@@ -233,11 +243,13 @@ def _paste(labels, tile, box, shape, overlap, next_id) -> int:
     if len(ids) == 0:
         return next_id
     centres = ndimage.center_of_mass(np.ones_like(tile), tile, ids)
+    boxes = ndimage.find_objects(tile)
     region = labels[y0:y1, x0:x1]
     for lab, (cy, cx) in zip(ids, centres, strict=True):
         gy, gx = cy + y0, cx + x0
         if cy0 <= gy < cy1 and cx0 <= gx < cx1:
-            sel = (tile == lab) & (region == 0)
-            region[sel] = next_id
+            bb = boxes[int(lab) - 1]
+            sub = region[bb]
+            sub[(tile[bb] == lab) & (sub == 0)] = next_id
             next_id += 1
     return next_id

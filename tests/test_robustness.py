@@ -1,0 +1,114 @@
+"""Bad and odd inputs: clear one-line errors (exit 2) or sensible results, never tracebacks or half files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_cytodiffusion.cli.main import main
+
+
+def test_huge_image_is_segmented_in_tiles_with_bounded_memory():
+    """A 20,000 x 20,000 field: blank tiles are skipped, memory stays far below a whole-image float copy."""
+    code = r"""
+import json, resource, numpy as np
+from napari_cytodiffusion.sample_data import synthetic_smear
+from napari_cytodiffusion.segmentation.cellpose_seg import segment
+smear, _ = synthetic_smear()
+img = np.full((20000, 20000), 235, np.uint8)          # 400 MB grayscale field
+# cells in one tile's core only (tiles of 1024 px every 832 px): one Cellpose call, 624 blank tiles skipped
+img[9400:9640, 9400:9640] = smear[100:340, 200:440].mean(axis=-1).astype(np.uint8)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+labels = segment(img, diameter=46.0, tile_size=1024, tile_overlap=192)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps({"n": int(labels.max()), "shape": labels.shape, "extra_gb": after - before,
+                  "dtype": str(labels.dtype), "outside": int(labels[:8000].max())}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["shape"] == [20000, 20000] and out["dtype"] == "uint32"
+    assert out["n"] >= 3 and out["outside"] == 0
+    # labels alone are 1.6 GB; a float32 RGB copy of the image would add 4.8 GB
+    assert out["extra_gb"] < 3.5, out
+
+
+@pytest.mark.parametrize(
+    "content, suffix, message",
+    [
+        (b"this is not an image", ".png", "cannot read"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", ".png", "cannot read"),  # truncated PNG
+        (b"plain text", ".txt", ""),
+        (b"II*\x00\x08\x00\x00\x00", ".tif", "cannot read"),  # truncated TIFF header
+    ],
+)
+def test_segment_cli_unreadable_files_exit_2(tmp_path, capsys, content, suffix, message):
+    f = tmp_path / f"bad{suffix}"
+    f.write_bytes(content)
+    assert main(["segment", str(f), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "--class", "all", "-n", "0"], "-n must be at least 1"),
+        (["generate", "--class", "megakaryocyte", "-n", "1"], "unknown class"),
+        (["evaluate", "--data", "{csv_no_class}"], "needs columns"),
+        (["classify", "{empty_dir}"], "no input images"),
+        (["analyze", "{empty_dir}"], "no input images"),
+        (["evaluate", "--data", "{csv_no_class}", "--model", "{no_model}"], "model"),
+    ],
+)
+def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    csv = tmp_path / "bad.csv"
+    csv.write_text("path,label\na.png,x\n")
+    subs = {
+        "{csv_no_class}": str(csv),
+        "{empty_dir}": str(tmp_path / "empty"),
+        "{no_model}": str(tmp_path / "nomodel"),
+    }
+    argv = [subs.get(a, a) for a in args] + ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_infinite_values_and_one_cell_touching_every_border():
+    from napari_cytodiffusion.classify.classifier import classify_crops
+    from napari_cytodiffusion.crops import crops_from_labels
+    from napari_cytodiffusion.io.images import to_rgb_float
+    from napari_cytodiffusion.model.registry import get_model
+    from napari_cytodiffusion.segmentation.table import cells_table
+
+    img = np.full((64, 64), np.inf, np.float32)
+    img[10:20, 10:20] = 0.5
+    out = to_rgb_float(img)
+    assert np.isfinite(out).all() and out.shape == (64, 64, 3)
+    # one cell filling the whole field: it touches every border and still gets a crop and a class
+    labels = np.ones((40, 40), np.uint32)
+    table = cells_table(labels)
+    assert len(table) == 1 and bool(table["touches_border"].iloc[0])
+    model = get_model("default")
+    rgb = (np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)
+    crops, ids = crops_from_labels(rgb, labels, model.metadata.preprocessing)
+    assert crops.shape == (1, model.size, model.size, 3) and list(ids) == [1]
+    res = classify_crops(model, crops, speed="fast")
+    assert len(res) == 1 and 0 <= res.p_correct[0] <= 1
+
+
+def test_stack_is_segmented_plane_by_plane():
+    from napari_cytodiffusion.sample_data import synthetic_smear
+    from napari_cytodiffusion.segmentation.cellpose_seg import segment
+
+    smear, _ = synthetic_smear()
+    stack = np.stack([smear[:240, :320], np.full((240, 320, 3), 230, np.uint8)])  # 4-D (Z, Y, X, C)
+    labels = segment(stack, diameter=46.0)
+    assert labels.shape == (2, 240, 320) and labels[0].max() > 5 and labels[1].max() == 0
