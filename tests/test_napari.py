@@ -132,6 +132,16 @@ def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
     assert "cell 3" in w.inspector.title.value
     assert "%" in w.inspector.bars.value
     assert before != w.inspector.image.value.shape
+    # SDEdit counterfactual of the inspected cell: a new layer [original | redrawn | difference]
+    w.inspector.strength.value = 0.3
+    w.counterfactual()
+    qtbot.waitUntil(
+        lambda: any(layer.name.startswith("cell 3 as violet") for layer in viewer.layers), timeout=60_000
+    )
+    layer = next(layer for layer in viewer.layers if layer.name.startswith("cell 3 as violet"))
+    size = w.result["model"].size
+    assert layer.data.shape == (size, 3 * size, 3)
+    assert layer.metadata["napari-cytodiffusion"]["counterfactual"]["to"] == "violet"
 
 
 def test_active_learning_finetune_and_agreement(make_napari_viewer, qtbot, tiny_model, tmp_path):

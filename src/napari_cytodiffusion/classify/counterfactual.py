@@ -61,3 +61,22 @@ def counterfactual_map(
     # difference of the clean-image estimates x0_hat = (xt - sqrt(1-a) eps_hat) / sqrt(a)
     diff = ((1 - a).sqrt() / a.sqrt()) * (e_src - e_tgt)
     return diff.abs().sum(dim=1).mean(dim=0).cpu().numpy()
+
+
+def difference_panel(original: np.ndarray, counterfactual: np.ndarray) -> np.ndarray:
+    """[original | counterfactual | difference] as one uint8 RGB image (S, 3S, 3).
+
+    The difference is the per-pixel colour distance, scaled to its maximum and shown with the
+    inferno colour map (bright = changed most).
+    """
+    import matplotlib
+
+    a = np.asarray(original, dtype=np.float32)
+    b = np.asarray(counterfactual, dtype=np.float32)
+    if a.shape != b.shape or a.ndim != 3:
+        from ..errors import InputError
+
+        raise InputError(f"original {a.shape} and counterfactual {b.shape} must be equal (S, S, 3) crops")
+    diff = np.sqrt(((a - b) ** 2).sum(axis=-1))
+    heat = (matplotlib.colormaps["inferno"](diff / (diff.max() + 1e-9))[..., :3] * 255).astype(np.uint8)
+    return np.concatenate([a.astype(np.uint8), b.astype(np.uint8), heat], axis=1)

@@ -75,6 +75,7 @@ class ClassifyWidget(Container, RunnerMixin):
         self.append(self.inspector)
         self.inspector.target.changed.connect(lambda: self.inspect(self._inspected))
         self.inspector.next_button.changed.connect(self.next_to_label)
+        self.inspector.sdedit_button.changed.connect(self.counterfactual)
         self.finetune = FinetunePanel(lambda: self.result, self._show)
         self.append(self.finetune)
         self._inspected = None
@@ -224,6 +225,62 @@ class ClassifyWidget(Container, RunnerMixin):
         self.inspector.queue_info.value = f"{queue.size} unlabelled cell(s) left; this one is the most useful"
         return row
 
+    def counterfactual(self) -> None:
+        """SDEdit the inspected cell into the inspector's target class; adds [original | redrawn | difference]."""
+        from napari.qt.threading import create_worker
+
+        from ..classify.counterfactual import difference_panel
+        from ..generate.sampling import sdedit
+
+        if not self.result or self._inspected is None or not self.inspector.target.value:
+            notify("warning", "select one cell and a target class in the inspector first")
+            return
+        r = self.result
+        row = r["points"].features.iloc[self._inspected]
+        model = r["model"]
+        crop = self._crop(row)
+        target = self.inspector.target.value
+        tgt, strength = model.class_index(target), float(self.inspector.strength.value)
+        name = unique_layer_name(self.viewer, f"cell {int(row['label'])} as {target}")
+
+        def work():
+            return difference_panel(crop, sdedit(model, crop[None], tgt, strength=strength, seed=0)[0])
+
+        def done(panel):
+            self.viewer.add_image(
+                panel,
+                name=name,
+                rgb=True,
+                metadata={
+                    "napari-cytodiffusion": {
+                        "counterfactual": {"label": int(row["label"]), "from": row["class"], "to": target,
+                                           "strength": strength, "seed": 0, "model": model.short_id()},
+                        "panels": ["original", "counterfactual", "difference"],
+                    }
+                },
+            )  # fmt: skip
+
+        worker = create_worker(
+            work, _start_thread=False, _connect={"returned": done, "errored": self._on_error}
+        )
+        self.inspector._sdedit_worker = worker
+        worker.start()
+
+    def _crop(self, row) -> np.ndarray:
+        from ..crops import crops_from_labels
+
+        r = self.result
+        table = r["points"].features
+        return crops_from_labels(
+            r["image"],
+            r["labels"],
+            r["model"].metadata.preprocessing,
+            np.array([row["label"]]),
+            np.array([[row["centroid_y"], row["centroid_x"]]]),
+            np.array([row["equivalent_diameter"]]),
+            reference_diameter=float(np.median(table["equivalent_diameter"])),
+        )[0][0]
+
     def _on_select(self, event=None) -> None:
         sel = sorted(self.result["points"].selected_data) if self.result else []
         if len(sel) == 1:
@@ -236,22 +293,12 @@ class ClassifyWidget(Container, RunnerMixin):
         from napari.qt.threading import create_worker
 
         from ..classify.counterfactual import counterfactual_map
-        from ..crops import crops_from_labels
 
         self._inspected = index
         r = self.result
-        table = r["points"].features
-        row = table.iloc[index]
+        row = r["points"].features.iloc[index]
         model = r["model"]
-        crop = crops_from_labels(
-            r["image"],
-            r["labels"],
-            model.metadata.preprocessing,
-            np.array([row["label"]]),
-            np.array([[row["centroid_y"], row["centroid_x"]]]),
-            np.array([row["equivalent_diameter"]]),
-            reference_diameter=float(np.median(table["equivalent_diameter"])),
-        )[0][0]
+        crop = self._crop(row)
         self.inspector.show(row, crop, model, None)
         target = self.inspector.target.value
         if not target or row["class"] not in model.classes:

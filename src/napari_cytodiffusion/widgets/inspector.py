@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Image, Label, PushButton
+from magicgui.widgets import ComboBox, Container, FloatSlider, Image, Label, PushButton
 
 
 def probability_bars(probs: dict[str, float], colours: dict[str, str], width: int = 24) -> str:
@@ -38,9 +38,22 @@ class CellInspector(Container):
         self.target = ComboBox(label="heat map: change to", choices=[])
         self.image = Image(value=np.zeros((8, 8, 3), np.uint8))
         self.bars = Label(value="")
+        self.strength = FloatSlider(label="SDEdit strength", value=0.5, min=0.1, max=0.9, step=0.05)
+        self.sdedit_button = PushButton(text="Counterfactual: redraw as that class (new layer)")
         self.next_button = PushButton(text="Next cell to label (most useful first)")
         self.queue_info = Label(value="")
-        self.extend([self.title, self.target, self.image, self.bars, self.next_button, self.queue_info])
+        self.extend(
+            [
+                self.title,
+                self.target,
+                self.image,
+                self.bars,
+                self.strength,
+                self.sdedit_button,
+                self.next_button,
+                self.queue_info,
+            ]
+        )
         self._worker = None
 
     def show(self, row, crop: np.ndarray, model, heat: np.ndarray | None) -> None:
