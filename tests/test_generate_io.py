@@ -49,6 +49,34 @@ def test_generate_cli_writes_class_folders(tiny_model, tmp_path):
     assert {"class", "seed", "steps", "guidance", "scheduler", "model"} <= set(side)
 
 
+def test_evaluate_generation_feature_distance_and_memorisation(tiny_model, tiny_dataset, tmp_path):
+    gen = tmp_path / "gen"
+    assert main(["generate", "--model", str(tiny_model), "--class", "all", "-n", "4", "--steps", "3",
+                 "--out", str(gen)]) == 0  # fmt: skip
+    out = tmp_path / "geneval"
+    assert main(["evaluate-generation", "--model", str(tiny_model), "--generated", str(gen),
+                 "--train-data", str(tiny_dataset), "--out", str(out)]) == 0  # fmt: skip
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 8 and 0 <= m["generative_classifier_agreement"] <= 1
+    assert {"median_nn_distance_generated_to_train", "median_nn_distance_train_to_train"} <= set(
+        m["memorisation"]
+    )
+    fd = m["feature_distance"]["per_class"]
+    assert set(fd) == {"redcell", "violet"}
+    for v in fd.values():
+        assert v["generated_vs_real"] >= 0 and v["real_subset_vs_rest"] >= 0 and v["n_generated"] == 4
+
+
+def test_frechet_distance_properties():
+    from napari_cytodiffusion.evaluate.generation import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 4))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifted = frechet_distance(a, a + np.array([2.0, 0, 0, 0]))
+    assert shifted == pytest.approx(4.0, rel=1e-3)  # mean shift of 2 → 2²
+
+
 @pytest.mark.parametrize(
     "arr",
     [

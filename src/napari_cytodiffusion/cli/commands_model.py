@@ -240,9 +240,8 @@ def cmd_evaluate_generation(a) -> int:
     if a.train_data:
         real = read_labelled(a.train_data, split=a.split)
         pre = model.metadata.preprocessing
-        rc = load_single_cell_crops(real.paths, size, pre["single_cell"]["center_crop_fraction"]).reshape(
-            len(real), -1
-        )
+        real_crops = load_single_cell_crops(real.paths, size, pre["single_cell"]["center_crop_fraction"])
+        rc = real_crops.reshape(len(real), -1)
         g = crops.reshape(len(crops), -1).astype(np.float32)
         r = rc.astype(np.float32)
         d = ((g**2).sum(1)[:, None] + (r**2).sum(1)[None, :] - 2 * g @ r.T).clip(0) ** 0.5 / np.sqrt(
@@ -261,6 +260,22 @@ def cmd_evaluate_generation(a) -> int:
             "share_closer_than_5th_percentile_of_real": float(
                 (nn < np.quantile(dr.min(axis=1), 0.05)).mean()
             ),
+        }
+        from ..evaluate.generation import feature_distances
+
+        known = {c.lower() for c in model.classes}
+        keep = np.array([c.strip().lower() in known for c in real.classes])
+        ry = map_classes([c for c, k in zip(real.classes, keep, strict=True) if k], model.classes)
+        fd = feature_distances(model, real_crops[keep], ry, crops, y)
+        m["feature_distance"] = {
+            "method": "Frechet distance of diffusion-UNet bottleneck features (t=50, null label), 8 PCA dims",
+            "per_class": fd,
+            "mean_generated_vs_real": float(np.mean([v["generated_vs_real"] for v in fd.values()]))
+            if fd
+            else None,
+            "mean_real_subset_vs_rest": float(np.mean([v["real_subset_vs_rest"] for v in fd.values()]))
+            if fd
+            else None,
         }
     write_json(out / "metrics.json", m)
     print(json.dumps(m, indent=1))
