@@ -26,4 +26,6 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path):
     assert main(["analyze", str(inp), "--out", str(out), "--speed", "fast"]) == 1
     log = (out / "analyze.log").read_text()
     assert "3 images, 2 already done" in log
+    assert "peak memory per worker: pid" in log
+    assert (cohort["peak_rss_mb"] > 100).all()  # a worker holding torch and both models
     assert len(pd.read_csv(out / "cohort.csv")) == 3

@@ -7,6 +7,8 @@ file fails alone with its error in the log.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -57,7 +59,19 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
             {"status": "error", "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
         )
     row["seconds"] = time.perf_counter() - t0
+    row["worker_pid"] = os.getpid()
+    row["peak_rss_mb"] = _peak_rss_mb()
     return row
+
+
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far (MB), where the platform reports it."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
 def run_analysis(paths: list[Path], out: Path, args) -> int:
@@ -123,6 +137,14 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
     )
     write_cells_csv(cohort, cohort_path)
     n_ok = sum(r["status"] == "ok" for r in rows)
+    peaks: dict[int, float] = {}
+    for r in rows:
+        if r.get("peak_rss_mb") is not None:
+            peaks[r["worker_pid"]] = max(peaks.get(r["worker_pid"], 0.0), r["peak_rss_mb"])
+    if peaks:
+        log_lines.append(
+            "peak memory per worker: " + ", ".join(f"pid {k}: {v:.0f} MB" for k, v in sorted(peaks.items()))
+        )
     log_lines.append(
         f"done: {n_ok} ok, {len(rows) - n_ok} failed, {elapsed:.1f} s "
         f"({60 * len(rows) / max(elapsed, 1e-9):.1f} images/min)"
