@@ -174,7 +174,7 @@ def main() -> int:
         import copy
 
         cnn = copy.deepcopy(cnn0)
-        cnn_ft = _finetune_cnn(cnn, x1[tr], y1[tr], steps=150, seed=args.seed)
+        cnn_ft = train_cnn(x1[tr], y1[tr], len(base.classes), 150, seed=args.seed, batch=32, net=cnn, lr=5e-4)
         entry["cnn_after"] = {
             name: round(
                 float(np.mean([(predict(cnn_ft, v[0])[v[1] == c] == c).mean() for c in np.unique(v[1])])), 4
@@ -185,28 +185,6 @@ def main() -> int:
         print(json.dumps({f"shots_{k}": entry}, indent=1), flush=True)
     (args.out / "few_shot_adaptation.json").write_text(json.dumps(report, indent=1))
     return 0
-
-
-def _finetune_cnn(net, x, y, steps: int, seed: int):
-    import torch
-
-    from napari_cytodiffusion.crops import to_model_tensor
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=5e-4, weight_decay=1e-4)
-    xt, yt = to_model_tensor(x), torch.as_tensor(y)
-    net.train()
-    for _ in range(steps):
-        idx = torch.as_tensor(rng.integers(0, len(y), min(32, len(y))))
-        xb = torch.rot90(xt[idx], k=int(rng.integers(4)), dims=(2, 3))
-        if rng.random() < 0.5:
-            xb = torch.flip(xb, dims=(3,))
-        loss = torch.nn.functional.cross_entropy(net(xb), yt[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
 
 
 if __name__ == "__main__":

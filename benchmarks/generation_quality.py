@@ -37,15 +37,25 @@ def small_cnn(n_classes: int):
     )
 
 
-def train_cnn(x: np.ndarray, y: np.ndarray, n_classes: int, steps: int, seed: int = 0, batch: int = 128):
+def train_cnn(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    steps: int,
+    seed: int = 0,
+    batch: int = 128,
+    net=None,
+    lr: float = 2e-3,
+):
+    """Train (or, given ``net``, fine-tune) the small CNN with rotation/flip augmentation."""
     import torch
 
     from napari_cytodiffusion.crops import to_model_tensor
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = small_cnn(n_classes)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    net = net if net is not None else small_cnn(n_classes)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     xt, yt = to_model_tensor(x), torch.as_tensor(y)
     net.train()
     for _ in range(steps):
