@@ -32,7 +32,8 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
 
         # one worker per core share: several processes each running 2+ OpenMP threads on 2 cores
         # were measured 2-7x slower per image than one process (spin-waiting threads)
-        torch.set_num_threads(int(options["threads"]))
+        if torch.get_num_threads() != int(options["threads"]):  # once per worker process, not per task
+            torch.set_num_threads(int(options["threads"]))
     row: dict[str, Any] = {"image": p.name, "path": str(p)}
     try:
         image = read_image(p)
