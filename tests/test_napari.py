@@ -107,22 +107,27 @@ def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer):
     assert w.run_button.enabled
 
 
-def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
+def _classify_synthetic(viewer, model_dir):
+    """A viewer with the synthetic smear, its true labels and a Classify widget set up (not run)."""
     from napari_cytodiffusion.sample_data import synthetic_smear
     from napari_cytodiffusion.widgets.classify import ClassifyWidget
 
-    viewer = make_napari_viewer()
     image, truth = synthetic_smear()
     viewer.add_image(image, name="smear", rgb=True)
     viewer.add_labels(truth, name="truth")
     w = ClassifyWidget(viewer)
     w.image.value = viewer.layers["smear"]
     w.labels_layer.value = viewer.layers["truth"]
-    w.model_dir.value = str(tiny_model)
+    w.model_dir.value = str(model_dir)
     w.cells.value = "all"
     w.speed.value = "fast"
+    return viewer, w
+
+
+def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
+    viewer, w = _classify_synthetic(make_napari_viewer(), tiny_model)
     w.run_button.clicked()
-    qtbot.waitUntil(lambda: w.worker is not None and w.run_button.enabled, timeout=240_000)
+    _wait(qtbot, w)
     w.inspector.target.value = "violet"
     before = w.inspector.image.value.shape
     w.result["points"].selected_data = {2}
@@ -147,19 +152,8 @@ def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
 def test_active_learning_finetune_and_agreement(make_napari_viewer, qtbot, tiny_model, tmp_path):
     """Next-most-useful cell, corrections, fine-tune on them in a worker, re-classified layer, agreement."""
     from napari_cytodiffusion.adapt.active import labelling_queue
-    from napari_cytodiffusion.sample_data import synthetic_smear
-    from napari_cytodiffusion.widgets.classify import ClassifyWidget
 
-    viewer = make_napari_viewer()
-    image, truth = synthetic_smear()
-    viewer.add_image(image, name="smear", rgb=True)
-    viewer.add_labels(truth, name="truth")
-    w = ClassifyWidget(viewer)
-    w.image.value = viewer.layers["smear"]
-    w.labels_layer.value = viewer.layers["truth"]
-    w.model_dir.value = str(tiny_model)
-    w.cells.value = "all"
-    w.speed.value = "fast"
+    viewer, w = _classify_synthetic(make_napari_viewer(), tiny_model)
     w.finetune.run_button.clicked()  # nothing classified yet: a notification, no worker
     assert w.finetune.worker is None
     w.run_button.clicked()

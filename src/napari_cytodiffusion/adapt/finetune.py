@@ -271,6 +271,27 @@ class FinetuneData:
     description: dict[str, Any]
 
 
+def iter_finetune_data(
+    model,
+    data: FinetuneData,
+    out_dir: str | Path,
+    config: FinetuneConfig | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """:func:`iter_finetune` on a :class:`FinetuneData` split (its calibration cells, if any, recalibrate)."""
+    return iter_finetune(
+        model,
+        data.train_images,
+        data.train_labels,
+        data.classes,
+        out_dir,
+        config,
+        calibration=(data.cal_images, data.cal_labels) if len(data.cal_labels) else None,
+        data_description=data.description,
+        should_stop=should_stop,
+    )
+
+
 def class_list(model, names: list[str], new_classes: bool) -> list[str]:
     """The model's classes, plus the data's unknown class names if ``new_classes`` (else an error)."""
     from ..io.datasets import map_classes

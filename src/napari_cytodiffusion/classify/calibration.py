@@ -107,23 +107,10 @@ def pcorrect_features(probs: np.ndarray, anomaly: np.ndarray) -> np.ndarray:
     return np.stack([np.log(pmax / (1 - pmax)), np.log(margin), np.clip(anomaly, -10, 50)], axis=1)
 
 
-def anomaly_reference(errors: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """Mean and spread of the true class's error per class and timestep unit (N, C, K input)."""
-    true = errors[np.arange(len(labels)), labels]  # (N, K)
-    g_mu, g_sd = np.nanmean(true, axis=0), np.nanstd(true, axis=0) + 1e-12
-    mu = np.tile(g_mu, (n_classes, 1))
-    sd = np.tile(g_sd, (n_classes, 1))
-    for c in range(n_classes):
-        sel = true[labels == c]
-        if len(sel) >= 20:
-            mu[c], sd[c] = np.nanmean(sel, axis=0), np.nanstd(sel, axis=0) + 1e-12
-    return {"mean": mu.tolist(), "std": sd.tolist()}
-
-
 def anomaly_scores(
     result: ErrorResult, winner: np.ndarray, reference: dict[str, Any], ref_timesteps: list[int]
 ) -> np.ndarray:
-    """Mean z-score of the winning class's errors against calibration cells of that class."""
+    """Legacy score (metadata before "profile"): mean z of the winning class's errors vs its calibration cells."""
     mu, sd = np.asarray(reference["mean"]), np.asarray(reference["std"])
     col = {t: i for i, t in enumerate(ref_timesteps)}
     idx = np.array([col.get(int(t), -1) for t in result.unit_timesteps])

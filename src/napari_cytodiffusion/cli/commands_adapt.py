@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 
 def cmd_finetune(a) -> int:
-    from ..adapt.finetune import FinetuneConfig, iter_finetune, prepare_finetune_data
+    from ..adapt.finetune import FinetuneConfig, iter_finetune_data, prepare_finetune_data
     from ..model.registry import get_model
 
     out = Path(a.out)
@@ -69,16 +69,7 @@ def cmd_finetune(a) -> int:
     )
     bar = progress(None, total=cfg.steps, desc="finetune")
     last = None
-    for ev in iter_finetune(
-        model,
-        data.train_images,
-        data.train_labels,
-        data.classes,
-        out,
-        cfg,
-        calibration=(data.cal_images, data.cal_labels) if len(data.cal_labels) else None,
-        data_description=data.description,
-    ):
+    for ev in iter_finetune_data(model, data, out, cfg):
         if ev["stage"] == "finetune":
             bar.n = ev["step"]
             bar.set_postfix(loss=f"{ev['loss']:.4f}")

@@ -43,7 +43,7 @@ class FinetunePanel(Container, RunnerMixin):
         return cache_dir() / "adapters" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def _work(self):
-        from ..adapt.finetune import FinetuneConfig, iter_finetune, smear_finetune_data
+        from ..adapt.finetune import FinetuneConfig, iter_finetune_data, smear_finetune_data
         from ..model.registry import get_model
         from ..pipeline import Stage, iter_analyze
 
@@ -72,17 +72,7 @@ class FinetunePanel(Container, RunnerMixin):
 
         def gen():
             adapter_dir = None
-            for ev in iter_finetune(
-                model,
-                data.train_images,
-                data.train_labels,
-                data.classes,
-                out,
-                cfg,
-                calibration=(data.cal_images, data.cal_labels) if len(data.cal_labels) else None,
-                data_description=data.description,
-                should_stop=self.should_stop,
-            ):
+            for ev in iter_finetune_data(model, data, out, cfg, should_stop=self.should_stop):
                 if ev.get("done"):
                     adapter_dir = ev["adapter_dir"]
                 else:
