@@ -22,8 +22,8 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path):
         assert cohort.loc[f"smear{s}.png", "n_cells"] >= 40
         for suffix in ("_cells.csv", "_labels.tif", "_summary.json"):
             assert (out / f"smear{s}{suffix}").is_file()
-    # re-running skips finished images: only the broken one is tried again; an interrupted run left no
-    # cohort table (it is written at the end): the rows of finished images are rebuilt from their summaries
+    # re-running skips finished images: only the broken one is tried again; a run killed between an
+    # image's outputs and its cohort row (here: no table at all) gets the rows rebuilt from the summaries
     (out / "cohort.csv").unlink()
     assert main(["analyze", str(inp), "--out", str(out), "--speed", "fast"]) == 1
     log = (out / "analyze.log").read_text()
@@ -32,3 +32,24 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path):
     assert "peak memory per worker: pid" in log
     assert (cohort[cohort["status"] == "ok"]["peak_rss_mb"] > 100).all()  # workers holding torch + models
     assert len(pd.read_csv(out / "cohort.csv")) == 3
+
+
+def test_analyze_time_limit_fails_the_image_and_restarts_its_worker(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(synthetic_smear(seed=3)[0]).save(inp / "slow.png")
+    out = tmp_path / "out"
+    # loading both models in a fresh worker alone takes longer than 1 s
+    code = main(
+        ["analyze", str(inp), "--out", str(out), "--workers", "2", "--speed", "fast", "--timeout", "1"]
+    )
+    assert code == 1
+    cohort = pd.read_csv(out / "cohort.csv").set_index("image")
+    assert cohort.loc["slow.png", "status"] == "error"
+    assert "timed out after 1 s (worker restarted)" in cohort.loc["slow.png", "error"]
+    log = (out / "analyze.log").read_text()
+    assert "slow.png: still running after 1 s on ['tcp://" in log
+    assert "stack:" in log
+    # nothing half-written for the image that was stopped; a re-run tries it again
+    assert not list(out.glob("slow_*"))
+    assert not list(out.glob(".*"))

@@ -1,8 +1,10 @@
 """Batch analysis of many smears, in this process or as dask.distributed tasks.
 
 Per image: labels TIFF, cells CSV and summary JSON (with audit trail). For the cohort: one
-CSV row per image and a log. Finished images (summary present) are skipped on re-runs; a bad
-file fails alone with its error in the log.
+CSV row per image and a log, both updated as each image finishes. Finished images (summary
+present) are skipped on re-runs; a bad file fails alone with its error in the log; on dask
+workers, an image that runs past the time limit fails alone too (its stack is logged and its
+worker restarted).
 """
 
 from __future__ import annotations
@@ -105,13 +107,8 @@ def _peak_rss_mb() -> float | None:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def run_analysis(paths: list[Path], out: Path, args) -> int:
-    import pandas as pd
-
-    from .export import write_cells_csv
-    from .io.atomic import write_text
-
-    options = {
+def _options(args) -> dict[str, Any]:
+    return {
         "model": args.model,
         "speed": args.speed,
         "cells": args.cells,
@@ -127,14 +124,147 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
             "gpu": args.gpu,
         },
     }
+
+
+class _Cohort:
+    """The cohort table (one row per image), rewritten atomically after every finished image.
+
+    An interrupted run therefore leaves a table that is at most one image behind; rows of images
+    whose outputs exist but that have no row (killed between the two writes) are rebuilt from
+    their summaries when the next run starts.
+    """
+
+    def __init__(self, path: Path, paths: list[Path], out: Path) -> None:
+        import pandas as pd
+
+        self.path = path
+        self.rows: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            try:
+                old = pd.read_csv(path)
+            except (OSError, ValueError, pd.errors.ParserError):
+                old = pd.DataFrame()  # unreadable table: rebuilt from the summaries below
+            for r in old.to_dict("records"):
+                self.rows[str(r["image"])] = {k: v for k, v in r.items() if not _isnan(v)}
+        self.recovered = 0
+        for p in paths:
+            if p.name not in self.rows or self.rows[p.name].get("status") != "ok":
+                r = _row_from_summary(p, out)
+                if r is not None:
+                    self.rows[p.name] = r
+                    self.recovered += 1
+
+    def add(self, row: dict[str, Any]) -> None:
+        import pandas as pd
+
+        from .export import write_cells_csv
+
+        self.rows[row["image"]] = {k: v for k, v in row.items() if k != "trace"}
+        write_cells_csv(pd.DataFrame(list(self.rows.values())), self.path)
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and v != v
+
+
+class _Log:
+    """analyze.log, appended line by line as images finish (a stopped run keeps its log)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line.rstrip("\n") + "\n")
+        except OSError as exc:
+            raise CytoDiffusionError(f"cannot write the log {self.path}: {exc.strerror or exc}") from exc
+
+
+def _error_row(path: Path, message: str, seconds: float) -> dict[str, Any]:
+    return {"image": path.name, "path": str(path), "status": "error", "error": message, "seconds": seconds}
+
+
+def _run_on_dask(client, todo: list[Path], out: Path, options: dict, timeout: float | None, done, log) -> None:
+    """Run ``analyze_one`` for every image on the cluster of ``client``.
+
+    At most one task per worker thread is in flight, so the time since submission is the time
+    a task has been running (plus the model load of a fresh worker). A task that runs past
+    ``timeout`` seconds is recorded as failed, the call stack of the stuck task goes to the log,
+    and its worker is restarted so the rest of the cohort goes on.
+    """
+    from dask.distributed import wait
+
+    slots = max(1, sum(client.nthreads().values()))
+    queue = iter(todo)
+    running: dict[Any, tuple[Path, float]] = {}
+
+    def submit_next() -> None:
+        p = next(queue, None)
+        if p is not None:
+            fut = client.submit(analyze_one, str(p), str(out), options, pure=False)
+            running[fut] = (p, time.perf_counter())
+
+    for _ in range(slots):
+        submit_next()
+    while running:
+        try:
+            finished, _ = wait(list(running), timeout=2.0, return_when="FIRST_COMPLETED")
+        except TimeoutError:  # dask's wait raises when nothing finished within the timeout
+            finished = set()
+        for fut in finished:
+            p, t = running.pop(fut)
+            try:
+                row = fut.result()
+            except Exception as exc:  # the worker died (e.g. killed for memory): this image fails alone
+                row = _error_row(p, f"worker failed: {type(exc).__name__}: {exc}", time.perf_counter() - t)
+            done(row)
+            submit_next()
+        if not timeout:
+            continue
+        now = time.perf_counter()
+        for fut, (p, t) in list(running.items()):
+            if now - t <= timeout:
+                continue
+            workers = [w for w, keys in client.processing().items() if fut.key in keys]
+            try:
+                stacks = client.call_stack(keys=[fut.key])
+            except Exception as exc:  # diagnostics only; the restart below matters
+                stacks = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"{p.name}: still running after {timeout:.0f} s on {workers or 'an unknown worker'}; stack:")
+            for w, per_key in (stacks or {}).items():
+                log(f"  worker {w}: {per_key}")
+            running.pop(fut)
+            fut.cancel()
+            if workers:
+                client.restart_workers(workers, raise_for_error=False)
+            done(_error_row(p, f"timed out after {timeout:.0f} s (worker restarted)", now - t))
+            submit_next()
+
+
+def run_analysis(paths: list[Path], out: Path, args) -> int:
+    options = _options(args)
+    timeout = getattr(args, "timeout", None)
     todo = [p for p in paths if not (out / f"{p.stem}_summary.json").exists()]
-    skipped = len(paths) - len(todo)
-    log_lines = [f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {len(paths)} images, {skipped} already done"]
+    log = _Log(out / "analyze.log")
+    log(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {len(paths)} images, {len(paths) - len(todo)} already done")
+    cohort = _Cohort(out / "cohort.csv", paths, out)
+    if cohort.recovered:
+        log(f"{cohort.recovered} cohort rows rebuilt from summaries of an interrupted run")
+    rows: list[dict[str, Any]] = []
+
+    def done(row: dict[str, Any]) -> None:
+        rows.append(row)
+        cohort.add(row)
+        log(f"{row['image']}: {row['status']} {row.get('error', '')} ({row['seconds']:.1f} s)")
+        if row.get("trace"):
+            log(row["trace"])
+        print(f"[{len(rows)}/{len(todo)}] {row['image']}: {row['status']}", flush=True)
+
     t0 = time.perf_counter()
-    rows = []
     if args.scheduler or args.workers > 1:
         try:
-            from dask.distributed import Client, LocalCluster, as_completed
+            from dask.distributed import Client, LocalCluster
         except ImportError as exc:
             raise CytoDiffusionError(
                 "dask.distributed is not installed: pip install 'napari-cytodiffusion[distributed]'"
@@ -143,51 +273,27 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
         if not args.scheduler:
             cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
             options["threads"] = max(1, (os.cpu_count() or 1) // args.workers)
-        with Client(args.scheduler or cluster) as client:
-            futures = [client.submit(analyze_one, str(p), str(out), options, pure=False) for p in todo]
-            for i, fut in enumerate(as_completed(futures), 1):
-                rows.append(fut.result())
-                print(f"[{i}/{len(todo)}] {rows[-1]['image']}: {rows[-1]['status']}", flush=True)
-        if cluster is not None:
-            cluster.close()
+        try:
+            with Client(args.scheduler or cluster) as client:
+                _run_on_dask(client, todo, out, options, timeout, done, log)
+        finally:
+            if cluster is not None:
+                cluster.close()
     else:
-        for i, p in enumerate(todo, 1):
-            rows.append(analyze_one(str(p), str(out), options))
-            print(f"[{i}/{len(todo)}] {p.name}: {rows[-1]['status']}", flush=True)
+        for p in todo:
+            done(analyze_one(str(p), str(out), options))
     elapsed = time.perf_counter() - t0
-    for r in rows:
-        log_lines.append(f"{r['image']}: {r['status']} {r.get('error', '')} ({r['seconds']:.1f} s)")
-        if r.get("trace"):
-            log_lines.append(r.pop("trace"))
-    cohort_path = out / "cohort.csv"
-    old = pd.read_csv(cohort_path) if cohort_path.exists() else pd.DataFrame()
-    # images finished by an interrupted run have outputs but no cohort row yet: rebuild it from the summary
-    known = set(old["image"]) if len(old) else set()
-    known |= {r["image"] for r in rows}
-    recovered = [
-        r for r in (_row_from_summary(p, out) for p in paths if p.name not in known) if r is not None
-    ]
-    if recovered:
-        log_lines.append(f"{len(recovered)} cohort rows rebuilt from summaries of an interrupted run")
-    new = pd.DataFrame(rows + recovered)
-    cohort = pd.concat(
-        [old[~old["image"].isin(new.get("image", []))] if len(old) else old, new], ignore_index=True
-    )
-    write_cells_csv(cohort, cohort_path)
     n_ok = sum(r["status"] == "ok" for r in rows)
     peaks: dict[int, float] = {}
     for r in rows:
         if r.get("peak_rss_mb") is not None:
             peaks[r["worker_pid"]] = max(peaks.get(r["worker_pid"], 0.0), r["peak_rss_mb"])
     if peaks:
-        log_lines.append(
-            "peak memory per worker: " + ", ".join(f"pid {k}: {v:.0f} MB" for k, v in sorted(peaks.items()))
-        )
-    log_lines.append(
+        log("peak memory per worker: " + ", ".join(f"pid {k}: {v:.0f} MB" for k, v in sorted(peaks.items())))
+    last = (
         f"done: {n_ok} ok, {len(rows) - n_ok} failed, {elapsed:.1f} s "
         f"({60 * len(rows) / max(elapsed, 1e-9):.1f} images/min)"
     )
-    prev = (out / "analyze.log").read_text() if (out / "analyze.log").exists() else ""
-    write_text(out / "analyze.log", prev + "\n".join(log_lines) + "\n")
-    print(log_lines[-1])
+    log(last)
+    print(last)
     return 0 if n_ok == len(rows) else 1

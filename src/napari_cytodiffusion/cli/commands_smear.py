@@ -85,6 +85,13 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")
     p.add_argument("--workers", type=int, default=1, help="local dask workers (1 = run in this process)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="seconds one image may take on a dask worker before it is marked failed and its worker "
+        "restarted (0 = no limit; default 1800)",
+    )
     _seg_args(p)
     _cls_args(p)
     p.set_defaults(func=cmd_analyze)
@@ -222,6 +229,10 @@ def cmd_classify(a) -> int:
 def cmd_analyze(a) -> int:
     from ..batch import run_analysis
 
+    if a.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {a.workers}")
+    if a.timeout < 0:
+        raise InputError(f"--timeout must be 0 (no limit) or positive, got {a.timeout:g}")
     return run_analysis(expand_inputs(a.inputs), out_dir(a.out), a)
 
 
