@@ -106,7 +106,7 @@ def test_evaluate_segmentation_masks_and_yolo(tmp_path):
         for key in ("ap50", "ap75", "precision", "recall", "f1", "seconds_per_image"):
             assert key in m
         assert m["f1"] > 0.8 and m["ap50"] > 0.7
-    assert "rbc" in m["recall_per_class"]
+    assert "rbc" in m["recall_per_class"] and m["per_class"]["rbc"]["f1"] > 0.8
     assert (
         main(
             [
@@ -121,3 +121,61 @@ def test_evaluate_segmentation_masks_and_yolo(tmp_path):
         )
         == 2
     )
+
+
+def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp_path):
+    from PIL import Image
+    from skimage.measure import regionprops
+
+    image, truth = synthetic_smear()
+    for d in ("img", "pred", "pts", "masks"):
+        (tmp_path / d).mkdir()
+    Image.fromarray(image).save(tmp_path / "img" / "f1.png")
+    props = regionprops(truth)
+    (tmp_path / "pts" / "f1.txt").write_text(
+        "\n".join(f"{r.centroid[1]:.1f} {r.centroid[0]:.1f} 0" for r in props)
+    )
+    merged = truth.copy()
+    a, b = props[0].label, props[1].label
+    merged[merged == b] = a  # one predicted "cell" holding two points
+    tifffile.imwrite(tmp_path / "pred" / "f1_labels.tif", merged)
+    # a reference mask coding one cell's parts: cytoplasm 128, nucleus 255
+    part = np.where(truth == a, 128, 0).astype(np.uint8)
+    cy, cx = (int(v) for v in props[0].centroid)
+    part[cy - 3 : cy + 4, cx - 3 : cx + 4] = 255
+    Image.fromarray(part).save(tmp_path / "masks" / "f1_mask.png")
+
+    def run(*args):
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        code = main(["evaluate-segmentation", "--images", str(tmp_path / "img"), *args, "--out", str(out)])
+        assert code == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    m = run("--points", str(tmp_path / "pts"), "--pred", str(tmp_path / "pred"))
+    n = len(props)
+    assert m["n_true"] == n and m["n_pred"] == n - 1
+    assert m["merged_cells"] == 1 and m["points_found"] == (n - 2) / n and m["points_missed"] == 0
+    assert abs(m["count_error_mean_abs_pct"] - 100 / n) < 1e-9
+    assert m["seconds_per_image"] is None and m["segmentation"]["labels_from"].endswith("pred")
+    # parts of one cell: with --binary-masks one reference cell, found exactly
+    tifffile.imwrite(tmp_path / "pred" / "f1_labels.tif", truth)
+    m = run("--masks", str(tmp_path / "masks"), "--binary-masks", "--pred", str(tmp_path / "pred"))
+    assert m["n_true"] == 1 and m["mean_dice"] == 1.0 and m["recall"] == 1.0
+    m = run("--masks", str(tmp_path / "masks"), "--pred", str(tmp_path / "pred"))
+    assert m["n_true"] == 2 and m["mean_dice"] < 1.0  # cytoplasm and nucleus taken as two cells
+    # a label image of the wrong size is a clear error
+    tifffile.imwrite(tmp_path / "pred" / "f1_labels.tif", truth[:10])
+    code = main(
+        [
+            "evaluate-segmentation",
+            "--images",
+            str(tmp_path / "img"),
+            "--points",
+            str(tmp_path / "pts"),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
+    assert code == 2

@@ -185,7 +185,9 @@ def _error_row(path: Path, message: str, seconds: float) -> dict[str, Any]:
     return {"image": path.name, "path": str(path), "status": "error", "error": message, "seconds": seconds}
 
 
-def _run_on_dask(client, todo: list[Path], out: Path, options: dict, timeout: float | None, done, log) -> None:
+def _run_on_dask(
+    client, todo: list[Path], out: Path, options: dict, timeout: float | None, done, log
+) -> None:
     """Run ``analyze_one`` for every image on the cluster of ``client``.
 
     At most one task per worker thread is in flight, so the time since submission is the time

@@ -7,8 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
 from ._common import expand_inputs, out_dir
 
@@ -103,6 +101,18 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--masks", help="folder of masks (binary or label images) named like the images")
     src.add_argument("--yolo", help="folder of YOLO .txt boxes named like the images")
+    src.add_argument("--points", help="folder of .txt files with one 'x y [type]' point per cell")
+    p.add_argument(
+        "--binary-masks",
+        action="store_true",
+        help="treat every non-zero mask value as cell (masks coding cell parts, e.g. 128/255)",
+    )
+    p.add_argument(
+        "--pred",
+        default=None,
+        help="folder of label images computed before (NAME_labels.tif from segment/analyze, NAME.tif, "
+        "NAME.png) to score instead of segmenting",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     _seg_args(p)
@@ -237,83 +247,29 @@ def cmd_analyze(a) -> int:
 
 
 def cmd_evaluate_segmentation(a) -> int:
-    from ..evaluate.segmentation import (
-        average_precision,
-        box_iou,
-        boxes_from_labels,
-        instances_from_mask,
-        iou_matrix,
-        match,
-        read_yolo,
-    )
+    from ..evaluate.segmentation_report import iter_evaluate_segmentation
     from ..io.atomic import write_json
-    from ..io.images import read_image
-    from ..segmentation.cellpose_seg import segment
 
     out = out_dir(a.out)
-    images = expand_inputs([a.images])[: a.limit]
-    params = _seg_params(a)
-    per_image, secs = [], []
-    tot = {"tp50": 0, "tp75": 0, "gt": 0, "pred": 0}
-    per_class: dict[int, dict[str, int]] = {}
-    for path in images:
-        img = read_image(path)
-        t0 = time.perf_counter()
-        pred = segment(img, params)
-        secs.append(time.perf_counter() - t0)
-        n_pred = int(pred.max())
-        if a.masks:
-            cands = [Path(a.masks) / f"{path.stem}{suf}" for suf in (".png", "_mask.png", ".tif", ".tiff")]
-            mpath = next((c for c in cands if c.exists()), None)
-            if mpath is None:
-                raise InputError(f"no mask for {path.name} in {a.masks}")
-            gt = instances_from_mask(read_image(mpath))
-            if gt.shape != pred.shape:
-                from skimage.transform import resize
-
-                gt = resize(gt, pred.shape, order=0, preserve_range=True, anti_aliasing=False).astype(
-                    np.int32
-                )
-            iou = iou_matrix(gt, pred)
-            n_gt = int(iou.shape[0])
-            tp50, tp75 = match(iou, 0.5), match(iou, 0.75)
-            tot["tp75"] += tp75
-        else:
-            ypath = Path(a.yolo) / f"{path.stem}.txt"
-            if not ypath.exists():
-                raise InputError(f"no YOLO file for {path.name} in {a.yolo}")
-            cls, boxes = read_yolo(ypath, *img.shape[:2])
-            pboxes = boxes_from_labels(pred)
-            iou = box_iou(boxes, pboxes)
-            n_gt = len(boxes)
-            tp50 = match(iou, 0.5)
-            for c in np.unique(cls):
-                sub = iou[cls == c]
-                d = per_class.setdefault(int(c), {"tp": 0, "gt": 0})
-                d["tp"] += match(sub, 0.5)
-                d["gt"] += int((cls == c).sum())
-        tot["tp50"] += tp50
-        tot["gt"] += n_gt
-        tot["pred"] += n_pred
-        per_image.append({"image": path.name, "n_true": n_gt, "n_pred": n_pred, "tp50": tp50})
-    p = tot["tp50"] / tot["pred"] if tot["pred"] else 0.0
-    r = tot["tp50"] / tot["gt"] if tot["gt"] else 0.0
-    metrics = {
-        "n_images": len(images),
-        "ap50": average_precision(tot["tp50"], tot["gt"], tot["pred"]),
-        "ap75": average_precision(tot["tp75"], tot["gt"], tot["pred"]) if a.masks else None,
-        "precision": p,
-        "recall": r,
-        "f1": 2 * p * r / (p + r) if p + r else 0.0,
-        "seconds_per_image": float(np.mean(secs)) if secs else None,
-        "segmentation": params.to_dict(),
-        "per_image": per_image,
-    }
-    if per_class:  # boxes: recall per class (predictions carry no class)
-        names = {0: "wbc", 1: "rbc", 2: "platelet"}
-        metrics["recall_per_class"] = {
-            names.get(c, str(c)): d["tp"] / d["gt"] for c, d in per_class.items() if d["gt"]
-        }
+    kind = "masks" if a.masks else "yolo" if a.yolo else "points"
+    gen = iter_evaluate_segmentation(
+        expand_inputs([a.images])[: a.limit],
+        kind,
+        Path(a.masks or a.yolo or a.points),
+        params=None if a.pred else _seg_params(a),
+        predictions=Path(a.pred) if a.pred else None,
+        binary_masks=a.binary_masks,
+    )
+    while True:
+        try:
+            i, n, row = next(gen)
+        except StopIteration as stop:
+            metrics = stop.value
+            break
+        print(
+            f"[{i}/{n}] {row['image']}: {row['n_pred']} cells, {row['n_true']} in the reference", flush=True
+        )
     write_json(out / "metrics.json", metrics)
-    print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_image", "segmentation")}, indent=1))
+    skip = ("per_image", "segmentation", "by_image_size")
+    print(json.dumps({k: v for k, v in metrics.items() if k not in skip}, indent=1))
     return 0

@@ -1,6 +1,18 @@
-"""Segmentation quality: instance AP against masks, detection F1 against YOLO boxes."""
+"""Segmentation quality against references of three kinds.
+
+- masks (label images, or binary masks split into connected components): instance AP at IoU 0.5
+  and 0.75, and the Dice of each reference cell with its best predicted instance;
+- YOLO boxes (``class cx cy w h``): detection precision/recall/F1 at box IoU >= 0.5, overall and
+  per class;
+- points (``x y [type]``, one per cell): count error and how many points fall in exactly one cell.
+
+Per-image scores are summed into one report, overall and per image size (for collections such as
+TXL-PBC whose sources differ by image size).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -29,19 +41,30 @@ def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def match(iou: np.ndarray, threshold: float) -> int:
-    """Number of one-to-one matches with IoU >= threshold (greedy by IoU; exact for thr >= 0.5)."""
+def match_pairs(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """One-to-one (reference, prediction) pairs with IoU >= threshold, greedy by IoU.
+
+    For thresholds >= 0.5 an instance can overlap at most one other by more than half, so greedy
+    matching is exact there.
+    """
     if iou.size == 0:
-        return 0
+        return []
     pairs = np.argwhere(iou >= threshold)
-    order = np.argsort(-iou[pairs[:, 0], pairs[:, 1]])
-    used_g, used_p, tp = set(), set(), 0
+    order = np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable")
+    used_g: set[int] = set()
+    used_p: set[int] = set()
+    out = []
     for i, j in pairs[order]:
         if i not in used_g and j not in used_p:
-            used_g.add(i)
-            used_p.add(j)
-            tp += 1
-    return tp
+            used_g.add(int(i))
+            used_p.add(int(j))
+            out.append((int(i), int(j)))
+    return out
+
+
+def match(iou: np.ndarray, threshold: float) -> int:
+    """Number of one-to-one matches with IoU >= threshold."""
+    return len(match_pairs(iou, threshold))
 
 
 def average_precision(tp: int, n_gt: int, n_pred: int) -> float:
@@ -77,3 +100,129 @@ def read_yolo(path, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     cls = arr[:, 0].astype(int)
     cx, cy, bw, bh = arr[:, 1] * width, arr[:, 2] * height, arr[:, 3] * width, arr[:, 4] * height
     return cls, np.stack([cy - bh / 2, cx - bw / 2, cy + bh / 2, cx + bw / 2], axis=1)
+
+
+def read_points(path) -> np.ndarray:
+    """Point annotations ``x y [type]`` per line → (N, 2) array of (row, column)."""
+    rows = [ln.split() for ln in open(path).read().splitlines() if ln.strip()]
+    arr = np.array([[float(r[1]), float(r[0])] for r in rows], float).reshape(-1, 2)
+    return arr
+
+
+def score_masks(truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Instance matches of one image at IoU 0.5 and 0.75, and Dice per reference cell.
+
+    Label values need not be consecutive (e.g. a mask with values 128 and 255, or labels left
+    after small cells were removed): both images are relabelled 1..N first.
+    """
+    from skimage.segmentation import relabel_sequential
+
+    truth = relabel_sequential(np.asarray(truth, np.int64))[0]
+    pred = relabel_sequential(np.asarray(pred, np.int64))[0]
+    iou = iou_matrix(truth, pred)
+    best = iou.max(axis=1) if iou.shape[1] else np.zeros(iou.shape[0])
+    return {
+        "n_true": int(iou.shape[0]),
+        "n_pred": int(iou.shape[1]),
+        "tp50": match(iou, 0.5),
+        "tp75": match(iou, 0.75),
+        # Dice of a reference cell with its best-overlapping prediction (0 when none): 2 IoU / (1 + IoU)
+        "dice": [float(2 * v / (1 + v)) for v in best],
+    }
+
+
+def score_boxes(classes: np.ndarray, boxes: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Box detection of one image: matches at IoU >= 0.5 overall and per reference class.
+
+    Predictions carry no class. A matched prediction counts for its reference box's class; an
+    unmatched one is a false positive of the class of the reference box it overlaps most, or of
+    no class when it overlaps none (it then only lowers the overall precision).
+    """
+    pboxes = boxes_from_labels(pred)
+    iou = box_iou(boxes, pboxes)
+    pairs = match_pairs(iou, 0.5)
+    matched_p = {j for _, j in pairs}
+    per_class: dict[str, dict[str, int]] = {}
+    for c in np.unique(classes):
+        per_class[str(int(c))] = {"tp": 0, "fp": 0, "n_true": int((classes == c).sum())}
+    for i, _ in pairs:
+        per_class[str(int(classes[i]))]["tp"] += 1
+    for j in range(len(pboxes)):
+        if j in matched_p or not len(boxes) or iou[:, j].max() <= 0:
+            continue
+        per_class[str(int(classes[int(iou[:, j].argmax())]))]["fp"] += 1
+    return {"n_true": len(boxes), "n_pred": len(pboxes), "tp50": len(pairs), "per_class": per_class}
+
+
+def score_points(points: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """Counting against one point per cell: found = points alone in a predicted cell."""
+    h, w = pred.shape
+    rc = np.round(points).astype(int)
+    inside = (rc[:, 0] >= 0) & (rc[:, 0] < h) & (rc[:, 1] >= 0) & (rc[:, 1] < w)
+    hit = np.zeros(len(points), np.int64)
+    hit[inside] = pred[rc[inside, 0], rc[inside, 1]]
+    n_pred = int(len(np.unique(pred[pred > 0])))
+    per_cell = np.bincount(hit[hit > 0], minlength=int(pred.max()) + 1)
+    return {
+        "n_true": len(points),
+        "n_pred": n_pred,
+        "found": int(np.isin(hit, np.flatnonzero(per_cell == 1)).sum()),
+        "missed": int((hit == 0).sum()),
+        "merged_cells": int((per_cell >= 2).sum()),
+        "cells_without_point": int(n_pred - (per_cell[1:] > 0).sum()),
+    }
+
+
+def _prf(tp: int, n_true: int, n_pred: int) -> dict[str, float]:
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_true if n_true else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def summarise(rows: list[dict[str, Any]], kind: str, class_names: dict[str, str] | None = None) -> dict:
+    """Sum per-image scores (from the ``score_*`` functions) into one report."""
+    n_true = sum(r["n_true"] for r in rows)
+    n_pred = sum(r["n_pred"] for r in rows)
+    out: dict[str, Any] = {"n_images": len(rows), "n_true": n_true, "n_pred": n_pred}
+    if kind == "points":
+        errs = [abs(r["n_pred"] - r["n_true"]) / r["n_true"] for r in rows if r["n_true"]]
+        out.update(
+            {
+                "count_error_mean_abs_pct": 100 * float(np.mean(errs)) if errs else None,
+                "count_error_total_pct": 100 * (n_pred - n_true) / n_true if n_true else None,
+                "points_found": sum(r["found"] for r in rows) / n_true if n_true else None,
+                "points_missed": sum(r["missed"] for r in rows) / n_true if n_true else None,
+                "merged_cells": sum(r["merged_cells"] for r in rows),
+                "cells_without_point": sum(r["cells_without_point"] for r in rows),
+            }
+        )
+        return out
+    tp50 = sum(r["tp50"] for r in rows)
+    out["ap50"] = average_precision(tp50, n_true, n_pred)
+    out["ap75"] = average_precision(sum(r["tp75"] for r in rows), n_true, n_pred) if kind == "masks" else None
+    out.update(_prf(tp50, n_true, n_pred))
+    if kind == "masks":
+        dice = [d for r in rows for d in r["dice"]]
+        out["mean_dice"] = float(np.mean(dice)) if dice else None
+    if kind == "yolo":
+        names = class_names or {}
+        per: dict[str, dict[str, int]] = {}
+        for r in rows:
+            for c, d in r["per_class"].items():
+                acc = per.setdefault(c, {"tp": 0, "fp": 0, "n_true": 0})
+                for k in acc:
+                    acc[k] += d[k]
+        out["per_class"] = {
+            names.get(c, c): {**d, **_prf(d["tp"], d["n_true"], d["tp"] + d["fp"])}
+            for c, d in sorted(per.items())
+        }
+        out["recall_per_class"] = {k: v["recall"] for k, v in out["per_class"].items()}
+    return out
+
+
+def summarise_by_size(rows: list[dict[str, Any]], kind: str, class_names=None) -> dict[str, dict]:
+    """:func:`summarise` per image size ("WxH"), only when the images differ in size."""
+    sizes = sorted({r["size"] for r in rows})
+    if len(sizes) < 2:
+        return {}
+    return {s: summarise([r for r in rows if r["size"] == s], kind, class_names) for s in sizes}
