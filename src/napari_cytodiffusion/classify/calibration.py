@@ -85,19 +85,34 @@ def fit_temperature(evidence: np.ndarray, labels: np.ndarray) -> float:
     return float(np.sqrt(lo * hi))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 100) -> np.ndarray:
-    """Logistic regression by Newton's method; returns [bias, coef...]."""
+def fit_logistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    l2: float = 1e-3,
+    iters: int = 100,
+    prior: np.ndarray | None = None,
+) -> np.ndarray:
+    """Logistic regression by Newton's method; returns [bias, coef...].
+
+    The penalty ``l2 / 2 * |beta - prior|^2`` pulls the fit towards ``prior`` (zeros when not
+    given): with few cells the prior dominates, with many the data does (a Gaussian prior, MAP).
+    """
     xb = np.hstack([np.ones((len(x), 1)), x])
-    beta = np.zeros(xb.shape[1])
+    beta0 = np.zeros(xb.shape[1]) if prior is None else np.asarray(prior, float)
+    beta = beta0.copy()
     for _ in range(iters):
         p = 1 / (1 + np.exp(-np.clip(xb @ beta, -30, 30)))
-        g = xb.T @ (p - y) + l2 * beta
+        g = xb.T @ (p - y) + l2 * (beta - beta0)
         h = (xb * (p * (1 - p))[:, None]).T @ xb + l2 * np.eye(len(beta))
         step = np.linalg.solve(h, g)
         beta -= step
         if np.abs(step).max() < 1e-8:
             break
     return beta
+
+
+#: P(correct) = the (temperature-scaled) top probability, in the coefficients of ``pcorrect_features``
+PCORRECT_IDENTITY = np.array([0.0, 1.0, 0.0, 0.0])
 
 
 def pcorrect_features(probs: np.ndarray, anomaly: np.ndarray) -> np.ndarray:
@@ -153,8 +168,15 @@ def fit_calibration(
     n_classes: int,
     specificity: float = 0.96,
     flag_below: float = 0.9,
+    prior_strength: float = 0.0,
 ) -> dict[str, Any]:
-    """Fit temperature, P(correct), the anomaly profile and its threshold on a calibration run."""
+    """Fit temperature, P(correct), the anomaly profile and its threshold on a calibration run.
+
+    ``prior_strength`` > 0 shrinks the P(correct) regression towards "P(correct) = top
+    probability after temperature scaling" (:data:`PCORRECT_IDENTITY`); worth it when there are
+    few calibration cells (a few dozen, with a handful of errors), where an unpenalised fit
+    separates the errors and becomes over-confident.
+    """
     from .anomaly import BANDS, fit_profile, profile_features, profile_scores, unit_reference
 
     winner, evidence = class_evidence(result)
@@ -165,7 +187,11 @@ def fit_calibration(
     fitted = fit_profile(feats, winner, n_classes)
     anomaly = profile_scores(feats, winner, fitted)
     correct = (winner == labels).astype(float)
-    beta = fit_logistic(pcorrect_features(probs, np.nan_to_num(anomaly)), correct)
+    feats_pc = pcorrect_features(probs, np.nan_to_num(anomaly))
+    if prior_strength > 0:
+        beta = fit_logistic(feats_pc, correct, l2=prior_strength, prior=PCORRECT_IDENTITY)
+    else:
+        beta = fit_logistic(feats_pc, correct)
     return {
         "temperature": temperature,
         "p_correct": {"features": ["logit(p_max)", "log(margin)", "anomaly"], "coef": beta.tolist()},
@@ -180,6 +206,7 @@ def fit_calibration(
         },
         "flag_below_p_correct": flag_below,
         "n_calibration_cells": len(labels),
+        "p_correct_prior_strength": prior_strength,
         "calibration_accuracy": float(correct.mean()),
     }
 
@@ -190,22 +217,13 @@ def apply_pcorrect(probs: np.ndarray, anomaly: np.ndarray, calibration: dict[str
     return 1 / (1 + np.exp(-np.clip(beta[0] + x @ beta[1:], -30, 30)))
 
 
-def recalibrate(
-    model, crops: np.ndarray, labels: np.ndarray, should_stop=None, speed: str = "balanced", seed: int = 0
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Refit temperature, P(correct) and the anomaly reference/threshold on labelled cells.
-
-    The engine settings (timesteps, weights, paired-test threshold) are kept from the model's
-    calibration; everything fitted from errors is refitted on ``crops``. Returns the new
-    ``calibration`` block and a small summary of the calibration cells (for ``validation``).
-    """
+def error_run(model, crops: np.ndarray, speed: str = "balanced", seed: int = 0, should_stop=None):
+    """Diffusion errors of ``crops`` with the model's engine settings (for fitting calibrations)."""
     from ..crops import to_model_tensor
     from ..model.architecture import alphas_cumprod
     from .classifier import engine_config
     from .engine import diffusion_errors, merge_results
 
-    labels = np.asarray(labels, dtype=np.int64)
-    cal = model.metadata.calibration or {}
     cfg = engine_config(model, speed, seed=seed)
     ac = alphas_cumprod(model.scheduler)
     parts = []
@@ -217,7 +235,30 @@ def recalibrate(
                 cell_ids=np.arange(s, s + len(x0)), should_stop=should_stop,
             )
         )  # fmt: skip
-    res = merge_results(parts, model.metadata.n_classes)
+    return merge_results(parts, model.metadata.n_classes)
+
+
+#: calibration sets smaller than this get a P(correct) fit shrunk towards the top probability
+FEW_CALIBRATION_CELLS = 200
+
+
+def default_prior_strength(n_cells: int) -> float:
+    """Prior strength for :func:`fit_calibration` by the size of the calibration set."""
+    return 10.0 if n_cells < FEW_CALIBRATION_CELLS else 0.0
+
+
+def recalibrate(
+    model, crops: np.ndarray, labels: np.ndarray, should_stop=None, speed: str = "balanced", seed: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Refit temperature, P(correct) and the anomaly reference/threshold on labelled cells.
+
+    The engine settings (timesteps, weights, paired-test threshold) are kept from the model's
+    calibration; everything fitted from errors is refitted on ``crops``. Returns the new
+    ``calibration`` block and a small summary of the calibration cells (for ``validation``).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    cal = model.metadata.calibration or {}
+    res = error_run(model, crops, speed=speed, seed=seed, should_stop=should_stop)
     old = cal.get("anomaly", {})
     new = fit_calibration(
         res,
@@ -225,6 +266,7 @@ def recalibrate(
         model.metadata.n_classes,
         specificity=float(old.get("specificity", 0.96)),
         flag_below=float(cal.get("flag_below_p_correct", 0.9)),
+        prior_strength=default_prior_strength(len(labels)),
     )
     new["engine"] = dict(cal.get("engine", {}))
     winner, evidence = class_evidence(res)
