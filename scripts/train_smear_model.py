@@ -1,14 +1,24 @@
-"""Recipe of the project's Cellpose smear model (``cellpose_smear``), trained from scratch.
+"""Recipe of the project's Cellpose smear model (``cellpose_smear``).
 
 Data: ``../shared/data/bbbc041`` (BBBC041 images, Hung et al., Broad Bioimage Benchmark
 Collection, research use; BBBC041Seg masks, Depto et al. 2021). Binary masks are split
 into instances by connected components (touching cells are mostly separated by a thin gap).
 Only the ``train`` folder is used; ``val`` is kept for evaluation.
 
+With ``--txl``, the ``train`` split of ``../shared/data/txl_pbc`` (TXL-PBC, Gan & Li 2024, MIT:
+Raabin-WBC, BCCD and Kaggle fields with a box for every cell) is added with pseudo-masks: the
+ellipse inscribed in each box (``segmentation/pseudo_masks.py``; on BBBC041 val, pseudo-masks made
+from the true cells' boxes score AP50 0.998, AP75 0.82, mean Dice 0.92 against the true masks).
+Its ``val`` split is kept for evaluation.
+
 Usage::
 
+    # from scratch (session 1, on a GPU)
     python scripts/train_smear_model.py --data ../shared/data/bbbc041 --out runs/cellpose_smear \
         [--epochs 300] [--gpu]
+    # continue from the bundled model with TXL-PBC added
+    python scripts/train_smear_model.py --txl ../shared/data/txl_pbc --init bundled --epochs 60 \
+        --nimg-per-epoch 96 --lr 0.002 --out runs/cellpose_smear_txl
 
 The network is saved in float16 (half the size; loaded back as float32) with its mean
 diameter, as ``OUT/cellpose_smear.pt`` plus ``OUT/cellpose_smear.json``.
@@ -47,6 +57,29 @@ def load_bbbc041(folder: Path):
     return imgs, labels, names
 
 
+def load_txl(folder: Path, split: str = "train", limit: int | None = None):
+    """TXL-PBC fields with pseudo-masks from their YOLO boxes."""
+    from skimage import io
+
+    from napari_cytodiffusion.evaluate.segmentation import read_yolo
+    from napari_cytodiffusion.io.images import to_rgb_float
+    from napari_cytodiffusion.segmentation.channels import smear_channels
+    from napari_cytodiffusion.segmentation.pseudo_masks import masks_from_boxes
+
+    imgs, labels, names = [], [], []
+    for f in sorted((folder / "images" / split).glob("*.jpg"))[:limit]:
+        lab_file = folder / "labels" / split / f"{f.stem}.txt"
+        if not lab_file.exists():
+            continue
+        im = to_rgb_float(io.imread(f))
+        _, boxes = read_yolo(lab_file, *im.shape[:2])
+        lab = _remove_small(masks_from_boxes(im.shape[:2], boxes), 30)
+        imgs.append(np.moveaxis(smear_channels(im), -1, 0))
+        labels.append(lab)
+        names.append(f.name)
+    return imgs, labels, names
+
+
 def _remove_small(lab, min_size):
     from skimage import morphology, segmentation
 
@@ -61,6 +94,12 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--limit", type=int, default=None, help="use only N images (smoke test)")
+    ap.add_argument("--txl", type=Path, default=None, help="add TXL-PBC train fields with box pseudo-masks")
+    ap.add_argument(
+        "--init", default=None, help="start from weights: 'bundled' (the shipped smear model) or a .pt file"
+    )
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default 0.005 CPU / 0.01 GPU)")
+    ap.add_argument("--nimg-per-epoch", type=int, default=None, help="images drawn per epoch (default all)")
     args = ap.parse_args(argv)
     import torch
     from cellpose import models, train
@@ -70,12 +109,26 @@ def main(argv=None) -> int:
     imgs, labels, names = load_bbbc041(args.data / "train")
     if args.limit:
         imgs, labels = imgs[: args.limit], labels[: args.limit]
+    n_bbbc = len(imgs)
     diams = [np.median(2 * np.sqrt(np.bincount(lab.ravel())[1:] / np.pi)) for lab in labels]
     diam_mean = float(np.median(diams))
-    print(f"{len(imgs)} images, median cell diameter {diam_mean:.1f} px", flush=True)
+    if args.txl:
+        t_imgs, t_labels, _ = load_txl(args.txl, "train", args.limit)
+        imgs, labels = imgs + t_imgs, labels + t_labels
+    init_info = None
+    if args.init:
+        from napari_cytodiffusion.segmentation.cellpose_seg import DEFAULT_SMEAR_MODEL
+
+        init = DEFAULT_SMEAR_MODEL / "cellpose_smear.pt" if args.init == "bundled" else Path(args.init)
+        init_info = json.loads((init.parent / "cellpose_smear.json").read_text())
+        diam_mean = float(init_info["diam_mean"])  # keep the scale the network was trained at
+    print(f"{len(imgs)} images ({n_bbbc} BBBC041), cell diameter scale {diam_mean:.1f} px", flush=True)
     model = models.CellposeModel(
         gpu=args.gpu, pretrained_model=False, model_type=None, diam_mean=diam_mean, nchan=2
     )
+    if args.init:
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        model.net.load_state_dict({k: v.float() for k, v in state.items()})
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     path, train_losses, _ = train.train_seg(
@@ -86,7 +139,8 @@ def main(argv=None) -> int:
         channel_axis=0,
         normalize=True,
         n_epochs=args.epochs,
-        learning_rate=0.005 if not args.gpu else 0.01,
+        learning_rate=args.lr or (0.005 if not args.gpu else 0.01),
+        nimg_per_epoch=args.nimg_per_epoch,
         weight_decay=1e-5,
         batch_size=8,
         bsize=224,
@@ -102,6 +156,16 @@ def main(argv=None) -> int:
         for k, v in model.net.state_dict().items()
     }
     torch.save(state, args.out / "cellpose_smear.pt")
+    data = (
+        "BBBC041 (Hung et al., Broad Bioimage Benchmark Collection, research use) with BBBC041Seg "
+        "masks (Depto et al. 2021); train folder, connected components as instances"
+    )
+    if args.txl:
+        data += (
+            "; TXL-PBC (Gan & Li 2024, arXiv:2407.13214, MIT) train split, pseudo-masks = ellipses "
+            "inscribed in the YOLO boxes"
+        )
+    hardware = torch.cuda.get_device_name() if args.gpu and torch.cuda.is_available() else "cpu"
     info = {
         "name": "cellpose_smear",
         "architecture": "Cellpose 3 CPnet, nbase [2, 32, 64, 128, 256], trained from scratch",
@@ -111,10 +175,20 @@ def main(argv=None) -> int:
         "train_images": len(imgs),
         "train_seconds": round(secs, 1),
         "final_loss": float(np.mean(train_losses[-10:])),
-        "hardware": torch.cuda.get_device_name() if args.gpu and torch.cuda.is_available() else "cpu",
-        "data": "BBBC041 (Hung et al., Broad Bioimage Benchmark Collection, research use) with BBBC041Seg "
-        "masks (Depto et al. 2021); train folder, connected components as instances",
+        "hardware": hardware,
+        "data": data,
     }
+    if init_info is not None:  # fine-tuned: keep the history of the weights it started from
+        info["architecture"] = init_info["architecture"] + "; then fine-tuned"
+        info["history"] = [
+            *init_info.get("history", []),
+            {
+                k: init_info[k]
+                for k in ("epochs", "train_images", "train_seconds", "hardware", "data")
+                if k in init_info
+            },
+        ]
+        info["fine_tune"] = {"lr": args.lr, "nimg_per_epoch": args.nimg_per_epoch}
     (args.out / "cellpose_smear.json").write_text(json.dumps(info, indent=2) + "\n")
     print(info, flush=True)
     return 0
