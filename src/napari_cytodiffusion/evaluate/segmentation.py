@@ -225,4 +225,10 @@ def summarise_by_size(rows: list[dict[str, Any]], kind: str, class_names=None) -
     sizes = sorted({r["size"] for r in rows})
     if len(sizes) < 2:
         return {}
-    return {s: summarise([r for r in rows if r["size"] == s], kind, class_names) for s in sizes}
+    out = {}
+    for s in sizes:
+        sub = [r for r in rows if r["size"] == s]
+        out[s] = summarise(sub, kind, class_names)
+        secs = [r["seconds"] for r in sub if "seconds" in r]
+        out[s]["seconds_per_image"] = float(np.mean(secs)) if secs else None
+    return out
