@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the one cache directory (exported ONNX networks, downloaded models) goes to a fresh folder
+os.environ.setdefault("NAPARI_CYTODIFFUSION_CACHE", tempfile.mkdtemp(prefix="cytodiffusion-cache-"))
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 _XVFB = None
 

@@ -231,7 +231,7 @@ def error_run(model, crops: np.ndarray, speed: str = "balanced", seed: int = 0, 
         x0 = to_model_tensor(crops[s : s + 64]).to(model.device)
         parts.append(
             diffusion_errors(
-                model.unet, ac, x0, model.metadata.n_classes, cfg,
+                model.inference_unet(), ac, x0, model.metadata.n_classes, cfg,
                 cell_ids=np.arange(s, s + len(x0)), should_stop=should_stop,
             )
         )  # fmt: skip

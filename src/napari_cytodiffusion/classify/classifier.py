@@ -117,7 +117,7 @@ def iter_classify(
         stop = min(n, start + batch_cells)
         x0 = to_model_tensor(crops[start:stop]).to(dev)
         res = diffusion_errors(
-            model.unet, ac, x0, c, cfg, cell_ids=np.arange(start, stop), should_stop=should_stop
+            model.inference_unet(), ac, x0, c, cfg, cell_ids=np.arange(start, stop), should_stop=should_stop
         )
         parts.append(res)
         yield Progress(stop, n, "classifying")

@@ -52,7 +52,7 @@ def counterfactual_map(
     a = ac[t][:, None, None, None]
     xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
     with torch.inference_mode():
-        pred = model.unet(
+        pred = model.inference_unet()(
             torch.cat([xt, xt]),
             torch.cat([t, t]),
             class_labels=torch.cat([torch.full((k,), src), torch.full((k,), int(target))]).to(model.device),

@@ -157,7 +157,7 @@ def diffusion_errors(
     done_units = 0
     per_round = n_units if not config.adaptive else max(1, int(config.units_per_round))
     batch_size = int(config.batch_size or (64 if dev.type == "cpu" else 2048))
-    channels_last = dev.type == "cpu"
+    channels_last = dev.type == "cpu" and getattr(unet, "backend", "torch") == "torch"
     while done_units < n_units:
         units = list(range(done_units, min(n_units, done_units + per_round)))
         cells, classes = np.nonzero(active)

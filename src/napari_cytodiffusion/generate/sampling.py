@@ -82,9 +82,9 @@ def iter_generate(
                 xin = sched.scale_model_input(x, t)
                 tt = torch.full((len(y),), int(t), device=dev)
                 if params.guidance == 1.0:
-                    eps = model.unet(xin, tt, class_labels=y).sample
+                    eps = model.inference_unet()(xin, tt, class_labels=y).sample
                 else:
-                    both = model.unet(
+                    both = model.inference_unet()(
                         torch.cat([xin, xin]), torch.cat([tt, tt]), class_labels=torch.cat([y, null])
                     ).sample
                     ec, eu = both.chunk(2)
@@ -159,7 +159,7 @@ def sdedit(
     for t in steps:
         with torch.inference_mode():
             tt = torch.full((len(y),), int(t), device=dev)
-            both = model.unet(
+            both = model.inference_unet()(
                 torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([y, null])
             ).sample
             ec, eu = both.chunk(2)

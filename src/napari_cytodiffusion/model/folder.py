@@ -183,6 +183,15 @@ class DiffusionModel:
     def device(self):
         return next(self.unet.parameters()).device
 
+    def inference_unet(self):
+        """The network for inference: ONNX Runtime on a CPU when installed, else :attr:`unet`.
+
+        See :mod:`napari_cytodiffusion.model.onnx_backend`; training always uses :attr:`unet`.
+        """
+        from .onnx_backend import inference_unet
+
+        return inference_unet(self)
+
     def class_index(self, name: str) -> int:
         """Index of a class name (case-insensitive); raises a clear error otherwise."""
         from ..errors import InputError

@@ -1,0 +1,165 @@
+"""ONNX Runtime inference of the UNet on a CPU (optional: ``pip install napari-cytodiffusion[onnx]``).
+
+The classifier spends nearly all its time in UNet calls of 64 small images. On a CPU, ONNX
+Runtime runs the same network faster than eager PyTorch (see ``benchmarks/unet_backends.py``), so
+when ``onnxruntime`` and ``onnx`` are installed the classifier and the samplers use it on CPU. The
+network is exported once per set of weights into the cache directory
+(``$NAPARI_CYTODIFFUSION_CACHE/onnx/``, keyed by a hash of the weights, so adapters get their own
+file) and reused afterwards. Training and fine-tuning always use PyTorch.
+
+``NAPARI_CYTODIFFUSION_BACKEND=torch`` turns it off; ``=onnx`` makes it required (an error if it
+cannot be used); ``auto`` (default) uses it when it can, else PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ..errors import ModelError
+
+BACKEND_ENV = "NAPARI_CYTODIFFUSION_BACKEND"
+BACKENDS = ("auto", "torch", "onnx")
+log = logging.getLogger(__name__)
+
+
+def backend_choice() -> str:
+    """The backend asked for in ``$NAPARI_CYTODIFFUSION_BACKEND`` (``auto`` when unset)."""
+    value = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ModelError(f"{BACKEND_ENV}={value!r} is not one of {', '.join(BACKENDS)}")
+    return value
+
+
+def onnx_available() -> bool:
+    """Whether ONNX Runtime and the ONNX package (needed by the exporter) are installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def weights_hash(unet) -> str:
+    """sha256 over the UNet's config and parameters (identifies the exported file)."""
+    h = hashlib.sha256(repr(sorted(dict(unet.config).items())).encode())
+    for name, tensor in sorted(unet.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plain_module(unet):
+    """``unet(x, t, class_labels).sample`` as a module with positional inputs, for the exporter."""
+    import torch
+
+    class Plain(torch.nn.Module):
+        def __init__(self, u) -> None:
+            super().__init__()
+            self.u = u
+
+        def forward(self, x, t, c):
+            return self.u(x, t, class_labels=c).sample
+
+    return Plain(unet)
+
+
+def export_onnx(unet, path: str | os.PathLike) -> Path:
+    """Export the UNet to ONNX (dynamic batch), written atomically to ``path``."""
+    import torch
+
+    from ..io.atomic import atomic_path
+
+    size = int(unet.config.sample_size)
+    channels = int(unet.config.in_channels)
+    wrapped = _plain_module(unet).eval()
+    args = (
+        torch.zeros(2, channels, size, size),
+        torch.tensor([10, 500], dtype=torch.int64),
+        torch.tensor([0, 1], dtype=torch.int64),
+    )
+    path = Path(path)
+    with atomic_path(path) as tmp, torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            wrapped,
+            args,
+            str(tmp),
+            input_names=["x", "t", "c"],
+            output_names=["eps"],
+            dynamic_axes={k: {0: "batch"} for k in ("x", "t", "c", "eps")},
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
+
+
+class OrtUNet:
+    """Callable like a diffusers UNet for inference: ``unet(x, t, class_labels=c).sample``."""
+
+    backend = "onnx"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        import onnxruntime as ort
+        import torch
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x, t, class_labels=None) -> SimpleNamespace:
+        import numpy as np
+        import torch
+
+        n = x.shape[0]
+        t = torch.as_tensor(t).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(n)
+        feeds = {
+            "x": np.ascontiguousarray(x.detach().float().cpu().numpy()),
+            "t": t.detach().cpu().numpy().astype(np.int64),
+            "c": class_labels.detach().cpu().numpy().astype(np.int64),
+        }
+        return SimpleNamespace(sample=torch.from_numpy(self.session.run(None, feeds)[0]))
+
+
+def inference_unet(model) -> Any:
+    """The network to run inference with: ONNX Runtime on a CPU when available, else the UNet.
+
+    The choice is made once per loaded model and kept on it.
+    """
+    cached = getattr(model, "_inference_unet", None)
+    if cached is not None:
+        return cached
+    choice = backend_choice()
+    unet = model.unet
+    use = choice != "torch" and model.device.type == "cpu"
+    if use and not onnx_available():
+        if choice == "onnx":
+            raise ModelError(
+                f"{BACKEND_ENV}=onnx, but onnxruntime/onnx are not installed: "
+                "pip install 'napari-cytodiffusion[onnx]'"
+            )
+        use = False
+    if use:
+        from ..paths import cache_dir
+
+        path = cache_dir() / "onnx" / f"unet-{weights_hash(unet)[:20]}.onnx"
+        try:
+            if not path.is_file():
+                log.info("exporting the UNet to %s (once per model)", path)
+                export_onnx(unet, path)
+            unet = OrtUNet(path)
+        except Exception as exc:  # exporter/runtime failures: fall back to PyTorch unless asked for
+            if choice == "onnx":
+                raise ModelError(
+                    f"cannot run the UNet with ONNX Runtime: {type(exc).__name__}: {exc}"
+                ) from exc
+            log.warning("ONNX Runtime unavailable for this model (%s); using PyTorch", exc)
+            unet = model.unet
+    object.__setattr__(model, "_inference_unet", unet)
+    return unet
