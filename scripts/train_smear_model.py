@@ -57,8 +57,8 @@ def load_bbbc041(folder: Path):
     return imgs, labels, names
 
 
-def load_txl(folder: Path, split: str = "train", limit: int | None = None):
-    """TXL-PBC fields with pseudo-masks from their YOLO boxes."""
+def load_txl(folder: Path, split: str = "train", limit: int | None = None, seed: int = 0):
+    """TXL-PBC fields with pseudo-masks from their YOLO boxes (``limit``: a random subset)."""
     from skimage import io
 
     from napari_cytodiffusion.evaluate.segmentation import read_yolo
@@ -67,7 +67,11 @@ def load_txl(folder: Path, split: str = "train", limit: int | None = None):
     from napari_cytodiffusion.segmentation.pseudo_masks import masks_from_boxes
 
     imgs, labels, names = [], [], []
-    for f in sorted((folder / "images" / split).glob("*.jpg"))[:limit]:
+    files = sorted((folder / "images" / split).glob("*.jpg"))
+    if limit is not None and limit < len(files):
+        keep = np.random.default_rng(seed).choice(len(files), limit, replace=False)
+        files = [files[i] for i in sorted(keep)]
+    for f in files:
         lab_file = folder / "labels" / split / f"{f.stem}.txt"
         if not lab_file.exists():
             continue
@@ -96,6 +100,9 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="use only N images (smoke test)")
     ap.add_argument("--txl", type=Path, default=None, help="add TXL-PBC train fields with box pseudo-masks")
     ap.add_argument(
+        "--txl-images", type=int, default=None, help="a random subset of N TXL-PBC fields (flows cost CPU)"
+    )
+    ap.add_argument(
         "--init", default=None, help="start from weights: 'bundled' (the shipped smear model) or a .pt file"
     )
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default 0.005 CPU / 0.01 GPU)")
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
     diams = [np.median(2 * np.sqrt(np.bincount(lab.ravel())[1:] / np.pi)) for lab in labels]
     diam_mean = float(np.median(diams))
     if args.txl:
-        t_imgs, t_labels, _ = load_txl(args.txl, "train", args.limit)
+        t_imgs, t_labels, _ = load_txl(args.txl, "train", args.txl_images or args.limit)
         imgs, labels = imgs + t_imgs, labels + t_labels
     init_info = None
     if args.init:
@@ -188,7 +195,11 @@ def main(argv=None) -> int:
                 if k in init_info
             },
         ]
-        info["fine_tune"] = {"lr": args.lr, "nimg_per_epoch": args.nimg_per_epoch}
+        info["fine_tune"] = {
+            "lr": args.lr,
+            "nimg_per_epoch": args.nimg_per_epoch,
+            "txl_images": len(imgs) - n_bbbc,
+        }
     (args.out / "cellpose_smear.json").write_text(json.dumps(info, indent=2) + "\n")
     print(info, flush=True)
     return 0
