@@ -65,6 +65,21 @@ def test_missing_builtin_model_offline_is_a_clear_error(tmp_path, monkeypatch, c
     assert code == 2 and "empty_cache" in err and err.count("\n") == 1
 
 
+def test_automatic_diameter_copes_with_cells_far_larger_than_the_model_scale(shared_data):
+    """A Raabin-WBC field (575 px, red cells ~100 px): at the model's scale (53 px) the first pass
+    finds only a few fragments (median 5 px); trusting that rescaled the image 10x and took > 10 min
+    on a dask worker. The half-size look finds the real scale."""
+    from skimage import io
+
+    from napari_cytodiffusion.segmentation.cellpose_seg import _median_diameter, _plausible_diameter
+
+    assert _plausible_diameter(5.1, 53.0) is None and _plausible_diameter(100.0, 53.0) == 100.0
+    img = io.imread(shared_data / "txl_pbc" / "images" / "val" / "31f487cb-aea0-524f-a1bf-136dcda1899a.jpg")
+    labels = segment(img)
+    assert labels.max() >= 5
+    assert 60 <= _median_diameter(labels) <= 160
+
+
 def test_evaluate_segmentation_masks_and_yolo(tmp_path):
     from PIL import Image
 

@@ -134,6 +134,17 @@ def _median_diameter(labels: np.ndarray) -> float | None:
     return float(np.median(2 * np.sqrt(areas / np.pi)))
 
 
+#: an automatic diameter further than this factor from the model's own scale is not trusted
+MAX_RESCALE = 4.0
+
+
+def _plausible_diameter(d: float | None, diam_mean: float) -> float | None:
+    """``d`` if it is within :data:`MAX_RESCALE` of the model's scale, else None."""
+    if d is None or not (diam_mean / MAX_RESCALE <= d <= diam_mean * MAX_RESCALE):
+        return None
+    return d
+
+
 def iter_segment(
     image: np.ndarray, params: SegmentParams | None = None, should_stop: Callable[[], bool] | None = None
 ) -> Iterator[tuple[int, int] | np.ndarray]:
@@ -159,7 +170,13 @@ def iter_segment(
         win = norm(wy0, h // 2 + 512, wx0, w // 2 + 512)
         x, kw = _prepare(seg, win)
         first_pass = _eval(seg, x, kw, params, None)
-        d = _median_diameter(first_pass)
+        d = _plausible_diameter(_median_diameter(first_pass), seg.diam_mean)
+        if d is None:
+            # nothing sensible at the model's scale (e.g. a few fragments of cells far larger than
+            # it was trained on, which would rescale the image 10x): look again at half size
+            d = _plausible_diameter(
+                _median_diameter(_eval(seg, x, kw, params, 2 * seg.diam_mean)), seg.diam_mean
+            )
         diameter = d if d is not None and abs(d / seg.diam_mean - 1) > 0.25 else None
         if diameter is not None or win.shape[:2] != (h, w):
             first_pass = None  # rescaled or only a window: segment again below
