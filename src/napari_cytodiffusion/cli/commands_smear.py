@@ -16,7 +16,8 @@ def _seg_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--seg-model",
         default="smear",
-        help="'smear' (bundled, offline), a Cellpose built-in (cyto3, ...) or a model file",
+        help="'smear' (bundled, offline), a Cellpose built-in (cyto3, ...), a Cellpose model file, or a "
+        "smear-model folder made by scripts/train_smear_model.py",
     )
     g.add_argument(
         "--diameter", type=float, default=None, help="cell diameter in pixels (default: automatic)"

@@ -62,15 +62,25 @@ def load_segmenter(model: str = SMEAR_MODEL_NAME, gpu: bool = False) -> LoadedSe
     use_gpu = bool(gpu and torch.cuda.is_available())
     from cellpose import models
 
-    if model == SMEAR_MODEL_NAME:
-        info = json.loads((DEFAULT_SMEAR_MODEL / "cellpose_smear.json").read_text())
-        net = models.CellposeModel(
-            gpu=use_gpu, pretrained_model=False, model_type=None, diam_mean=float(info["diam_mean"]), nchan=2
-        )
-        state = torch.load(DEFAULT_SMEAR_MODEL / "cellpose_smear.pt", map_location="cpu", weights_only=True)
-        net.net.load_state_dict({k: v.float() for k, v in state.items()})
+    folder = DEFAULT_SMEAR_MODEL if model == SMEAR_MODEL_NAME else Path(model)
+    if folder.is_dir() and (folder / "cellpose_smear.json").is_file():
+        # the project's 2-channel smear format: the bundled model, or one made by scripts/train_smear_model.py
+        try:
+            info = json.loads((folder / "cellpose_smear.json").read_text())
+            net = models.CellposeModel(
+                gpu=use_gpu,
+                pretrained_model=False,
+                model_type=None,
+                diam_mean=float(info["diam_mean"]),
+                nchan=2,
+            )
+            state = torch.load(folder / "cellpose_smear.pt", map_location="cpu", weights_only=True)
+            net.net.load_state_dict({k: v.float() for k, v in state.items()})
+        except Exception as exc:  # missing/corrupt files: one clear message
+            raise ModelError(f"cannot load the smear model in {folder}: {type(exc).__name__}: {exc}") from exc
         net.net.eval()
-        return LoadedSegmenter(net, "smear (project model)", float(info["diam_mean"]), True)
+        name = "smear (project model)" if model == SMEAR_MODEL_NAME else f"smear model {folder}"
+        return LoadedSegmenter(net, name, float(info["diam_mean"]), True)
     if model in BUILTIN_MODELS:
         cached = list(_cellpose_models_dir().glob(f"{model}*"))
         if not cached and _offline():  # Cellpose would try (and fail) to download it
@@ -86,7 +96,8 @@ def load_segmenter(model: str = SMEAR_MODEL_NAME, gpu: bool = False) -> LoadedSe
     path = Path(model)
     if not path.is_file():
         raise ModelError(
-            f"unknown segmentation model {model!r}: use 'smear', one of {', '.join(BUILTIN_MODELS)}, or a model file"
+            f"unknown segmentation model {model!r}: use 'smear', one of {', '.join(BUILTIN_MODELS)}, "
+            "a Cellpose model file, or a smear-model folder"
         )
     try:
         net = models.CellposeModel(gpu=use_gpu, pretrained_model=str(path))
