@@ -6,11 +6,11 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from napari_cytodiffusion.classify.classifier import classify_crops  # noqa: E402
-from napari_cytodiffusion.errors import ModelError  # noqa: E402
-from napari_cytodiffusion.generate.sampling import GenerateParams, generate  # noqa: E402
-from napari_cytodiffusion.model.folder import load_model  # noqa: E402
-from napari_cytodiffusion.model.onnx_backend import BACKEND_ENV, OrtUNet  # noqa: E402
+from napari_cytodiffusion.classify.classifier import classify_crops
+from napari_cytodiffusion.errors import ModelError
+from napari_cytodiffusion.generate.sampling import GenerateParams, generate
+from napari_cytodiffusion.model.folder import load_model
+from napari_cytodiffusion.model.onnx_backend import BACKEND_ENV, OrtUNet
 
 
 def _crops(model, n=6, seed=0):

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import tifffile
 
 from napari_cytodiffusion.cli.main import main
@@ -194,3 +195,18 @@ def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp
         ]
     )
     assert code == 2
+
+
+def test_smear_model_folder_as_segmentation_model(tmp_path):
+    import shutil
+
+    from napari_cytodiffusion.errors import ModelError
+    from napari_cytodiffusion.paths import DEFAULT_SMEAR_MODEL
+
+    image = synthetic_smear()[0]
+    folder = tmp_path / "my_smear_model"
+    shutil.copytree(DEFAULT_SMEAR_MODEL, folder)
+    np.testing.assert_array_equal(segment(image, model=str(folder)), segment(image))
+    (folder / "cellpose_smear.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ModelError, match="cannot load the smear model"):
+        segment(image, model=str(folder))
