@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -80,7 +81,14 @@ def export_onnx(unet, path: str | os.PathLike) -> Path:
         torch.tensor([0, 1], dtype=torch.int64),
     )
     path = Path(path)
-    with atomic_path(path) as tmp, torch.inference_mode(False), torch.no_grad():
+    with (
+        atomic_path(path) as tmp,
+        torch.inference_mode(False),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
+        # the tracer warns about shape checks in diffusers' blocks; they hold for every batch size
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapped,
             args,
