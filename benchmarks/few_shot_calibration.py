@@ -105,7 +105,7 @@ def main() -> int:
         entry: dict = {
             "n_balanced": int(len(cal_rel)),
             "n_natural_mix": int(len(rest)),
-            "n_test": int(len(test)),
+            "n_test": int(test.sum()),
         }
         for set_name, idx in sets.items():
             res_c, y_c = subset(res_rest, idx), y_rest[idx]
