@@ -143,3 +143,28 @@ def test_profile_anomaly_is_two_sided_and_handles_partial_units():
     half.errors[:, :, 4:] = np.nan
     s_half = scores(half)
     assert np.isfinite(s_half).all() and abs(np.median(s_half) - np.median(s_norm)) < 0.5
+
+
+def test_pcorrect_fit_shrinks_towards_top_probability_with_few_cells():
+    from napari_cytodiffusion.classify.calibration import (
+        PCORRECT_IDENTITY,
+        default_prior_strength,
+        fit_logistic,
+    )
+
+    rng = np.random.default_rng(0)
+
+    def cells(n):
+        x = rng.normal(0, 1.5, (n, 3))
+        p = 1 / (1 + np.exp(-(0.5 + 2.0 * x[:, 0])))  # truth: steeper than the top probability
+        return x, (rng.random(n) < p).astype(float)
+
+    x, y = cells(30)
+    free = fit_logistic(x, y)
+    shrunk = fit_logistic(x, y, l2=default_prior_strength(30), prior=PCORRECT_IDENTITY)
+    # few cells: the unpenalised fit wanders (noise coefficients), the prior keeps it near identity
+    assert np.abs(shrunk - PCORRECT_IDENTITY).sum() < np.abs(free - PCORRECT_IDENTITY).sum()
+    # many cells: no shrinkage by default, and the fit finds the true slope
+    x, y = cells(5000)
+    assert default_prior_strength(5000) == 0.0
+    assert abs(fit_logistic(x, y)[1] - 2.0) < 0.2

@@ -244,7 +244,7 @@ FEW_CALIBRATION_CELLS = 200
 
 def default_prior_strength(n_cells: int) -> float:
     """Prior strength for :func:`fit_calibration` by the size of the calibration set."""
-    return 10.0 if n_cells < FEW_CALIBRATION_CELLS else 0.0
+    return 30.0 if n_cells < FEW_CALIBRATION_CELLS else 0.0
 
 
 def recalibrate(
