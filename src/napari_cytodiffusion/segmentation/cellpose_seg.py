@@ -54,9 +54,26 @@ def _cellpose_models_dir() -> Path:
     return Path(os.environ.get("CELLPOSE_LOCAL_MODELS_PATH", Path.home() / ".cellpose" / "models"))
 
 
-@lru_cache(maxsize=4)
 def load_segmenter(model: str = SMEAR_MODEL_NAME, gpu: bool = False) -> LoadedSegmenter:
-    """Load a Cellpose model: ``"smear"`` (bundled), a built-in name, or a model file path."""
+    """Load a Cellpose model: ``"smear"`` (bundled), a built-in name, a model file or a smear-model folder.
+
+    Loaded networks are cached; a file or folder is loaded again when its weights change.
+    """
+    return _load_segmenter(model, gpu, _weights_mtime(model))
+
+
+def _weights_mtime(model: str) -> int:
+    path = Path(model) if model != SMEAR_MODEL_NAME else DEFAULT_SMEAR_MODEL
+    if path.is_dir():
+        path = path / "cellpose_smear.pt"
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@lru_cache(maxsize=4)
+def _load_segmenter(model: str, gpu: bool, mtime: int) -> LoadedSegmenter:
     import torch
 
     use_gpu = bool(gpu and torch.cuda.is_available())
