@@ -147,6 +147,7 @@ def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp
     for d in ("img", "pred", "pts", "masks"):
         (tmp_path / d).mkdir()
     Image.fromarray(image).save(tmp_path / "img" / "f1.png")
+    Image.fromarray(image).save(tmp_path / "img" / "f2.png")  # no reference: skipped and listed
     props = regionprops(truth)
     (tmp_path / "pts" / "f1.txt").write_text(
         "\n".join(f"{r.centroid[1]:.1f} {r.centroid[0]:.1f} 0" for r in props)
@@ -173,6 +174,7 @@ def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp
     assert m["merged_cells"] == 1 and m["points_found"] == (n - 2) / n and m["points_missed"] == 0
     assert abs(m["count_error_mean_abs_pct"] - 100 / n) < 1e-9
     assert m["seconds_per_image"] is None and m["segmentation"]["labels_from"].endswith("pred")
+    assert m["skipped_without_reference"] == ["f2.png"] and m["n_images"] == 1
     # parts of one cell: with --binary-masks one reference cell, found exactly
     tifffile.imwrite(tmp_path / "pred" / "f1_labels.tif", truth)
     m = run("--masks", str(tmp_path / "masks"), "--binary-masks", "--pred", str(tmp_path / "pred"))

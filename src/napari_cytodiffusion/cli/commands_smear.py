@@ -271,6 +271,8 @@ def cmd_evaluate_segmentation(a) -> int:
             f"[{i}/{n}] {row['image']}: {row['n_pred']} cells, {row['n_true']} in the reference", flush=True
         )
     write_json(out / "metrics.json", metrics)
-    skip = ("per_image", "segmentation", "by_image_size")
+    skip = ("per_image", "segmentation", "by_image_size", "skipped_without_reference")
+    if metrics["skipped_without_reference"]:
+        print(f"{len(metrics['skipped_without_reference'])} images without a reference were skipped")
     print(json.dumps({k: v for k, v in metrics.items() if k not in skip}, indent=1))
     return 0

@@ -83,6 +83,10 @@ def iter_evaluate_segmentation(
     if predictions is not None and not Path(predictions).is_dir():
         raise InputError(f"predictions folder {predictions} does not exist")
     images = reference_images(images)
+    suffixes = {"masks": (".png", "_mask.png", ".tif", ".tiff"), "yolo": (".txt",), "points": (".txt",)}[kind]
+    # images without a reference are skipped (and listed); none at all is an error below
+    skipped = [p.name for p in images if not any((reference / f"{p.stem}{s}").exists() for s in suffixes)]
+    images = [p for p in images if p.name not in set(skipped)]
     rows: list[dict[str, Any]] = []
     secs: list[float] = []
     for i, path in enumerate(images, 1):
@@ -125,10 +129,15 @@ def iter_evaluate_segmentation(
         rows.append(row)
         yield i, len(images), row
     if not rows:
-        raise InputError("no images to evaluate")
+        raise InputError(
+            f"no images to evaluate: none of the {len(skipped)} images has a reference in {reference}"
+            if skipped
+            else "no images to evaluate"
+        )
     names = YOLO_CLASS_NAMES if kind == "yolo" else None
     report = summarise(rows, kind, names)
     report["seconds_per_image"] = float(np.mean(secs)) if secs else None
+    report["skipped_without_reference"] = skipped
     report["by_image_size"] = summarise_by_size(rows, kind, names)
     report["segmentation"] = (
         {"labels_from": str(predictions)} if predictions is not None else (params.to_dict() if params else {})
