@@ -197,6 +197,17 @@ def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp
         ]
     )
     assert code == 2
+    # so is a missing one
+    (tmp_path / "pred" / "f1_labels.tif").unlink()
+    args = [
+        "--images",
+        str(tmp_path / "img"),
+        "--points",
+        str(tmp_path / "pts"),
+        "--pred",
+        str(tmp_path / "pred"),
+    ]
+    assert main(["evaluate-segmentation", *args, "--out", str(tmp_path / "bad2")]) == 2
 
 
 def test_smear_model_folder_as_segmentation_model(tmp_path):

@@ -28,15 +28,16 @@ from .segmentation import (
 
 #: names of the YOLO classes of TXL-PBC / BCCD-style boxes
 YOLO_CLASS_NAMES = {"0": "wbc", "1": "rbc", "2": "platelet"}
-KINDS = ("masks", "yolo", "points")
 
 
-def _find(folder: Path, stem: str, suffixes: tuple[str, ...], what: str) -> Path:
-    for suf in suffixes:
-        cand = folder / f"{stem}{suf}"
-        if cand.exists():
-            return cand
-    raise InputError(f"no {what} for {stem} in {folder} (looked for {', '.join(stem + s for s in suffixes)})")
+#: file names tried for an image ``NNN``'s reference, by kind, and for a saved label image
+REFERENCE_SUFFIXES = {"masks": (".png", "_mask.png", ".tif", ".tiff"), "yolo": (".txt",), "points": (".txt",)}
+LABEL_SUFFIXES = ("_labels.tif", ".tif", ".tiff", ".png")
+KINDS = tuple(REFERENCE_SUFFIXES)
+
+
+def _first_existing(folder: Path, stem: str, suffixes: tuple[str, ...]) -> Path | None:
+    return next((folder / f"{stem}{s}" for s in suffixes if (folder / f"{stem}{s}").exists()), None)
 
 
 def reference_images(images: list[Path]) -> list[Path]:
@@ -83,19 +84,22 @@ def iter_evaluate_segmentation(
     if predictions is not None and not Path(predictions).is_dir():
         raise InputError(f"predictions folder {predictions} does not exist")
     images = reference_images(images)
-    suffixes = {"masks": (".png", "_mask.png", ".tif", ".tiff"), "yolo": (".txt",), "points": (".txt",)}[kind]
     # images without a reference are skipped (and listed); none at all is an error below
-    skipped = [p.name for p in images if not any((reference / f"{p.stem}{s}").exists() for s in suffixes)]
-    images = [p for p in images if p.name not in set(skipped)]
+    refs = {p.name: _first_existing(reference, p.stem, REFERENCE_SUFFIXES[kind]) for p in images}
+    skipped = [name for name, ref in refs.items() if ref is None]
+    images = [p for p in images if refs[p.name] is not None]
     rows: list[dict[str, Any]] = []
     secs: list[float] = []
     for i, path in enumerate(images, 1):
         img = read_image(path)
         h, w = img.shape[:2]
         if predictions is not None:
-            ppath = _find(
-                Path(predictions), path.stem, ("_labels.tif", ".tif", ".tiff", ".png"), "label image"
-            )
+            ppath = _first_existing(Path(predictions), path.stem, LABEL_SUFFIXES)
+            if ppath is None:
+                raise InputError(
+                    f"no label image for {path.name} in {predictions} "
+                    f"(looked for {', '.join(path.stem + s for s in LABEL_SUFFIXES)})"
+                )
             pred = np.asarray(read_image(ppath))
             if pred.ndim == 3:
                 pred = pred[..., 0]
@@ -109,8 +113,7 @@ def iter_evaluate_segmentation(
             pred = segment(img, params)
             secs.append(time.perf_counter() - t0)
         if kind == "masks":
-            mpath = _find(reference, path.stem, (".png", "_mask.png", ".tif", ".tiff"), "mask")
-            mask = np.asarray(read_image(mpath))
+            mask = np.asarray(read_image(refs[path.name]))
             truth = instances_from_mask((mask > 0).astype(np.uint8) if binary_masks else mask)
             if truth.shape != pred.shape:
                 from skimage.transform import resize
@@ -119,10 +122,10 @@ def iter_evaluate_segmentation(
                 truth = truth.astype(np.int32)
             row = score_masks(truth, pred)
         elif kind == "yolo":
-            classes, boxes = read_yolo(_find(reference, path.stem, (".txt",), "YOLO file"), h, w)
+            classes, boxes = read_yolo(refs[path.name], h, w)
             row = score_boxes(classes, boxes, pred)
         else:
-            row = score_points(read_points(_find(reference, path.stem, (".txt",), "point file")), pred)
+            row = score_points(read_points(refs[path.name]), pred)
         row = {"image": path.name, "size": f"{w}x{h}", **row}
         if secs and predictions is None:
             row["seconds"] = secs[-1]
@@ -148,13 +151,3 @@ def iter_evaluate_segmentation(
         for r in rows
     ]
     return report
-
-
-def evaluate_segmentation(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run :func:`iter_evaluate_segmentation` to the end and return its report."""
-    gen = iter_evaluate_segmentation(*args, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
