@@ -16,9 +16,12 @@ Usage::
     # from scratch (session 1, on a GPU)
     python scripts/train_smear_model.py --data ../shared/data/bbbc041 --out runs/cellpose_smear \
         [--epochs 300] [--gpu]
-    # continue from the bundled model with TXL-PBC added
-    python scripts/train_smear_model.py --txl ../shared/data/txl_pbc --init bundled --epochs 60 \
-        --nimg-per-epoch 96 --lr 0.002 --out runs/cellpose_smear_txl
+    # the shipped model (session 4, 2-core CPU, 62 min + 9.5 min of flows; checkpoint of epoch 81
+    # of 100, written to models/cellpose_smear_fp32 every 20 epochs): from the session-1 weights,
+    # TXL-PBC added, at a cell scale of 30 px
+    python scripts/train_smear_model.py --txl ../shared/data/txl_pbc --txl-images 200 --init bundled \
+        --diam-mean 30 --epochs 100 --nimg-per-epoch 40 --lr 0.003 --flows-cache runs/smear_flows.npz \
+        --out runs/smear30
 
 The network is saved in float16 (half the size; loaded back as float32) with its mean
 diameter, as ``OUT/cellpose_smear.pt`` plus ``OUT/cellpose_smear.json``.
@@ -84,10 +87,12 @@ def load_txl(folder: Path, split: str = "train", limit: int | None = None, seed:
     return imgs, labels, names
 
 
-def cached_flows(labels: list, names: list[str], cache: Path) -> list:
+def cached_flows(labels: list, names: list[str], cache: Path, gpu: bool = False) -> list:
     """Cellpose training flows (4 x H x W per image) for ``labels``, from/to an npz cache."""
+    import torch
     from cellpose import dynamics
 
+    device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
     have = {}
     if cache.is_file():
         with np.load(cache) as z:
@@ -95,7 +100,7 @@ def cached_flows(labels: list, names: list[str], cache: Path) -> list:
     missing = [i for i, n in enumerate(names) if n not in have]
     if missing:
         print(f"computing flows for {len(missing)} images", flush=True)
-        new = dynamics.labels_to_flows([labels[i] for i in missing])
+        new = dynamics.labels_to_flows([labels[i] for i in missing], device=device)
         have.update({names[i]: f for i, f in zip(missing, new, strict=True)})
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.stem + ".tmp.npz")
@@ -134,6 +139,13 @@ def main(argv=None) -> int:
         "(computing flows for ~300 fields takes ~10 min on a 2-core CPU)",
     )
     ap.add_argument("--nimg-per-epoch", type=int, default=None, help="images drawn per epoch (default all)")
+    ap.add_argument(
+        "--diam-mean",
+        type=float,
+        default=None,
+        help="cell diameter (px) the network works at; default: median of the BBBC041 cells, or the "
+        "--init model's. A smaller scale segments faster (fewer pixels after rescaling)",
+    )
     args = ap.parse_args(argv)
     import torch
     from cellpose import models, train
@@ -150,7 +162,7 @@ def main(argv=None) -> int:
         t_imgs, t_labels, t_names = load_txl(args.txl, "train", args.txl_images or args.limit)
         imgs, labels, names = imgs + t_imgs, labels + t_labels, names + [f"txl/{n}" for n in t_names]
     if args.flows_cache:
-        labels = cached_flows(labels, names, args.flows_cache)
+        labels = cached_flows(labels, names, args.flows_cache, args.gpu)
     init_info = None
     if args.init:
         from napari_cytodiffusion.segmentation.cellpose_seg import DEFAULT_SMEAR_MODEL
@@ -158,6 +170,8 @@ def main(argv=None) -> int:
         init = DEFAULT_SMEAR_MODEL / "cellpose_smear.pt" if args.init == "bundled" else Path(args.init)
         init_info = json.loads((init.parent / "cellpose_smear.json").read_text())
         diam_mean = float(init_info["diam_mean"])  # keep the scale the network was trained at
+    if args.diam_mean:
+        diam_mean = float(args.diam_mean)
     print(f"{len(imgs)} images ({n_bbbc} BBBC041), cell diameter scale {diam_mean:.1f} px", flush=True)
     model = models.CellposeModel(
         gpu=args.gpu, pretrained_model=False, model_type=None, diam_mean=diam_mean, nchan=2
@@ -165,6 +179,7 @@ def main(argv=None) -> int:
     if args.init:
         state = torch.load(init, map_location="cpu", weights_only=True)
         model.net.load_state_dict({k: v.float() for k, v in state.items()})
+        model.net.diam_mean.data.fill_(diam_mean)  # the state holds the old scale; train at the new one
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     path, train_losses, _ = train.train_seg(
@@ -184,7 +199,7 @@ def main(argv=None) -> int:
         min_train_masks=5,
         save_path=str(args.out),
         model_name="cellpose_smear_fp32",
-        save_every=10**9,
+        save_every=20,  # a fallback checkpoint (``models/cellpose_smear_fp32``) during long CPU runs
     )
     secs = time.time() - t0
     state = {
@@ -228,6 +243,8 @@ def main(argv=None) -> int:
             "lr": args.lr,
             "nimg_per_epoch": args.nimg_per_epoch,
             "txl_images": len(imgs) - n_bbbc,
+            "epochs": args.epochs,
+            "diam_mean_before": float(init_info["diam_mean"]),
         }
     (args.out / "cellpose_smear.json").write_text(json.dumps(info, indent=2) + "\n")
     print(info, flush=True)

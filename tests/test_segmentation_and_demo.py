@@ -66,10 +66,34 @@ def test_missing_builtin_model_offline_is_a_clear_error(tmp_path, monkeypatch, c
     assert code == 2 and "empty_cache" in err and err.count("\n") == 1
 
 
+def test_automatic_diameter_is_measured_on_whole_cells():
+    from napari_cytodiffusion.io.images import RGBNormaliser
+    from napari_cytodiffusion.segmentation.cellpose_seg import (
+        SegmentParams,
+        _median_diameter,
+        estimate_diameter,
+        load_segmenter,
+    )
+
+    labels = np.zeros((100, 100), np.uint32)
+    labels[:10, :10] = 1  # cut by the border: left out of the interior median
+    for i, (y, x) in enumerate([(30, 30), (30, 60), (60, 30), (60, 60)], start=2):
+        labels[y : y + 20, x : x + 20] = i
+    assert _median_diameter(labels, interior=True) == pytest.approx(2 * np.sqrt(400 / np.pi))
+    assert _median_diameter(labels) == pytest.approx(2 * np.sqrt(400 / np.pi))
+    assert _median_diameter(labels, interior=True, min_cells=5) == pytest.approx(2 * np.sqrt(400 / np.pi))
+    assert _median_diameter(labels, min_cells=6) is None
+
+    image, truth = synthetic_smear()
+    d_true = _median_diameter(truth)
+    d = estimate_diameter(load_segmenter(), RGBNormaliser(image), SegmentParams())
+    assert d is not None and abs(d / d_true - 1) < 0.25
+
+
 def test_automatic_diameter_copes_with_cells_far_larger_than_the_model_scale(shared_data):
-    """A Raabin-WBC field (575 px, red cells ~100 px): at the model's scale (53 px) the first pass
-    finds only a few fragments (median 5 px); trusting that rescaled the image 10x and took > 10 min
-    on a dask worker. The half-size look finds the real scale."""
+    """A Raabin-WBC field (575 px, red cells ~120 px): at full resolution the network sees only a
+    few fragments (median 5 px); trusting that rescaled the image 10x and took > 10 min on a dask
+    worker. The coarser looks of the automatic diameter see the cells whole."""
     from skimage import io
 
     from napari_cytodiffusion.segmentation.cellpose_seg import _median_diameter, _plausible_diameter

@@ -90,12 +90,17 @@ def _load_segmenter(model: str, gpu: bool, mtime: int) -> LoadedSegmenter:
                 model_type=None,
                 diam_mean=float(info["diam_mean"]),
                 nchan=2,
+                # Cellpose's MKL-DNN path converts the network on every call; plain convolutions in
+                # channels-last order are ~15 % faster on a CPU (4.5 s vs 5.3 s per 640 x 480 field)
+                mkldnn=False,
             )
             state = torch.load(folder / "cellpose_smear.pt", map_location="cpu", weights_only=True)
             net.net.load_state_dict({k: v.float() for k, v in state.items()})
         except Exception as exc:  # missing/corrupt files: one clear message
             raise ModelError(f"cannot load the smear model in {folder}: {type(exc).__name__}: {exc}") from exc
         net.net.eval()
+        if not use_gpu:
+            net.net.to(memory_format=torch.channels_last)
         name = "smear (project model)" if model == SMEAR_MODEL_NAME else f"smear model {folder}"
         return LoadedSegmenter(net, name, float(info["diam_mean"]), True)
     if model in BUILTIN_MODELS:
@@ -140,24 +145,47 @@ def _prepare(seg: LoadedSegmenter, rgb: np.ndarray) -> tuple[np.ndarray, dict[st
     return gray[None], {"channel_axis": 0, "channels": [0, 0]}
 
 
+#: below this rescaling factor (cells over twice the model's scale), masks are computed at the
+#: network's resolution and enlarged, instead of following the flows at full resolution: Cellpose
+#: would run 200 / factor flow steps over every full-resolution pixel (8 s instead of 0.5 s for a
+#: 575 px Raabin-WBC field with 120 px cells)
+RESAMPLE_MIN_FACTOR = 0.5
+
+
 def _eval(
-    seg: LoadedSegmenter, x: np.ndarray, kw: dict[str, Any], params: SegmentParams, diameter: float | None
+    seg: LoadedSegmenter,
+    x: np.ndarray,
+    kw: dict[str, Any],
+    params: SegmentParams,
+    diameter: float | None,
+    resample: bool | None = None,
 ) -> np.ndarray:
+    if resample is None:
+        factor = seg.diam_mean / diameter if diameter else 1.0
+        resample = factor >= RESAMPLE_MIN_FACTOR
     masks = seg.model.eval(
         x,
         diameter=diameter,
         flow_threshold=params.flow_threshold,
         cellprob_threshold=params.cellprob_threshold,
         min_size=params.min_size,
+        resample=resample,
         **kw,
     )[0]
     return np.asarray(masks, dtype=np.uint32)
 
 
-def _median_diameter(labels: np.ndarray) -> float | None:
+def _median_diameter(labels: np.ndarray, interior: bool = False, min_cells: int = 3) -> float | None:
+    """Median equivalent diameter of the cells (``interior``: of those not cut by the border)."""
+    if interior:
+        from skimage.segmentation import clear_border
+
+        inner = clear_border(labels)
+        if len(np.unique(inner)) - 1 >= min_cells:
+            labels = inner
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
-    if len(areas) < 3:
+    if len(areas) < min_cells:
         return None
     return float(np.median(2 * np.sqrt(areas / np.pi)))
 
@@ -165,12 +193,58 @@ def _median_diameter(labels: np.ndarray) -> float | None:
 #: an automatic diameter further than this factor from the model's own scale is not trusted
 MAX_RESCALE = 4.0
 
+#: side (px) of a look of the automatic diameter: one 224 px network tile once Cellpose has padded
+#: it by 8 px on each side
+_LOOK = 208
+
 
 def _plausible_diameter(d: float | None, diam_mean: float) -> float | None:
     """``d`` if it is within :data:`MAX_RESCALE` of the model's scale, else None."""
     if d is None or not (diam_mean / MAX_RESCALE <= d <= diam_mean * MAX_RESCALE):
         return None
     return d
+
+
+def estimate_diameter(
+    seg: LoadedSegmenter, norm: Any, params: SegmentParams, min_cells: int = 5
+) -> float | None:
+    """Cell diameter (px) of an image, from a few cheap looks at its centre.
+
+    Each look is one network tile: a 208 px window at full resolution, then a 416 px window at half
+    resolution, then 832 px at a quarter. A look is believed when it finds ``min_cells`` cells away
+    from the window's border whose median diameter lies in the range that look can see (half to
+    twice its scale; the first look also accepts small cells down to 1/:data:`MAX_RESCALE` of the
+    model's scale). Looking stops at the first look whose cells are within 1.5x of its scale;
+    otherwise the believed look nearest its own scale wins (cells far larger than the model's scale
+    break up into fragments at full resolution; the coarser looks see them whole). Returns None
+    when no look is believed (segment at the model's own scale).
+    """
+    h, w = norm.height, norm.width
+    s = seg.diam_mean
+    believed: list[tuple[float, float]] = []  # (how far from the look's own scale, diameter)
+    fallback: tuple[int, float] | None = None
+    for k in range(3):
+        f = 2**k
+        half = _LOOK * f // 2
+        y0, x0 = max(0, h // 2 - half), max(0, w // 2 - half)
+        win = norm(y0, min(h, y0 + 2 * half), x0, min(w, x0 + 2 * half))
+        x, kw = _prepare(seg, win)
+        labels = _eval(seg, x, kw, params, s * f if f > 1 else None, resample=False)
+        d = _median_diameter(labels, interior=True)
+        n = len(np.unique(labels)) - 1
+        low = s / MAX_RESCALE if k == 0 else s * f / 2
+        if d is not None and low <= d <= 2 * s * f and n >= min_cells:
+            off = abs(np.log(d / (s * f)))
+            if off <= np.log(1.5):
+                return d  # cells near the scale this look sees best: no need to look further
+            believed.append((off, d))
+        if _plausible_diameter(d, s) is not None and (fallback is None or n > fallback[0]):
+            fallback = (n, d)
+        if win.shape[0] == h and win.shape[1] == w and max(h, w) / (2 * f) < 3 * s:
+            break  # the whole image is in view; a coarser look would be under 3 cells wide
+    if believed:
+        return min(believed)[1]  # the look whose scale was nearest the cells' size
+    return fallback[1] if fallback is not None else None
 
 
 def iter_segment(
@@ -192,38 +266,23 @@ def iter_segment(
     diameter = params.diameter
     if diameter is not None and diameter <= 0:
         raise InputError("diameter must be positive (or empty for automatic)")
-    first_pass = None
-    if diameter is None:  # automatic: a first pass at the model's scale on a central window
-        wy0, wx0 = max(0, h // 2 - 512), max(0, w // 2 - 512)
-        win = norm(wy0, h // 2 + 512, wx0, w // 2 + 512)
-        x, kw = _prepare(seg, win)
-        first_pass = _eval(seg, x, kw, params, None)
-        d = _plausible_diameter(_median_diameter(first_pass), seg.diam_mean)
-        if d is None:
-            # nothing sensible at the model's scale (e.g. a few fragments of cells far larger than
-            # it was trained on, which would rescale the image 10x): look again at half size
-            d = _plausible_diameter(
-                _median_diameter(_eval(seg, x, kw, params, 2 * seg.diam_mean)), seg.diam_mean
-            )
-        diameter = d if d is not None and abs(d / seg.diam_mean - 1) > 0.25 else None
-        if diameter is not None or win.shape[:2] != (h, w):
-            first_pass = None  # rescaled or only a window: segment again below
+    if diameter is None:  # automatic: a few one-tile looks at the centre of the image
+        d = estimate_diameter(seg, norm, params)
+        # within 10 % of the model's scale: no resampling (the network tolerates that much)
+        diameter = d if d is not None and abs(d / seg.diam_mean - 1) > 0.1 else None
     tiles = _tiles(h, w, params.tile_size, params.tile_overlap)
     labels = np.zeros((h, w), np.uint32)
     next_id = 1
     for i, (y0, y1, x0, x1) in enumerate(tiles):
         if should_stop is not None and should_stop():
             raise Cancelled("segmentation cancelled")
-        if first_pass is not None and len(tiles) == 1:
-            m = first_pass  # the automatic-diameter pass already covered the whole image at this scale
+        tile = norm(y0, y1, x0, x1)
+        if float(tile.max() - tile.min()) < 1e-3:  # empty background: nothing to find
+            m = np.zeros(tile.shape[:2], np.int32)
         else:
-            tile = norm(y0, y1, x0, x1)
-            if float(tile.max() - tile.min()) < 1e-3:  # empty background: nothing to find
-                m = np.zeros(tile.shape[:2], np.int32)
-            else:
-                x, kw = _prepare(seg, tile)
-                m = _eval(seg, x, kw, params, diameter)
-            del tile
+            x, kw = _prepare(seg, tile)
+            m = _eval(seg, x, kw, params, diameter)
+        del tile
         if len(tiles) == 1:
             labels = m
         else:
