@@ -105,6 +105,20 @@ def test_automatic_diameter_copes_with_cells_far_larger_than_the_model_scale(sha
     assert 60 <= _median_diameter(labels) <= 160
 
 
+def test_automatic_diameter_prefers_the_look_nearest_its_scale(shared_data):
+    """A Kaggle field (416 px, red cells 71 px by their boxes): the full-resolution look sees 7 pieces
+    of median 46 px (1.5x its 30 px scale) and was believed; the half-resolution look sees 27 cells
+    of ~70 px, nearer its 60 px scale, and now wins."""
+    from skimage import io
+
+    from napari_cytodiffusion.io.images import RGBNormaliser
+    from napari_cytodiffusion.segmentation.cellpose_seg import estimate_diameter, load_segmenter
+
+    img = io.imread(shared_data / "txl_pbc" / "images" / "val" / "0254dbc1-2cdb-5660-9638-0e96c5330a83.jpg")
+    d = estimate_diameter(load_segmenter(), RGBNormaliser(img), SegmentParams())
+    assert d is not None and abs(d / 71 - 1) < 0.2
+
+
 def test_evaluate_segmentation_masks_and_yolo(tmp_path):
     from PIL import Image
 
@@ -205,24 +219,7 @@ def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp
     assert m["n_true"] == 1 and m["mean_dice"] == 1.0 and m["recall"] == 1.0
     m = run("--masks", str(tmp_path / "masks"), "--pred", str(tmp_path / "pred"))
     assert m["n_true"] == 2 and m["mean_dice"] < 1.0  # cytoplasm and nucleus taken as two cells
-    # a label image of the wrong size is a clear error
-    tifffile.imwrite(tmp_path / "pred" / "f1_labels.tif", truth[:10])
-    code = main(
-        [
-            "evaluate-segmentation",
-            "--images",
-            str(tmp_path / "img"),
-            "--points",
-            str(tmp_path / "pts"),
-            "--pred",
-            str(tmp_path / "pred"),
-            "--out",
-            str(tmp_path / "bad"),
-        ]
-    )
-    assert code == 2
-    # so is a missing one
-    (tmp_path / "pred" / "f1_labels.tif").unlink()
+    # a label image of the wrong size is a clear error, and so is a missing one
     args = [
         "--images",
         str(tmp_path / "img"),
@@ -231,6 +228,9 @@ def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp
         "--pred",
         str(tmp_path / "pred"),
     ]
+    tifffile.imwrite(tmp_path / "pred" / "f1_labels.tif", truth[:10])
+    assert main(["evaluate-segmentation", *args, "--out", str(tmp_path / "bad")]) == 2
+    (tmp_path / "pred" / "f1_labels.tif").unlink()
     assert main(["evaluate-segmentation", *args, "--out", str(tmp_path / "bad2")]) == 2
 
 

@@ -211,9 +211,9 @@ def estimate_diameter(
     """Cell diameter (px) of an image, from a few cheap looks at its centre.
 
     Each look is one network tile: a 208 px window at full resolution, then a 416 px window at half
-    resolution, then 832 px at a quarter. A look is believed when it finds ``min_cells`` cells away
-    from the window's border whose median diameter lies in the range that look can see (half to
-    twice its scale; the first look also accepts small cells down to 1/:data:`MAX_RESCALE` of the
+    resolution, then 832 px at a quarter. A look is believed when it finds ``min_cells`` cells and the
+    median diameter of those not cut by the window's border lies in the range that look can see (half
+    to twice its scale; the first look also accepts small cells down to 1/:data:`MAX_RESCALE` of the
     model's scale). Looking stops at the first look whose cells are within 1.5x of its scale;
     otherwise the believed look nearest its own scale wins (cells far larger than the model's scale
     break up into fragments at full resolution; the coarser looks see them whole). Returns None
