@@ -36,7 +36,6 @@ def main(argv=None) -> int:
     import torch
 
     from napari_cytodiffusion.crops import to_model_tensor
-    from napari_cytodiffusion.model.architecture import alphas_cumprod
     from napari_cytodiffusion.model.folder import load_model
     from napari_cytodiffusion.model.registry import resolve_model
 
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
     colw[0] = 1.0
     if size % 2 == 0:
         colw[-1] = 1.0
-    ac = alphas_cumprod(model.scheduler)
+    ac = model.alphas_cumprod()
     out = np.zeros((len(pick), n_cls, len(ts), args.bands), np.float32)
     t0 = time.perf_counter()
     for i, cid in enumerate(pick):

@@ -41,7 +41,6 @@ def main(argv=None) -> int:
 
     from napari_cytodiffusion.classify.engine import EngineConfig, diffusion_errors
     from napari_cytodiffusion.crops import to_model_tensor
-    from napari_cytodiffusion.model.architecture import alphas_cumprod
     from napari_cytodiffusion.model.folder import load_model
     from napari_cytodiffusion.model.registry import resolve_model
 
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
     cal = model.metadata.calibration or {}
     cfg = EngineConfig.from_calibration(cal, adaptive=False)
     n_cls = model.metadata.n_classes + 1  # include the null label
-    ac = alphas_cumprod(model.scheduler)
+    ac = model.alphas_cumprod()
     parts = []
     t0 = time.perf_counter()
     for s in range(0, len(pick), 32):

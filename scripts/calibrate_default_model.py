@@ -34,14 +34,13 @@ from napari_cytodiffusion.classify.engine import (
 )
 from napari_cytodiffusion.crops import to_model_tensor
 from napari_cytodiffusion.evaluate.metrics import auroc, classification_metrics, sensitivity_at_specificity
-from napari_cytodiffusion.model.architecture import alphas_cumprod
 from napari_cytodiffusion.model.folder import load_model, write_metadata
 
 
 def run(model, crops, cfg, batch=256):
     cfg.batch_size = 4096 if model.device.type == "cuda" else None
 
-    ac = alphas_cumprod(model.scheduler)
+    ac = model.alphas_cumprod()
     parts = []
     for s in range(0, len(crops), batch):
         x0 = to_model_tensor(crops[s : s + batch]).to(model.device)

@@ -140,6 +140,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--nimg-per-epoch", type=int, default=None, help="images drawn per epoch (default all)")
     ap.add_argument(
+        "--bbbc-share",
+        type=float,
+        default=None,
+        help="with --txl: share of the images drawn per epoch that are BBBC041 fields (default: in "
+        "proportion to their number); keeps the only true masks from being outnumbered by pseudo-masks",
+    )
+    ap.add_argument(
         "--diam-mean",
         type=float,
         default=None,
@@ -173,6 +180,12 @@ def main(argv=None) -> int:
     if args.diam_mean:
         diam_mean = float(args.diam_mean)
     print(f"{len(imgs)} images ({n_bbbc} BBBC041), cell diameter scale {diam_mean:.1f} px", flush=True)
+    train_probs = None
+    if args.bbbc_share is not None and len(imgs) > n_bbbc:
+        if not 0 < args.bbbc_share < 1:
+            ap.error("--bbbc-share must be between 0 and 1")
+        n_txl = len(imgs) - n_bbbc
+        train_probs = [args.bbbc_share / n_bbbc] * n_bbbc + [(1 - args.bbbc_share) / n_txl] * n_txl
     model = models.CellposeModel(
         gpu=args.gpu, pretrained_model=False, model_type=None, diam_mean=diam_mean, nchan=2
     )
@@ -186,6 +199,7 @@ def main(argv=None) -> int:
         model.net,
         train_data=imgs,
         train_labels=labels,
+        train_probs=train_probs,
         channels=None,
         channel_axis=0,
         normalize=True,
@@ -242,6 +256,7 @@ def main(argv=None) -> int:
         info["fine_tune"] = {
             "lr": args.lr,
             "nimg_per_epoch": args.nimg_per_epoch,
+            "bbbc_share": args.bbbc_share,
             "txl_images": len(imgs) - n_bbbc,
             "epochs": args.epochs,
             "diam_mean_before": float(init_info["diam_mean"]),

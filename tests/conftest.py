@@ -119,7 +119,13 @@ def tiny_model(tiny_dataset, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     cfg = TrainConfig(
-        steps=40, batch_size=16, arch=dict(TINY_ARCH), warmup_steps=5, checkpoint_every=20, lr=2e-3
+        steps=40,
+        batch_size=16,
+        arch=dict(TINY_ARCH),
+        warmup_steps=5,
+        checkpoint_every=20,
+        lr=2e-3,
+        int8=False,  # float32 everywhere; the int8 path has its own tests (test_onnx_backend.py)
     )
     data = prepare_training_data(tiny_dataset, cfg.size, store_margin=cfg.store_margin)
     for _ in train(data, out, cfg):

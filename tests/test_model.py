@@ -91,12 +91,21 @@ def test_train_cli_and_resume(tiny_dataset, tmp_path):
     )
     meta = read_metadata(out)
     assert meta.training["steps_done"] == 6
+    # the finished model got its int8 UNet (onnxruntime is in the test extras), made for these weights
+    from napari_cytodiffusion.model.onnx_backend import onnx_available
+
+    if onnx_available():
+        assert (out / meta.extra["int8"]["file"]).is_file()
+        assert meta.extra["int8"]["source_content_hash"] == meta.content_hash
     # a second run without --resume must refuse to overwrite
     assert (
         main(["train", "--data", str(tiny_dataset), "--out", str(out), "--arch", "tiny", "--steps", "6"]) == 2
     )
     assert main(["train", "--data", str(tiny_dataset), "--out", str(out), "--resume", "--steps", "9"]) == 0
-    assert read_metadata(out).training["steps_done"] == 9
+    meta = read_metadata(out)
+    assert meta.training["steps_done"] == 9
+    if onnx_available():  # re-made for the new weights, not left stale
+        assert meta.extra["int8"]["source_content_hash"] == meta.content_hash
 
 
 def test_training_is_deterministic(tiny_dataset, tmp_path):

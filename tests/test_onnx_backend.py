@@ -56,3 +56,52 @@ def test_backend_setting_is_checked(tiny_model, monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, "tensorrt")
     with pytest.raises(ModelError, match="is not one of auto, torch, onnx"):
         load_model(tiny_model).inference_unet()
+
+
+def test_int8_unet_is_made_checked_and_preferred(tiny_model, monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    from napari_cytodiffusion.model.onnx_backend import backend_name
+    from napari_cytodiffusion.model.quantize import INT8_FILE, quantize_model
+
+    monkeypatch.setenv("NAPARI_CYTODIFFUSION_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    monkeypatch.setenv(BACKEND_ENV, "int8")
+    with pytest.raises(ModelError, match="no int8 UNet"):
+        load_model(folder).inference_unet()
+
+    model = load_model(folder)
+    crops = _crops(model, n=16, seed=1)
+    out = quantize_model(model, crops, n_batches=2, batch=16, seed=0, data_note="test cells")
+    assert out == folder / INT8_FILE and out.is_file()
+    info = json.loads((folder / "cytodiffusion.json").read_text())["extra"]["int8"]
+    assert info["ops"] == ["Conv"] and info["calibration"]["inputs"] == 32
+    # the weights are untouched: the folder still loads and verifies against its content hash
+    monkeypatch.setenv(BACKEND_ENV, "auto")
+    q = load_model(folder)
+    assert backend_name(q) == "onnx-int8"
+    monkeypatch.setenv(BACKEND_ENV, "onnx")
+    f = load_model(folder)
+    assert backend_name(f) == "onnx"
+    cells = _crops(model, n=6, seed=2)
+    a = classify_crops(f, cells, speed="full", seed=3)
+    b = classify_crops(q, cells, speed="full", seed=3)
+    # int8 convolutions: the errors move a little, not much (per-class evidence of the same cells)
+    assert np.abs(a.evidence - b.evidence).max() < 0.25 * np.abs(a.evidence).max() + 1e-3
+    assert np.array_equal(classify_crops(q, cells, speed="full", seed=3).pred, b.pred)  # deterministic
+
+    # an int8 file made for other weights is not used (auto falls back to float32 ONNX)
+    meta = json.loads((folder / "cytodiffusion.json").read_text())
+    meta["extra"]["int8"]["source_content_hash"] = "0" * 64
+    (folder / "cytodiffusion.json").write_text(json.dumps(meta))
+    monkeypatch.setenv(BACKEND_ENV, "auto")
+    assert backend_name(load_model(folder)) == "onnx"
+    # a corrupt file is an error, not a silent fallback
+    meta["extra"]["int8"]["source_content_hash"] = info["source_content_hash"]
+    (folder / "cytodiffusion.json").write_text(json.dumps(meta))
+    with open(out, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(folder).inference_unet()

@@ -247,3 +247,22 @@ def test_smear_model_folder_as_segmentation_model(tmp_path):
     (folder / "cellpose_smear.pt").write_bytes(b"not a torch file")
     with pytest.raises(ModelError, match="cannot load the smear model"):
         segment(image, model=str(folder))
+
+
+def test_red_cell_count_leaves_out_border_cells_platelets_and_white_cells():
+    from skimage.draw import disk
+
+    from napari_cytodiffusion.evaluate.segmentation import red_cell_count, score_points
+
+    lab = np.zeros((200, 300), np.int32)
+    centres = [(40, 40), (40, 100), (40, 160), (100, 60), (100, 130), (160, 100)]
+    for i, c in enumerate(centres, start=1):  # six whole red cells, diameter 24
+        lab[disk(c, 12, shape=lab.shape)] = i
+    lab[disk((150, 30), 3, shape=lab.shape)] = 7  # a platelet
+    lab[disk((120, 230), 30, shape=lab.shape)] = 8  # a white cell
+    lab[disk((5, 280), 12, shape=lab.shape)] = 9  # a red cell cut by the border
+    assert red_cell_count(lab) == 6
+    pts = np.array(centres, float)  # (row, col) of each red cell
+    row = score_points(pts, lab)
+    assert row["n_pred"] == 9 and row["n_pred_red_cells"] == 6 and row["found"] == 6
+    assert red_cell_count(np.zeros((10, 10), np.int32)) == 0

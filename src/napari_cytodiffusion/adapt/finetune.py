@@ -102,7 +102,6 @@ def iter_finetune(
     """
     import torch
 
-    from ..model.architecture import alphas_cumprod
     from ..model.augment import AugmentConfig, augment_batch
     from ..model.train import store_size
     from .adapter import expand_class_embedding, lora_config, save_adapter
@@ -139,7 +138,7 @@ def iter_finetune(
     peft_unet = get_peft_model(unet, lora_config(cfg.rank, cfg.alpha, cfg.train_class_embedding))
     params = [p for p in peft_unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    ac = alphas_cumprod(model.scheduler).to(device)
+    ac = model.alphas_cumprod().to(device)
     snr = ac / (1 - ac)
     loss_w = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
     eng = (model.metadata.calibration or {}).get("engine", {})

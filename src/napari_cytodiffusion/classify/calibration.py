@@ -220,12 +220,11 @@ def apply_pcorrect(probs: np.ndarray, anomaly: np.ndarray, calibration: dict[str
 def error_run(model, crops: np.ndarray, speed: str = "balanced", seed: int = 0, should_stop=None):
     """Diffusion errors of ``crops`` with the model's engine settings (for fitting calibrations)."""
     from ..crops import to_model_tensor
-    from ..model.architecture import alphas_cumprod
     from .classifier import engine_config
     from .engine import diffusion_errors, merge_results
 
     cfg = engine_config(model, speed, seed=seed)
-    ac = alphas_cumprod(model.scheduler)
+    ac = model.alphas_cumprod()
     parts = []
     for s in range(0, len(crops), 64):
         x0 = to_model_tensor(crops[s : s + 64]).to(model.device)

@@ -97,7 +97,6 @@ def iter_classify(
     import torch
 
     from ..crops import to_model_tensor
-    from ..model.architecture import alphas_cumprod
 
     crops = np.asarray(crops)
     size = model.size
@@ -109,7 +108,7 @@ def iter_classify(
     t0 = time.perf_counter()
     parts = []
     yield Progress(0, n, "classifying")
-    ac = alphas_cumprod(model.scheduler)
+    ac = model.alphas_cumprod()
     dev = model.device
     if dev.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -37,14 +37,13 @@ def counterfactual_map(
 
     from ..crops import to_model_tensor
     from ..errors import InputError
-    from ..model.architecture import alphas_cumprod
 
     n_cls = model.metadata.n_classes
     src = n_cls if source is None else int(source)
     if not (0 <= int(target) < n_cls and 0 <= src <= n_cls):
         raise InputError(f"class ids must be in 0..{n_cls - 1}")
     x0 = to_model_tensor(np.asarray(crop)[None]).to(model.device)
-    ac = alphas_cumprod(model.scheduler).to(model.device)
+    ac = model.alphas_cumprod().to(model.device)
     g = torch.Generator().manual_seed(seed)
     k = len(timesteps) * n_noise
     eps = torch.randn((k, *x0.shape[1:]), generator=g).to(model.device)

@@ -30,6 +30,11 @@ def register(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--no-int8",
+        action="store_true",
+        help="do not write the int8 UNet (faster CPU inference; written when onnxruntime is installed)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -86,6 +91,7 @@ def cmd_train(a) -> int:
         max_seconds=a.max_seconds,
         device=device_arg(a.device),
         warmup_steps=min(500, max(1, a.steps // 10)),
+        int8=not a.no_int8,
     )
     out = Path(a.out)
     if a.resume:
@@ -104,7 +110,7 @@ def cmd_train(a) -> int:
     last = None
     for ev in train(data, out, cfg, resume=a.resume):
         bar.n = ev["step"]
-        bar.set_postfix(loss=f"{ev['loss']:.4f}")
+        bar.set_postfix(loss=f"{ev['loss']:.4f}", **({"stage": ev["stage"]} if "stage" in ev else {}))
         bar.refresh()
         last = ev
     bar.close()
@@ -135,6 +141,7 @@ def cmd_evaluate(a) -> int:
     from ..evaluate.plots import confusion_png, reliability_png
     from ..io.atomic import write_json
     from ..io.datasets import load_single_cell_crops, map_classes, read_labelled
+    from ..model.onnx_backend import backend_name
     from ..model.registry import get_model
 
     out = out_dir(a.out)
@@ -155,6 +162,7 @@ def cmd_evaluate(a) -> int:
     m["model"] = model.short_id()
     m["speed"] = a.speed
     m["device"] = str(model.device)
+    m["backend"] = backend_name(model)
     if a.ood:
         from ..io.images import IMAGE_SUFFIXES
 

@@ -19,10 +19,9 @@ def unet_features(
     import torch
 
     from ..crops import to_model_tensor
-    from ..model.architecture import alphas_cumprod
 
     unet = model.unet
-    ac = alphas_cumprod(model.scheduler)
+    ac = model.alphas_cumprod()
     a = ac[int(timestep)]
     grabbed: list = []
     hook = unet.mid_block.register_forward_hook(lambda _m, _i, out: grabbed.append(out.mean(dim=(2, 3))))

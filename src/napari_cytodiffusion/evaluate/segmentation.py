@@ -154,8 +154,34 @@ def score_boxes(classes: np.ndarray, boxes: np.ndarray, pred: np.ndarray) -> dic
     return {"n_true": len(boxes), "n_pred": len(pboxes), "tp50": len(pairs), "per_class": per_class}
 
 
+def red_cell_count(pred: np.ndarray, low: float = 0.5, high: float = 2.0) -> int:
+    """Red cells of one field by a counting rule: whole cells of red-cell size.
+
+    Cells touching the image border are left out (they are counted in the neighbouring field),
+    and so are cells whose equivalent diameter is below ``low`` (platelets, fragments) or above
+    ``high`` (white cells, clumps) times the median diameter of the field's whole cells.
+    """
+    from skimage.measure import regionprops
+
+    h, w = pred.shape
+    diam = []
+    for r in regionprops(np.asarray(pred, np.int64)):
+        y0, x0, y1, x1 = r.bbox
+        if y0 > 0 and x0 > 0 and y1 < h and x1 < w:
+            diam.append(r.equivalent_diameter_area)
+    if not diam:
+        return 0
+    d = np.asarray(diam)
+    med = float(np.median(d))
+    return int(((d >= low * med) & (d <= high * med)).sum())
+
+
 def score_points(points: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
-    """Counting against one point per cell: found = points alone in a predicted cell."""
+    """Counting against one point per cell: found = points alone in a predicted cell.
+
+    ``n_pred`` counts every predicted cell; ``n_pred_red_cells`` only those
+    :func:`red_cell_count` counts (for references that mark whole red cells only).
+    """
     h, w = pred.shape
     rc = np.round(points).astype(int)
     inside = (rc[:, 0] >= 0) & (rc[:, 0] < h) & (rc[:, 1] >= 0) & (rc[:, 1] < w)
@@ -170,6 +196,7 @@ def score_points(points: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
         "missed": int((hit == 0).sum()),
         "merged_cells": int((per_cell >= 2).sum()),
         "cells_without_point": int(n_pred - (per_cell[1:] > 0).sum()),
+        "n_pred_red_cells": red_cell_count(pred),
     }
 
 
@@ -186,10 +213,15 @@ def summarise(rows: list[dict[str, Any]], kind: str, class_names: dict[str, str]
     out: dict[str, Any] = {"n_images": len(rows), "n_true": n_true, "n_pred": n_pred}
     if kind == "points":
         errs = [abs(r["n_pred"] - r["n_true"]) / r["n_true"] for r in rows if r["n_true"]]
+        red = [r.get("n_pred_red_cells", r["n_pred"]) for r in rows]
+        red_errs = [abs(p - r["n_true"]) / r["n_true"] for p, r in zip(red, rows, strict=True) if r["n_true"]]
         out.update(
             {
                 "count_error_mean_abs_pct": 100 * float(np.mean(errs)) if errs else None,
                 "count_error_total_pct": 100 * (n_pred - n_true) / n_true if n_true else None,
+                # whole cells of red-cell size only (red_cell_count): what a red-cell count compares
+                "red_cell_count_error_mean_abs_pct": 100 * float(np.mean(red_errs)) if red_errs else None,
+                "red_cell_count_error_total_pct": 100 * (sum(red) - n_true) / n_true if n_true else None,
                 "points_found": sum(r["found"] for r in rows) / n_true if n_true else None,
                 "points_missed": sum(r["missed"] for r in rows) / n_true if n_true else None,
                 "merged_cells": sum(r["merged_cells"] for r in rows),

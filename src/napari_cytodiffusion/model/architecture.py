@@ -81,7 +81,46 @@ def build_scheduler(config: ScheduleConfig | dict[str, Any] | None = None):
 
 
 def alphas_cumprod(scheduler):
-    """Return the scheduler's cumulative alphas as a float32 tensor."""
+    """Return the cumulative alphas as a float32 tensor.
+
+    ``scheduler`` is a diffusers scheduler, or its config as a mapping (``scheduler_config.json``):
+    the common schedules are then computed here as diffusers does, without importing diffusers
+    (the classifier needs nothing else from it; importing it costs ~2.5 s).
+    """
     import torch
 
+    if isinstance(scheduler, dict):
+        betas = _betas(scheduler)
+        if betas is None:  # a schedule we do not reproduce: let diffusers build it
+            return alphas_cumprod(build_scheduler(_schedule_kwargs(scheduler)))
+        return torch.cumprod(1.0 - betas, dim=0)
     return torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32)
+
+
+def _schedule_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def _betas(config: dict[str, Any]):
+    """diffusers DDPMScheduler betas for the plain schedules (float32), else None."""
+    import math
+
+    import torch
+
+    if config.get("trained_betas") is not None or config.get("rescale_betas_zero_snr"):
+        return None
+    n = int(config.get("num_train_timesteps", 1000))
+    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
+    kind = config.get("beta_schedule", "linear")
+    if kind == "linear":
+        return torch.linspace(start, end, n, dtype=torch.float32)
+    if kind == "scaled_linear":
+        return torch.linspace(start**0.5, end**0.5, n, dtype=torch.float32) ** 2
+    if kind == "squaredcos_cap_v2":  # Nichol & Dhariwal's cosine schedule, betas capped at 0.999
+
+        def alpha_bar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
+        return torch.tensor(betas, dtype=torch.float32)
+    return None

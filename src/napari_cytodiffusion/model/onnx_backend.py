@@ -7,8 +7,13 @@ network is exported once per set of weights into the cache directory
 (``$NAPARI_CYTODIFFUSION_CACHE/onnx/``, keyed by a hash of the weights, so adapters get their own
 file) and reused afterwards. Training and fine-tuning always use PyTorch.
 
-``NAPARI_CYTODIFFUSION_BACKEND=torch`` turns it off; ``=onnx`` makes it required (an error if it
-cannot be used); ``auto`` (default) uses it when it can, else PyTorch.
+A model folder may also hold an int8 version of its UNet (convolutions quantized, see
+:mod:`napari_cytodiffusion.model.quantize`; the default model ships one). On a CPU it is ~1.4x
+faster than float32 at the same accuracy, and ``auto`` prefers it.
+
+``NAPARI_CYTODIFFUSION_BACKEND=torch`` turns ONNX Runtime off; ``=onnx`` requires float32 ONNX
+Runtime, ``=int8`` the folder's int8 file (an error if it cannot be used); ``auto`` (default)
+uses int8, else float32 ONNX, else PyTorch, whichever it can first.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 from ..errors import ModelError
 
 BACKEND_ENV = "NAPARI_CYTODIFFUSION_BACKEND"
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "int8")
 log = logging.getLogger(__name__)
 
 
@@ -105,9 +110,7 @@ def export_onnx(unet, path: str | os.PathLike) -> Path:
 class OrtUNet:
     """Callable like a diffusers UNet for inference: ``unet(x, t, class_labels=c).sample``."""
 
-    backend = "onnx"
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, backend: str = "onnx") -> None:
         import onnxruntime as ort
         import torch
 
@@ -117,6 +120,7 @@ class OrtUNet:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         self.path = Path(path)
+        self.backend = backend
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x, t, class_labels=None) -> SimpleNamespace:
@@ -135,6 +139,11 @@ class OrtUNet:
         return SimpleNamespace(sample=torch.from_numpy(self.session.run(None, feeds)[0]))
 
 
+def backend_name(model) -> str:
+    """``torch``, ``onnx`` or ``onnx-int8``: what :func:`inference_unet` runs for ``model``."""
+    return getattr(inference_unet(model), "backend", "torch")
+
+
 def inference_unet(model) -> Any:
     """The network to run inference with: ONNX Runtime on a CPU when available, else the UNet.
 
@@ -143,31 +152,53 @@ def inference_unet(model) -> Any:
     cached = getattr(model, "_inference_unet", None)
     if cached is not None:
         return cached
-    choice = backend_choice()
-    unet = model.unet
-    use = choice != "torch" and model.device.type == "cpu"
-    if use and not onnx_available():
-        if choice == "onnx":
+    net = _choose(model, backend_choice())
+    model._inference_unet = net
+    return net
+
+
+def _export_key(model) -> str:
+    """Name of the float32 export: the verified content hash of a model folder (no UNet needed),
+    else a hash of the weights in memory (adapters, unsaved models)."""
+    if getattr(model, "verified", False) and model.metadata.content_hash:
+        return f"unet-c{model.metadata.content_hash[:20]}"
+    return f"unet-{weights_hash(model.unet)[:20]}"
+
+
+def _choose(model, choice: str) -> Any:
+    on_cpu = model.device.type == "cpu"
+    if choice == "torch" or (choice == "auto" and not on_cpu):
+        return model.unet
+    if not on_cpu:
+        raise ModelError(f"{BACKEND_ENV}={choice} runs on a CPU only; this model is on {model.device}")
+    if not onnx_available():
+        if choice in ("onnx", "int8"):
             raise ModelError(
-                f"{BACKEND_ENV}=onnx, but onnxruntime/onnx are not installed: "
+                f"{BACKEND_ENV}={choice}, but onnxruntime/onnx are not installed: "
                 "pip install 'napari-cytodiffusion[onnx]'"
             )
-        use = False
-    if use:
-        from ..paths import cache_dir
+        return model.unet
+    if choice in ("auto", "int8"):
+        from .quantize import int8_file
 
-        path = cache_dir() / "onnx" / f"unet-{weights_hash(unet)[:20]}.onnx"
-        try:
-            if not path.is_file():
-                log.info("exporting the UNet to %s (once per model)", path)
-                export_onnx(unet, path)
-            unet = OrtUNet(path)
-        except Exception as exc:  # exporter/runtime failures: fall back to PyTorch unless asked for
-            if choice == "onnx":
-                raise ModelError(
-                    f"cannot run the UNet with ONNX Runtime: {type(exc).__name__}: {exc}"
-                ) from exc
-            log.warning("ONNX Runtime unavailable for this model (%s); using PyTorch", exc)
-            unet = model.unet
-    object.__setattr__(model, "_inference_unet", unet)
-    return unet
+        path = int8_file(model)
+        if path is not None:
+            return OrtUNet(path, backend="onnx-int8")
+        if choice == "int8":
+            raise ModelError(
+                f"{BACKEND_ENV}=int8, but {model.short_id()} has no int8 UNet for its weights "
+                "(napari-cytodiffusion train makes one; see model/quantize.py)"
+            )
+    from ..paths import cache_dir
+
+    path = cache_dir() / "onnx" / f"{_export_key(model)}.onnx"
+    try:
+        if not path.is_file():
+            log.info("exporting the UNet to %s (once per model)", path)
+            export_onnx(model.unet, path)
+        return OrtUNet(path)
+    except Exception as exc:  # exporter/runtime failures: fall back to PyTorch unless asked for
+        if choice == "onnx":
+            raise ModelError(f"cannot run the UNet with ONNX Runtime: {type(exc).__name__}: {exc}") from exc
+        log.warning("ONNX Runtime unavailable for this model (%s); using PyTorch", exc)
+        return model.unet

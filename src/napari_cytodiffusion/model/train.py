@@ -8,6 +8,7 @@ batches, on-the-fly augmentation, periodic checkpoints and exact resume.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import platform
 import time
@@ -22,6 +23,8 @@ from ..errors import Cancelled, InputError, ModelError
 from .architecture import DEFAULT_ARCH, ScheduleConfig, alphas_cumprod, build_scheduler, build_unet
 from .augment import AugmentConfig, augment_batch
 from .folder import ModelMetadata, default_colours, default_preprocessing, save_model
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "last.pt"
@@ -48,6 +51,8 @@ class TrainConfig:
     mixed_precision: bool = True
     device: str | None = None
     max_seconds: float | None = None
+    #: when training finishes, also write the int8 UNet for fast CPU inference (needs ``[onnx]``)
+    int8: bool = True
 
     @property
     def size(self) -> int:
@@ -325,6 +330,10 @@ def train(
         if timed_out:
             break
     path = export(elapsed_before + time.perf_counter() - t0)
+    if step >= config.steps and config.int8:
+        loss_now = float(np.mean(loss_hist[-100:])) if loss_hist else float("nan")
+        yield {"step": step, "total": config.steps, "loss": loss_now, "stage": "int8"}
+        _write_int8(path, data, config)
     yield {
         "step": step,
         "total": config.steps,
@@ -333,6 +342,29 @@ def train(
         "finished": step >= config.steps,
         "model_dir": str(path),
     }
+
+
+def _write_int8(model_dir: Path, data: TrainingData, config: TrainConfig, n_cells: int = 256) -> None:
+    """Quantize the finished model's UNet, calibrated on its own training cells (if ONNX is installed)."""
+    from .folder import load_model
+    from .onnx_backend import onnx_available
+    from .quantize import quantize_model
+
+    if not onnx_available():
+        log.info("onnxruntime/onnx not installed: no int8 UNet written (PyTorch is used instead)")
+        return
+    rng = np.random.default_rng(config.seed)
+    idx = np.sort(rng.permutation(len(data.images))[:n_cells])
+    m = (data.images.shape[1] - config.size) // 2
+    crops = np.ascontiguousarray(data.images[idx, m : m + config.size, m : m + config.size])
+    try:
+        quantize_model(
+            load_model(model_dir, device="cpu"), crops, seed=config.seed, data_note="training cells"
+        )
+    except Exception as exc:  # the float model is complete and usable; int8 is only a speed-up
+        log.warning(
+            "could not write the int8 UNet (%s: %s); the model is used in float32", type(exc).__name__, exc
+        )
 
 
 def _hardware(device) -> str:

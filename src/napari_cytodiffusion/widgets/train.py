@@ -54,7 +54,10 @@ class TrainWidget(Container, RunnerMixin):
             last = None
             for ev in train(data, out, cfg, resume=resume, should_stop=self.should_stop):
                 last = ev
-                yield (ev["step"], ev["total"], f"loss {ev['loss']:.4f} — step")
+                if ev.get("stage") == "int8":
+                    yield (ev["step"], ev["total"], "writing the int8 network — step")
+                else:
+                    yield (ev["step"], ev["total"], f"loss {ev['loss']:.4f} — step")
             return last
 
         def done(last):
