@@ -126,3 +126,28 @@ def test_unknown_class_in_csv(tiny_dataset, tmp_path):
     with pytest.raises(InputError, match="unknown class"):
         map_classes(["redcell", "Dragon"], ["redcell", "violet"])
     assert list(map_classes(["REDCELL", "violet"], ["redcell", "violet"])) == [0, 1]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_schedule_computed_without_diffusers_matches_diffusers(schedule):
+    import torch
+
+    from napari_cytodiffusion.model.architecture import alphas_cumprod, build_scheduler
+
+    sched = build_scheduler({"beta_schedule": schedule, "num_train_timesteps": 1000})
+    assert torch.equal(alphas_cumprod(dict(sched.config)), alphas_cumprod(sched))
+
+
+def test_model_builds_its_unet_on_first_use_and_checks_weights_at_load(tiny_model, tmp_path):
+
+    model = load_model(tiny_model)
+    assert model._unet is None and "not loaded yet" in repr(model)
+    assert model.device.type == "cpu" and model.alphas_cumprod().shape == (1000,)
+    assert model.unet.config.num_class_embeds == model.metadata.n_classes + 1  # built now
+    # a truncated weights file is caught at load even without the content-hash check
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    w = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+    with pytest.raises(ModelError, match="safetensors"):
+        load_model(bad, verify=False)
