@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import InputError, ModelError
+from ..model.folder import read_json_object
 
 ADAPTER_FILE = "cytodiffusion_adapter.json"
 ADAPTER_FORMAT = "napari-cytodiffusion-adapter"
@@ -54,11 +55,8 @@ def read_adapter_metadata(folder: str | os.PathLike) -> dict[str, Any]:
     path = folder / ADAPTER_FILE
     if not path.is_file():
         raise ModelError(f"{folder} is not an adapter folder: {ADAPTER_FILE} is missing")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable adapter metadata ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
+    meta = read_json_object(path, "adapter metadata")
+    if meta.get("format") != ADAPTER_FORMAT:
         raise ModelError(f"{path}: not a napari-cytodiffusion adapter")
     for key in ("classes", "base_model"):
         if key not in meta:

@@ -223,7 +223,7 @@ class DiffusionModel:
         """The training scheduler's settings (read from the folder without diffusers when possible)."""
         if self._scheduler is not None:
             return dict(self._scheduler.config)
-        return _read_json(self.path / "scheduler" / "scheduler_config.json")
+        return read_json_object(self.path / "scheduler" / "scheduler_config.json")
 
     def alphas_cumprod(self):
         """Cumulative alphas of the training schedule (float32 tensor on the CPU)."""
@@ -277,10 +277,16 @@ def content_hash(folder: str | os.PathLike) -> str:
     folder = Path(folder)
     h = hashlib.sha256()
     for rel in ("unet/config.json", f"unet/{WEIGHTS_FILE}"):
-        p = folder / rel
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        file_sha256(folder / rel, h)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, h=None) -> str:
+    """sha256 of a file's bytes (fed into ``h`` when given, e.g. to hash several files as one)."""
+    h = h if h is not None else hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
     return h.hexdigest()
 
 
@@ -343,12 +349,7 @@ def read_metadata(folder: str | os.PathLike) -> ModelMetadata:
     meta_path = folder / METADATA_FILE
     if not meta_path.is_file():
         raise ModelError(f"{folder} is not a napari-cytodiffusion model: {METADATA_FILE} is missing")
-    try:
-        data = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{meta_path}: unreadable metadata ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{meta_path}: metadata must be a JSON object")
+    data = read_json_object(meta_path, "metadata")
     return ModelMetadata.from_dict(data, where=str(meta_path))
 
 
@@ -390,8 +391,8 @@ def load_model(
                 f"{folder}: weights do not match the metadata's content hash "
                 f"(expected {meta.content_hash[:12]}, found {actual[:12]}); the folder is corrupt or was edited"
             )
-    unet_config = _read_json(folder / "unet" / "config.json")
-    _read_json(folder / "scheduler" / "scheduler_config.json")
+    unet_config = read_json_object(folder / "unet" / "config.json")
+    read_json_object(folder / "scheduler" / "scheduler_config.json")
     _check_safetensors(folder / "unet" / WEIGHTS_FILE)
     n_embeds = unet_config.get("num_class_embeds")
     if n_embeds != meta.n_classes + 1:
@@ -412,13 +413,14 @@ def load_model(
     return model
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: str | os.PathLike, what: str = "JSON") -> dict[str, Any]:
+    """A JSON object from ``path``; :class:`ModelError` naming the file when unreadable or not an object."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable ({exc})") from exc
+        raise ModelError(f"{path}: unreadable {what} ({exc})") from exc
     if not isinstance(data, dict):
-        raise ModelError(f"{path}: must be a JSON object")
+        raise ModelError(f"{path}: {what} must be a JSON object")
     return data
 
 

@@ -15,7 +15,6 @@ file that does not belong to the weights beside it is never used.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,18 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
+from .folder import file_sha256
 
 INT8_FILE = "onnx/unet_int8.onnx"
 #: ONNX operator types quantized (see the module docstring for why only convolutions).
 INT8_OPS = ("Conv",)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def calibration_feeds(
@@ -137,7 +129,7 @@ def quantize_model(
     meta.extra = dict(meta.extra)
     meta.extra["int8"] = {
         "file": INT8_FILE,
-        "sha256": _sha256(out),
+        "sha256": file_sha256(out),
         "source_content_hash": meta.content_hash,
         "ops": list(INT8_OPS),
         "method": "ONNX Runtime static quantization, QDQ, int8 weights per output channel, uint8 "
@@ -164,7 +156,7 @@ def int8_file(model) -> Path | None:
     path = Path(model.path) / info.get("file", INT8_FILE)
     if not path.is_file() or info.get("source_content_hash") != model.metadata.content_hash:
         return None
-    if _sha256(path) != info.get("sha256"):
+    if file_sha256(path) != info.get("sha256"):
         raise ModelError(
             f"{path}: does not match the sha256 in the metadata; the file is corrupt or was edited"
         )
