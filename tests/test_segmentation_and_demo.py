@@ -266,3 +266,15 @@ def test_red_cell_count_leaves_out_border_cells_platelets_and_white_cells():
     row = score_points(pts, lab)
     assert row["n_pred"] == 9 and row["n_pred_red_cells"] == 6 and row["found"] == 6
     assert red_cell_count(np.zeros((10, 10), np.int32)) == 0
+
+
+def test_border_predictions_without_a_reference_are_counted():
+    from napari_cytodiffusion.evaluate.segmentation import score_masks
+
+    truth = np.zeros((50, 50), np.int32)
+    truth[20:30, 20:30] = 1
+    pred = truth.copy()
+    pred[0:4, 10:16] = 5  # a sliver cut by the border, not in the reference
+    pred[40:45, 40:45] = 7  # an interior cell the reference lacks: not a border case
+    row = score_masks(truth, pred)
+    assert row["n_pred"] == 3 and row["tp50"] == 1 and row["border_pred_without_reference"] == 1

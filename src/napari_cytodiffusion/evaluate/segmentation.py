@@ -121,11 +121,17 @@ def score_masks(truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
     pred = relabel_sequential(np.asarray(pred, np.int64))[0]
     iou = iou_matrix(truth, pred)
     best = iou.max(axis=1) if iou.shape[1] else np.zeros(iou.shape[0])
+    alone = iou.max(axis=0) == 0 if iou.shape[0] else np.ones(iou.shape[1], bool)
+    edge = np.unique(np.concatenate([pred[0], pred[-1], pred[:, 0], pred[:, -1]]))
+    edge = edge[edge > 0] - 1
     return {
         "n_true": int(iou.shape[0]),
         "n_pred": int(iou.shape[1]),
         "tp50": match(iou, 0.5),
         "tp75": match(iou, 0.75),
+        # predictions cut by the image border that overlap no reference cell at all: references that
+        # leave out border slivers (BBBC041Seg) count these as false positives
+        "border_pred_without_reference": int(alone[edge].sum()),
         # Dice of a reference cell with its best-overlapping prediction (0 when none): 2 IoU / (1 + IoU)
         "dice": [float(2 * v / (1 + v)) for v in best],
     }
@@ -236,6 +242,7 @@ def summarise(rows: list[dict[str, Any]], kind: str, class_names: dict[str, str]
     if kind == "masks":
         dice = [d for r in rows for d in r["dice"]]
         out["mean_dice"] = float(np.mean(dice)) if dice else None
+        out["border_pred_without_reference"] = sum(r.get("border_pred_without_reference", 0) for r in rows)
     if kind == "yolo":
         names = class_names or {}
         per: dict[str, dict[str, int]] = {}
