@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         if not 0 < args.bbbc_share < 1:
             ap.error("--bbbc-share must be between 0 and 1")
         n_txl = len(imgs) - n_bbbc
-        train_probs = [args.bbbc_share / n_bbbc] * n_bbbc + [(1 - args.bbbc_share) / n_txl] * n_txl
+        train_probs = np.array([args.bbbc_share / n_bbbc] * n_bbbc + [(1 - args.bbbc_share) / n_txl] * n_txl)
     model = models.CellposeModel(
         gpu=args.gpu, pretrained_model=False, model_type=None, diam_mean=diam_mean, nchan=2
     )

@@ -92,6 +92,15 @@ def test_int8_unet_is_made_checked_and_preferred(tiny_model, monkeypatch, tmp_pa
     assert np.abs(a.evidence - b.evidence).max() < 0.25 * np.abs(a.evidence).max() + 1e-3
     assert np.array_equal(classify_crops(q, cells, speed="full", seed=3).pred, b.pred)  # deterministic
 
+    # constants fitted on int8 errors replace the float32 ones when (and only when) int8 runs
+    from napari_cytodiffusion.classify.classifier import calibration_for
+
+    for m in (q, f):
+        m.metadata.calibration = {"temperature": 2.0, "engine": {"drop_z": 2.5}}
+        m.metadata.extra["int8"]["classifier_calibration"] = {"temperature": 3.0}
+    assert calibration_for(q) == {"temperature": 3.0, "engine": {"drop_z": 2.5}}
+    assert calibration_for(f)["temperature"] == 2.0
+
     # an int8 file made for other weights is not used (auto falls back to float32 ONNX)
     meta = json.loads((folder / "cytodiffusion.json").read_text())
     meta["extra"]["int8"]["source_content_hash"] = "0" * 64

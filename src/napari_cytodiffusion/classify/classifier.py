@@ -84,6 +84,22 @@ def engine_config(model, speed: str = "balanced", **overrides: Any) -> EngineCon
     return EngineConfig.from_calibration(cal, **merged)
 
 
+def calibration_for(model) -> dict[str, Any]:
+    """Calibration constants for the network that will run the classifier.
+
+    The int8 UNet's errors differ slightly from float32's, so a model folder may hold constants
+    fitted on int8 errors (``extra["int8"]["classifier_calibration"]``); they replace the float32
+    ones (temperature, P(correct), anomaly profile) when the int8 backend runs. The engine settings
+    (timesteps, weights, test threshold) are shared.
+    """
+    from ..model.onnx_backend import backend_name
+
+    cal = dict(model.metadata.calibration or {})
+    if cal and backend_name(model) == "onnx-int8":
+        cal.update((model.metadata.extra.get("int8") or {}).get("classifier_calibration") or {})
+    return cal
+
+
 def iter_classify(
     model,
     crops: np.ndarray,
@@ -103,7 +119,7 @@ def iter_classify(
     if crops.ndim != 4 or crops.shape[1:] != (size, size, 3) or crops.dtype != np.uint8:
         raise InputError(f"crops must be uint8 (N, {size}, {size}, 3), got {crops.dtype} {crops.shape}")
     cfg = engine_config(model, speed, seed=seed, **engine_overrides)
-    cal = model.metadata.calibration or {}
+    cal = calibration_for(model)
     n, c = len(crops), model.metadata.n_classes
     t0 = time.perf_counter()
     parts = []
