@@ -244,7 +244,9 @@ def main(argv=None) -> int:
         "data": data,
     }
     if init_info is not None:  # fine-tuned: keep the history of the weights it started from
-        info["architecture"] = init_info["architecture"] + "; then fine-tuned"
+        info["architecture"] = init_info["architecture"].split("; then fine-tuned")[0] + (
+            f"; then fine-tuned {len(init_info.get('history', [])) + 1} time(s) (see history)"
+        )
         info["history"] = [
             *init_info.get("history", []),
             {

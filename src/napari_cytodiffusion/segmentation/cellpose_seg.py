@@ -196,6 +196,8 @@ MAX_RESCALE = 4.0
 #: side (px) of a look of the automatic diameter: one 224 px network tile once Cellpose has padded
 #: it by 8 px on each side
 _LOOK = 208
+#: stop looking when a look's cells are within this factor of its scale (else try a coarser look too)
+EARLY_STOP = 1.5
 
 
 def _plausible_diameter(d: float | None, diam_mean: float) -> float | None:
@@ -235,7 +237,7 @@ def estimate_diameter(
         low = s / MAX_RESCALE if k == 0 else s * f / 2
         if d is not None and low <= d <= 2 * s * f and n >= min_cells:
             off = abs(np.log(d / (s * f)))
-            if off <= np.log(1.5):
+            if off <= np.log(EARLY_STOP):
                 return d  # cells near the scale this look sees best: no need to look further
             believed.append((off, d))
         if _plausible_diameter(d, s) is not None and (fallback is None or n > fallback[0]):
