@@ -16,12 +16,17 @@ Usage::
     # from scratch (session 1, on a GPU)
     python scripts/train_smear_model.py --data ../shared/data/bbbc041 --out runs/cellpose_smear \
         [--epochs 300] [--gpu]
-    # the shipped model (session 4, 2-core CPU, 62 min + 9.5 min of flows; checkpoint of epoch 81
+    # fine-tune 1 (session 4, 2-core CPU, 62 min + 9.5 min of flows; checkpoint of epoch 81
     # of 100, written to models/cellpose_smear_fp32 every 20 epochs): from the session-1 weights,
     # TXL-PBC added, at a cell scale of 30 px
     python scripts/train_smear_model.py --txl ../shared/data/txl_pbc --txl-images 200 --init bundled \
         --diam-mean 30 --epochs 100 --nimg-per-epoch 40 --lr 0.003 --flows-cache runs/smear_flows.npz \
         --out runs/smear30
+    # the shipped model, fine-tune 2 (session 5, 2-core CPU, 71 min + ~30 min of flows): from
+    # fine-tune 1, all 658 TXL-PBC train fields, BBBC041 drawn for 30 % of each epoch
+    python scripts/train_smear_model.py --txl ../shared/data/txl_pbc --init bundled --diam-mean 30 \
+        --epochs 100 --nimg-per-epoch 32 --lr 0.002 --bbbc-share 0.3 --flows-cache runs/smear_flows.npz \
+        --out runs/smear30b
 
 The network is saved in float16 (half the size; loaded back as float32) with its mean
 diameter, as ``OUT/cellpose_smear.pt`` plus ``OUT/cellpose_smear.json``.
