@@ -73,6 +73,11 @@ def test_evaluate_cli_writes_metrics(shared_data, tmp_path):
     ):
         assert key in m
     assert m["n"] == 8
+    # the default model ships an int8 UNet, which the default backend runs when ONNX Runtime is there
+    from napari_cytodiffusion.model.onnx_backend import backend_choice, onnx_available
+
+    if backend_choice() == "auto":
+        assert m["backend"] == ("onnx-int8" if onnx_available() else "torch")
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     assert (out / "reliability_diagram.png").stat().st_size > 1000
 

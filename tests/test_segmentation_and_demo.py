@@ -218,6 +218,8 @@ def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp
     assert m["n_true"] == n and m["n_pred"] == n - 1
     assert m["merged_cells"] == 1 and m["points_found"] == (n - 2) / n and m["points_missed"] == 0
     assert abs(m["count_error_mean_abs_pct"] - 100 / n) < 1e-9
+    # whole cells of red-cell size: the synthetic field's cells all are, bar those cut by the border
+    assert 0 <= m["red_cell_count_error_mean_abs_pct"] <= 100
     assert m["seconds_per_image"] is None and m["segmentation"]["labels_from"].endswith("pred")
     assert m["skipped_without_reference"] == ["f2.png"] and m["n_images"] == 1
     # parts of one cell: with --binary-masks one reference cell, found exactly

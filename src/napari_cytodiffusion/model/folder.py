@@ -200,7 +200,7 @@ class DiffusionModel:
     def unet(self):
         """The diffusers ``UNet2DModel`` (built from the folder on first use)."""
         if self._unet is None:
-            self._unet = _build_unet(self.path, self.metadata, self._device)
+            self._unet = _build_unet(self.path, self._device)
         return self._unet
 
     @property
@@ -362,10 +362,11 @@ def write_metadata(folder: str | os.PathLike, metadata: ModelMetadata) -> None:
     write_json(folder / METADATA_FILE, metadata.to_dict())
 
 
-def load_model(
-    folder: str | os.PathLike, device: str | None = None, verify: bool = True, lazy: bool = True
-) -> DiffusionModel:
+def load_model(folder: str | os.PathLike, device: str | None = None, verify: bool = True) -> DiffusionModel:
     """Load a model folder, checking its metadata, weights and hash.
+
+    The files are checked now; the diffusers UNet and scheduler are built on first use (see
+    :class:`DiffusionModel`).
 
     Parameters
     ----------
@@ -375,9 +376,6 @@ def load_model(
         Torch device ("cpu", "cuda", ...). Defaults to CPU.
     verify
         Check the content hash of the weights against the metadata.
-    lazy
-        Build the diffusers UNet and scheduler on first use (see :class:`DiffusionModel`); the
-        files are checked now either way.
     """
     folder = Path(folder)
     meta = read_metadata(folder)
@@ -404,13 +402,9 @@ def load_model(
         raise ModelError(
             f"{folder}: metadata crop size {meta.size} does not match the UNet ({unet_config.get('sample_size')})"
         )
-    model = DiffusionModel(
+    return DiffusionModel(
         metadata=meta, path=folder, device=device, verified=bool(verify and meta.content_hash)
     )
-    if not lazy:
-        model.unet  # noqa: B018 - build it now
-        model.scheduler  # noqa: B018
-    return model
 
 
 def read_json_object(path: str | os.PathLike, what: str = "JSON") -> dict[str, Any]:
@@ -439,7 +433,7 @@ def _check_safetensors(path: Path) -> None:
         raise ModelError(f"{path}: not a valid safetensors weights file ({exc})") from exc
 
 
-def _build_unet(folder: Path, meta: ModelMetadata, device: str | None):
+def _build_unet(folder: Path, device: str | None):
     """The diffusers UNet of a model folder, ready for inference on ``device``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

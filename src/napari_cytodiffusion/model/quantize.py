@@ -46,7 +46,6 @@ def calibration_feeds(
     seed
         Seed of the draws (same seed, same calibration).
     """
-
     if crops.ndim != 4 or crops.shape[1:] != (model.size, model.size, 3):
         raise ModelError(f"calibration crops must be (N, {model.size}, {model.size}, 3); got {crops.shape}")
     rng = np.random.default_rng(seed)
