@@ -1,7 +1,11 @@
 """Are generated cells recognisable, and do they help when real cells are scarce?
 
 1. Trains a small independent CNN on real PBC train cells (32 px crops, as the diffusion model sees them) and
-   reports its accuracy on PBC val.
+   reports its accuracy on PBC val. By default (``--judge-augment model``) it is trained with the *same*
+   augmentation as the diffusion model (free rotation, flips, small scale/shift, stain/brightness/contrast/
+   saturation jitter): the generator was taught that these vary, so its cells vary in them too, and a judge
+   that has only ever seen PBC's tightly controlled colours would be judging colour, not morphology.
+   ``--judge-augment flips`` is the session-1..4 judge (90-degree rotations and flips only).
 2. Generates N cells per class with the default model and reports the share the CNN assigns to the intended class.
 3. Augmentation experiment: a CNN trained on only K real cells per class, with and without M generated cells per
    class, evaluated on PBC val (synthetic images never enter an evaluation split).
@@ -46,23 +50,36 @@ def train_cnn(
     batch: int = 128,
     net=None,
     lr: float = 2e-3,
+    augment=None,
+    size: int | None = None,
 ):
-    """Train (or, given ``net``, fine-tune) the small CNN with rotation/flip augmentation."""
+    """Train (or, given ``net``, fine-tune) the small CNN.
+
+    Without ``augment``: ``x`` are model-size crops, augmented by 90-degree rotations and flips.
+    With an ``AugmentConfig``: ``x`` are the wider stored crops of diffusion training and each
+    batch goes through the diffusion model's own augmentation down to ``size`` pixels.
+    """
     import torch
 
     from napari_cytodiffusion.crops import to_model_tensor
+    from napari_cytodiffusion.model.augment import augment_batch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
     net = net if net is not None else small_cnn(n_classes)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    xt, yt = to_model_tensor(x), torch.as_tensor(y)
+    xt = to_model_tensor(x) if augment is None else torch.from_numpy(np.ascontiguousarray(x))
+    yt = torch.as_tensor(y)
     net.train()
     for _ in range(steps):
         idx = torch.as_tensor(rng.integers(0, len(y), min(batch, len(y))))
-        xb = torch.rot90(xt[idx], k=int(rng.integers(4)), dims=(2, 3))
-        if rng.random() < 0.5:
-            xb = torch.flip(xb, dims=(3,))
+        if augment is not None:
+            xb = augment_batch(xt[idx], size, gen, augment)
+        else:
+            xb = torch.rot90(xt[idx], k=int(rng.integers(4)), dims=(2, 3))
+            if rng.random() < 0.5:
+                xb = torch.flip(xb, dims=(3,))
         loss = torch.nn.functional.cross_entropy(net(xb), yt[idx])
         opt.zero_grad()
         loss.backward()
@@ -105,6 +122,12 @@ def main() -> int:
     )
     ap.add_argument("--no-scarce", action="store_true", help="skip the scarce-data experiment")
     ap.add_argument("--cnn-steps", type=int, default=600)
+    ap.add_argument(
+        "--judge-augment",
+        choices=["model", "flips"],
+        default="model",
+        help="train the independent CNN with the diffusion model's augmentation (default) or flips only",
+    )
     args = ap.parse_args()
     import torch
 
@@ -126,13 +149,26 @@ def main() -> int:
         )
     xtr, ytr = sets["train"]
     xva, yva = sets["val"]
+    judge_x, judge_aug = xtr, None
+    if args.judge_augment == "model":
+        from napari_cytodiffusion.model.augment import AugmentConfig
+        from napari_cytodiffusion.model.train import store_size
+
+        recipe = model.metadata.training.get("recipe", {})
+        margin = float(recipe.get("store_margin", 1.125))
+        judge_aug = AugmentConfig(**recipe.get("augment", {}))
+        ls = read_labelled(args.pbc / "labels.csv", split="train")
+        judge_x = load_single_cell_crops(
+            ls.paths, store_size(size, margin), min(1.0, frac * margin), workers=2
+        )
     out = {"read_seconds": round(time.perf_counter() - t0, 1)}
     t0 = time.perf_counter()
-    cnn = train_cnn(xtr, ytr, n, args.cnn_steps)
+    cnn = train_cnn(judge_x, ytr, n, args.cnn_steps, augment=judge_aug, size=size)
     pv = predict(cnn, xva)
     out["independent_cnn"] = {
         "train_cells": len(ytr),
         "steps": args.cnn_steps,
+        "augmentation": args.judge_augment,
         "seconds": round(time.perf_counter() - t0, 1),
         "val_accuracy": round(float((pv == yva).mean()), 4),
         "val_balanced_accuracy": round(balanced_accuracy(yva, pv, n), 4),

@@ -129,3 +129,28 @@ def test_counterfactual_map_and_sdedit(tiny_model):
     assert np.array_equal(same[0], crop)
     cf = sdedit(m, crop[None], target=1, strength=0.6, params=GenerateParams(steps=5))
     assert cf.shape == (1, 16, 16, 3) and not np.array_equal(cf[0], crop)
+
+
+def test_outputs_get_normal_permissions_not_private_temp_ones(tiny_model, tmp_path):
+    """Atomic writes go through private temp files; what lands must look like a plain write."""
+    import stat
+
+    from napari_cytodiffusion.io.atomic import write_json, write_text
+    from napari_cytodiffusion.model.folder import save_model
+
+    old = os.umask(0o022)
+    try:
+        new = write_json(tmp_path / "metrics.json", {"a": 1})
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        kept = tmp_path / "shared.csv"
+        kept.write_text("x")
+        kept.chmod(0o664)  # a group-writable file keeps its mode when replaced
+        write_text(kept, "y")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o664 and kept.read_text() == "y"
+        model = load_model(tiny_model)
+        folder = save_model(model.unet, model.scheduler, model.metadata, tmp_path / "copy")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+        assert stat.S_IMODE((folder / "cytodiffusion.json").stat().st_mode) == 0o644
+        assert load_model(folder).metadata.content_hash == model.metadata.content_hash
+    finally:
+        os.umask(old)

@@ -18,13 +18,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..errors import InputError, ModelError
+from ..io.atomic import make_temp_dir
 from ..model.folder import read_json_object
 
 ADAPTER_FILE = "cytodiffusion_adapter.json"
@@ -106,7 +106,7 @@ def save_adapter(peft_unet, metadata: dict[str, Any], folder: str | os.PathLike)
     if folder.exists() and any(folder.iterdir()):
         raise InputError(f"{folder} exists and is not empty; choose a new folder for the adapter")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = make_temp_dir(folder.parent, f".{folder.name}.")
     try:
         peft_unet.save_pretrained(tmp, safe_serialization=True)
         meta = copy.deepcopy(metadata)

@@ -1,7 +1,10 @@
 """Atomic file writes: write to a temporary file beside the target, then rename.
 
 A failed or interrupted export never leaves a half-written file behind, and an existing
-file is only replaced once the new content is complete.
+file is only replaced once the new content is complete. Python's temporary files are private
+(0600, folders 0700); what is moved into place gets the permissions a plain ``open``/``mkdir``
+would have given it (the user's umask), or keeps those of the file it replaces, so results on a
+shared disk stay readable by the people they were made for.
 """
 
 from __future__ import annotations
@@ -9,12 +12,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask (read from /proc where possible, so nothing global changes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: the classic set-and-restore
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def public_mode(directory: bool = False) -> int:
+    """Permissions a new file (0666) or folder (0777) gets under the current umask."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A temporary folder inside ``parent`` that, once renamed, looks like a normal ``mkdir``."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, public_mode(directory=True))
+    return tmp
 
 
 @contextlib.contextmanager
@@ -39,6 +72,11 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         raise InputError(f"cannot write to {target.parent}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp_path = Path(tmp)
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() else public_mode()
+    except OSError:
+        mode = public_mode()
+    os.chmod(tmp_path, mode)
     try:
         yield tmp_path
         os.replace(tmp_path, target)

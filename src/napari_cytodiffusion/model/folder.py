@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ModelError
+from ..io.atomic import make_temp_dir
 
 METADATA_FILE = "cytodiffusion.json"
 FORMAT_NAME = "napari-cytodiffusion-model"
@@ -308,7 +308,7 @@ def save_model(
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise ModelError(f"{folder} exists and is not empty; choose a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = make_temp_dir(folder.parent, f".{folder.name}.")
     try:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")

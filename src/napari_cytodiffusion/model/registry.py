@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ModelError
+from ..io.atomic import make_temp_dir
 from ..paths import DEFAULT_MODEL_DIR, cache_dir
 
 #: Official weights a release may publish: name -> {"url": ..., "sha256": ...} (zip of a model folder).
@@ -63,7 +63,7 @@ def download_official(name: str, timeout: float = 30.0) -> Path:
 
     entry = OFFICIAL_MODELS[name]
     target = models_cache() / name
-    tmpdir = Path(tempfile.mkdtemp(dir=models_cache(), prefix=f".{name}."))
+    tmpdir = make_temp_dir(models_cache(), f".{name}.")
     try:
         tmp = tmpdir / "model.zip"
         try:
