@@ -1,11 +1,12 @@
 """Are generated cells recognisable, and do they help when real cells are scarce?
 
 1. Trains a small independent CNN on real PBC train cells (32 px crops, as the diffusion model sees them) and
-   reports its accuracy on PBC val. By default (``--judge-augment model``) it is trained with the *same*
-   augmentation as the diffusion model (free rotation, flips, small scale/shift, stain/brightness/contrast/
-   saturation jitter): the generator was taught that these vary, so its cells vary in them too, and a judge
-   that has only ever seen PBC's tightly controlled colours would be judging colour, not morphology.
-   ``--judge-augment flips`` is the session-1..4 judge (90-degree rotations and flips only).
+   reports its accuracy on PBC val. The generator was trained with colour augmentation (stain, brightness,
+   contrast, saturation jitter), so its cells vary in colour as much; a judge that has only seen PBC's tightly
+   controlled colours judges colour, not morphology. By default (``--judge-augment colour``) the judge is
+   trained with 90-degree rotations, flips and the diffusion model's own colour jitter. ``flips`` is the
+   earlier judge (no colour jitter); ``model`` uses the model's full augmentation (free rotation, scale and
+   shift too), which this small CNN learns much more slowly (val accuracy 0.73 after 2,500 steps).
 2. Generates N cells per class with the default model and reports the share the CNN assigns to the intended class.
 3. Augmentation experiment: a CNN trained on only K real cells per class, with and without M generated cells per
    class, evaluated on PBC val (synthetic images never enter an evaluation split).
@@ -124,9 +125,10 @@ def main() -> int:
     ap.add_argument("--cnn-steps", type=int, default=600)
     ap.add_argument(
         "--judge-augment",
-        choices=["model", "flips"],
-        default="model",
-        help="train the independent CNN with the diffusion model's augmentation (default) or flips only",
+        choices=["colour", "model", "flips"],
+        default="colour",
+        help="the independent CNN's augmentation: rotations/flips + the model's colour jitter (default), "
+        "the model's full augmentation, or rotations/flips only",
     )
     args = ap.parse_args()
     import torch
@@ -150,13 +152,15 @@ def main() -> int:
     xtr, ytr = sets["train"]
     xva, yva = sets["val"]
     judge_x, judge_aug = xtr, None
-    if args.judge_augment == "model":
+    if args.judge_augment != "flips":
         from napari_cytodiffusion.model.augment import AugmentConfig
         from napari_cytodiffusion.model.train import store_size
 
         recipe = model.metadata.training.get("recipe", {})
         margin = float(recipe.get("store_margin", 1.125))
         judge_aug = AugmentConfig(**recipe.get("augment", {}))
+        if args.judge_augment == "colour":
+            judge_aug.free_rotation, judge_aug.scale_jitter, judge_aug.shift = False, 0.0, 0.0
         ls = read_labelled(args.pbc / "labels.csv", split="train")
         judge_x = load_single_cell_crops(
             ls.paths, store_size(size, margin), min(1.0, frac * margin), workers=2
