@@ -198,6 +198,17 @@ def main() -> int:
                 "recovered_per_class": {
                     model.classes[c]: round(float((pg[ids == c] == c).mean()), 3) for c in range(n)
                 },
+                # what the judge called the cells it did not recover, per intended class
+                "misread_as": {
+                    model.classes[c]: {
+                        model.classes[k]: int(v)
+                        for k, v in zip(
+                            *np.unique(pg[(ids == c) & (pg != c)], return_counts=True), strict=True
+                        )
+                    }
+                    for c in range(n)
+                    if ((ids == c) & (pg != c)).any()
+                },
             }
         )
         print(json.dumps(out["generated"][-1]), flush=True)

@@ -24,6 +24,16 @@ def test_smear_model_segments_sample_offline():
     assert abs(int(tiled.max()) - int(labels.max())) <= 0.15 * labels.max()
 
 
+def test_test_time_augmentation_reaches_cellpose_and_finds_the_same_cells():
+    image, truth = synthetic_smear()
+    plain = segment(image, SegmentParams(diameter=46.0))
+    augmented = segment(image, SegmentParams(diameter=46.0, augment=True))
+    assert not np.array_equal(plain, augmented)  # the flipped views changed the flows
+    assert 0.8 * truth.max() <= augmented.max() <= 1.2 * truth.max()
+    inter = np.logical_and(plain > 0, augmented > 0).sum()
+    assert inter / np.logical_or(plain > 0, augmented > 0).sum() > 0.9
+
+
 def test_blank_and_odd_images():
     assert segment(np.zeros((64, 64), np.uint8)).max() == 0
     assert segment(np.full((64, 64, 3), 1.0, np.float32)).max() == 0

@@ -121,6 +121,7 @@ def _options(args) -> dict[str, Any]:
             "cellprob_threshold": args.cellprob_threshold,
             "min_size": args.min_size,
             "exclude_border": args.exclude_border,
+            "augment": args.augment,
             "gpu": args.gpu,
         },
     }

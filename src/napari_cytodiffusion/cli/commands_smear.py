@@ -26,6 +26,11 @@ def _seg_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cellprob-threshold", type=float, default=0.0)
     g.add_argument("--min-size", type=int, default=15)
     g.add_argument("--exclude-border", action="store_true")
+    g.add_argument(
+        "--augment",
+        action="store_true",
+        help="Cellpose test-time augmentation (each network tile also seen flipped; ~4x slower)",
+    )
     g.add_argument("--gpu", action="store_true", help="use a GPU when available")
 
 
@@ -53,6 +58,7 @@ def _seg_params(a):
         cellprob_threshold=a.cellprob_threshold,
         min_size=a.min_size,
         exclude_border=a.exclude_border,
+        augment=a.augment,
         gpu=a.gpu,
     )
 

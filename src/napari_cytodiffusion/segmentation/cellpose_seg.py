@@ -34,6 +34,8 @@ class SegmentParams:
     cellprob_threshold: float = 0.0
     min_size: int = 15
     exclude_border: bool = False
+    #: Cellpose test-time augmentation: overlapping network tiles, each also seen flipped, averaged
+    augment: bool = False
     tile_size: int = 2048
     tile_overlap: int = 192
     gpu: bool = False
@@ -159,6 +161,7 @@ def _eval(
     params: SegmentParams,
     diameter: float | None,
     resample: bool | None = None,
+    augment: bool = False,
 ) -> np.ndarray:
     if resample is None:
         factor = seg.diam_mean / diameter if diameter else 1.0
@@ -170,6 +173,7 @@ def _eval(
         cellprob_threshold=params.cellprob_threshold,
         min_size=params.min_size,
         resample=resample,
+        augment=augment,
         **kw,
     )[0]
     return np.asarray(masks, dtype=np.uint32)
@@ -283,7 +287,7 @@ def iter_segment(
             m = np.zeros(tile.shape[:2], np.int32)
         else:
             x, kw = _prepare(seg, tile)
-            m = _eval(seg, x, kw, params, diameter)
+            m = _eval(seg, x, kw, params, diameter, augment=params.augment)
         del tile
         if len(tiles) == 1:
             labels = m

@@ -11,7 +11,15 @@ from ._runner import RunnerMixin, notify, relay, unique_layer_name
 
 class SegmentWidget(Container, RunnerMixin):
     settings_key = "segment"
-    persisted = ("model", "diameter", "flow_threshold", "cellprob_threshold", "min_size", "exclude_border")
+    persisted = (
+        "model",
+        "diameter",
+        "flow_threshold",
+        "cellprob_threshold",
+        "min_size",
+        "exclude_border",
+        "augment",
+    )
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
@@ -30,6 +38,11 @@ class SegmentWidget(Container, RunnerMixin):
         )
         self.min_size = SpinBox(label="min size (px)", value=15, min=0, max=100000)
         self.exclude_border = CheckBox(text="exclude border cells", value=False)
+        self.augment = CheckBox(
+            text="test-time augmentation",
+            value=False,
+            tooltip="each network tile also seen flipped, predictions averaged (slower)",
+        )
         self.extend(
             [
                 self.image,
@@ -39,6 +52,7 @@ class SegmentWidget(Container, RunnerMixin):
                 self.cellprob_threshold,
                 self.min_size,
                 self.exclude_border,
+                self.augment,
             ]
         )
         self._init_runner("Segment")
@@ -61,6 +75,7 @@ class SegmentWidget(Container, RunnerMixin):
             cellprob_threshold=self.cellprob_threshold.value,
             min_size=self.min_size.value,
             exclude_border=self.exclude_border.value,
+            augment=self.augment.value,
         )
 
     def _work(self):
