@@ -114,15 +114,23 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10, help="real cells per class in the scarce-data experiment")
     ap.add_argument("--m", type=int, default=40, help="generated cells per class added in that experiment")
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--scheduler", choices=["ddim", "dpm"], default="dpm")
     ap.add_argument(
         "--guidance",
         type=float,
         nargs="+",
-        default=[2.0],
+        default=[4.0],
         help="guidance scale(s): the recognition test runs for each, the scarce-data experiment uses the first",
     )
     ap.add_argument("--no-scarce", action="store_true", help="skip the scarce-data experiment")
     ap.add_argument("--cnn-steps", type=int, default=600)
+    ap.add_argument(
+        "--judge",
+        type=Path,
+        default=None,
+        help="file for the trained independent CNN: loaded if it exists and was trained with the same "
+        "--cnn-steps/--judge-augment/model, else trained and saved there (saves ~15 min per run)",
+    )
     ap.add_argument(
         "--judge-augment",
         choices=["colour", "model", "flips"],
@@ -167,12 +175,34 @@ def main() -> int:
         )
     out = {"read_seconds": round(time.perf_counter() - t0, 1)}
     t0 = time.perf_counter()
-    cnn = train_cnn(judge_x, ytr, n, args.cnn_steps, augment=judge_aug, size=size)
+    settings = {
+        "steps": args.cnn_steps,
+        "augmentation": args.judge_augment,
+        "model": model.metadata.content_hash,
+        "train_cells": len(ytr),
+    }
+    cnn, loaded = None, False
+    if args.judge is not None and args.judge.exists():
+        saved = torch.load(args.judge, map_location="cpu", weights_only=True)
+        if saved.get("settings") == settings:
+            cnn = small_cnn(n)
+            cnn.load_state_dict(saved["state_dict"])
+            cnn.eval()
+            loaded = True
+        else:
+            print(f"{args.judge} was trained with other settings; training a new judge", file=sys.stderr)
+    if cnn is None:
+        cnn = train_cnn(judge_x, ytr, n, args.cnn_steps, augment=judge_aug, size=size)
+        if args.judge is not None:
+            tmp = args.judge.with_name(args.judge.name + ".tmp")
+            torch.save({"settings": settings, "state_dict": cnn.state_dict()}, tmp)
+            tmp.replace(args.judge)
     pv = predict(cnn, xva)
     out["independent_cnn"] = {
         "train_cells": len(ytr),
         "steps": args.cnn_steps,
         "augmentation": args.judge_augment,
+        "loaded_from": str(args.judge) if loaded else None,
         "seconds": round(time.perf_counter() - t0, 1),
         "val_accuracy": round(float((pv == yva).mean()), 4),
         "val_balanced_accuracy": round(balanced_accuracy(yva, pv, n), 4),
@@ -183,7 +213,7 @@ def main() -> int:
     ids = np.array([c for c in range(n) for _ in range(args.per_class)])
     out["generated"] = []
     for guidance in args.guidance:
-        params = GenerateParams(steps=args.steps, guidance=guidance)
+        params = GenerateParams(steps=args.steps, guidance=guidance, scheduler=args.scheduler)
         t0 = time.perf_counter()
         gen = generate(model, list(ids), list(range(len(ids))), params)
         dt = time.perf_counter() - t0
@@ -192,6 +222,7 @@ def main() -> int:
             {
                 "per_class": args.per_class,
                 "steps": args.steps,
+                "scheduler": args.scheduler,
                 "guidance": guidance,
                 "seconds_per_cell_cpu": round(dt / len(ids), 3),
                 "recovered_by_independent_cnn": round(float((pg == ids).mean()), 4),
@@ -215,7 +246,7 @@ def main() -> int:
     if args.no_scarce:
         print(json.dumps(out, indent=1))
         return 0
-    params = GenerateParams(steps=args.steps, guidance=args.guidance[0])
+    params = GenerateParams(steps=args.steps, guidance=args.guidance[0], scheduler=args.scheduler)
     # scarce real data, with and without synthetic cells
     rng = np.random.default_rng(0)
     few = np.concatenate([rng.choice(np.flatnonzero(ytr == c), args.k, replace=False) for c in range(n)])

@@ -47,6 +47,9 @@ def test_generate_cli_writes_class_folders(tiny_model, tmp_path):
     assert len(files) == 4
     side = json.loads(files[0].with_suffix(".json").read_text())
     assert {"class", "seed", "steps", "guidance", "scheduler", "model"} <= set(side)
+    # the sidecar records the defaults that were used, the same as the Python API's
+    defaults = GenerateParams()
+    assert (side["scheduler"], side["guidance"]) == (defaults.scheduler, defaults.guidance) == ("dpm", 4.0)
 
 
 def test_evaluate_generation_feature_distance_and_memorisation(tiny_model, tiny_dataset, tmp_path):

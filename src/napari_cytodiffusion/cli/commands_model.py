@@ -56,8 +56,10 @@ def register(sub) -> None:
     p.add_argument("-n", type=int, default=8, help="images per class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--scheduler", default="ddim", choices=["ddim", "dpm"])
+    p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument(
+        "--scheduler", default="dpm", choices=["ddim", "dpm"], help="sampler: DPM-Solver++ (default) or DDIM"
+    )
     p.add_argument("--model", default="default")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)

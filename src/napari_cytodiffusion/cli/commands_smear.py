@@ -158,9 +158,7 @@ def cmd_demo(a) -> int:
     write_labels_tiff(res.labels, out / "labels.tif", audit)
     write_summary_json(res.summary, out / "summary.json", audit)
     ids = [c for c in range(len(model.classes)) for _ in range(4)]
-    imgs = generate(
-        model, ids, [a.seed * 1000 + i for i in range(len(ids))], GenerateParams(steps=20, guidance=2.0)
-    )
+    imgs = generate(model, ids, [a.seed * 1000 + i for i in range(len(ids))], GenerateParams(steps=20))
     from PIL import Image
 
     write_with(
