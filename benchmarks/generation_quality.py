@@ -115,6 +115,7 @@ def main() -> int:
     ap.add_argument("--m", type=int, default=40, help="generated cells per class added in that experiment")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--scheduler", choices=["ddim", "dpm"], default="dpm")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds of the recognition test start here")
     ap.add_argument(
         "--guidance",
         type=float,
@@ -215,7 +216,7 @@ def main() -> int:
     for guidance in args.guidance:
         params = GenerateParams(steps=args.steps, guidance=guidance, scheduler=args.scheduler)
         t0 = time.perf_counter()
-        gen = generate(model, list(ids), list(range(len(ids))), params)
+        gen = generate(model, list(ids), list(range(args.first_seed, args.first_seed + len(ids))), params)
         dt = time.perf_counter() - t0
         pg = predict(cnn, gen)
         out["generated"].append(
@@ -224,6 +225,7 @@ def main() -> int:
                 "steps": args.steps,
                 "scheduler": args.scheduler,
                 "guidance": guidance,
+                "first_seed": args.first_seed,
                 "seconds_per_cell_cpu": round(dt / len(ids), 3),
                 "recovered_by_independent_cnn": round(float((pg == ids).mean()), 4),
                 "recovered_per_class": {
