@@ -103,6 +103,25 @@ def balanced_accuracy(y, p, n):
     return float(np.mean([(p[y == c] == c).mean() for c in range(n) if (y == c).any()]))
 
 
+def judge_training_set(args, model, xtr: np.ndarray, size: int, frac: float):
+    """The judge's training crops and augmentation: ``xtr`` with flips only, or the wider stored crops of
+    diffusion training with the model's augmentation (``colour``: without free rotation, scale and shift)."""
+    if args.judge_augment == "flips":
+        return xtr, None
+    from napari_cytodiffusion.io.datasets import load_single_cell_crops, read_labelled
+    from napari_cytodiffusion.model.augment import AugmentConfig
+    from napari_cytodiffusion.model.train import store_size
+
+    recipe = model.metadata.training.get("recipe", {})
+    margin = float(recipe.get("store_margin", 1.125))
+    aug = AugmentConfig(**recipe.get("augment", {}))
+    if args.judge_augment == "colour":
+        aug.free_rotation, aug.scale_jitter, aug.shift = False, 0.0, 0.0
+    ls = read_labelled(args.pbc / "labels.csv", split="train")
+    x = load_single_cell_crops(ls.paths, store_size(size, margin), min(1.0, frac * margin), workers=2)
+    return x, aug
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -160,20 +179,6 @@ def main() -> int:
         )
     xtr, ytr = sets["train"]
     xva, yva = sets["val"]
-    judge_x, judge_aug = xtr, None
-    if args.judge_augment != "flips":
-        from napari_cytodiffusion.model.augment import AugmentConfig
-        from napari_cytodiffusion.model.train import store_size
-
-        recipe = model.metadata.training.get("recipe", {})
-        margin = float(recipe.get("store_margin", 1.125))
-        judge_aug = AugmentConfig(**recipe.get("augment", {}))
-        if args.judge_augment == "colour":
-            judge_aug.free_rotation, judge_aug.scale_jitter, judge_aug.shift = False, 0.0, 0.0
-        ls = read_labelled(args.pbc / "labels.csv", split="train")
-        judge_x = load_single_cell_crops(
-            ls.paths, store_size(size, margin), min(1.0, frac * margin), workers=2
-        )
     out = {"read_seconds": round(time.perf_counter() - t0, 1)}
     t0 = time.perf_counter()
     settings = {
@@ -193,6 +198,7 @@ def main() -> int:
         else:
             print(f"{args.judge} was trained with other settings; training a new judge", file=sys.stderr)
     if cnn is None:
+        judge_x, judge_aug = judge_training_set(args, model, xtr, size, frac)
         cnn = train_cnn(judge_x, ytr, n, args.cnn_steps, augment=judge_aug, size=size)
         if args.judge is not None:
             tmp = args.judge.with_name(args.judge.name + ".tmp")

@@ -46,6 +46,11 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     assert viewer.layers["smear labels"].data.max() == 0
     labels = viewer.layers["smear labels [2]"]
     assert labels.data.max() >= 40
+    assert labels.metadata["napari-cytodiffusion"]["segmentation"]["augment"] is False
+    seg.augment.value = True  # test-time augmentation reaches the parameters and is remembered
+    assert seg.params().augment
+    seg.save_settings()
+    assert SegmentWidget(viewer).augment.value is True
 
     cls = ClassifyWidget(viewer)
     cls.image.value = viewer.layers["smear"]

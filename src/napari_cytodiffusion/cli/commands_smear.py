@@ -29,7 +29,7 @@ def _seg_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--augment",
         action="store_true",
-        help="Cellpose test-time augmentation (each network tile also seen flipped; ~4x slower)",
+        help="Cellpose test-time augmentation (each network tile also seen flipped; ~2x slower)",
     )
     g.add_argument("--gpu", action="store_true", help="use a GPU when available")
 
