@@ -34,6 +34,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--per-class", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--exclude",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier outputs whose cells (cell_ids) are left out, for a fresh sample of the same split",
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
@@ -55,9 +62,12 @@ def main(argv=None) -> int:
         cache_classes = [str(c) for c in z["classes"]]
         x, y = z[f"{args.split}_images"], z[f"{args.split}_labels"]
     rng = np.random.default_rng(args.seed)
+    seen = set()
+    for f in args.exclude:
+        seen.update(int(i) for i in np.load(f)["cell_ids"])
     pick = []
     for c in range(len(cache_classes)):
-        idx = np.flatnonzero(y == c)
+        idx = np.array([i for i in np.flatnonzero(y == c) if int(i) not in seen], dtype=np.int64)
         pick.extend(rng.choice(idx, size=min(args.per_class, len(idx)), replace=False))
     pick = np.sort(np.array(pick))
     cal = model.metadata.calibration or {}

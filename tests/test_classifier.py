@@ -150,6 +150,48 @@ def test_profile_anomaly_is_two_sided_and_handles_partial_units():
     assert np.isfinite(s_half).all() and abs(np.median(s_half) - np.median(s_norm)) < 0.5
 
 
+def test_class_gap_profile_sees_an_unusual_pattern_of_distances():
+    """An unseen kind explained as well as typical cells, with the usual runner-up gap, but close to the
+    wrong neighbour: only the every-class gap profile sees it; old metadata keeps the runner-up profile."""
+    from napari_cytodiffusion.classify.anomaly import choose_gaps
+    from napari_cytodiffusion.classify.calibration import fit_calibration, score_anomaly
+    from napari_cytodiffusion.classify.engine import ErrorResult, class_evidence
+
+    rng = np.random.default_rng(2)
+    ts = np.array([150, 250, 350, 450, 550, 650, 750, 850])
+    base = np.exp(-ts / 250.0)
+    scale = 0.2 * base
+
+    def make(n, gaps_to_others):
+        """Cells of class 0 whose mean paired gap (in scale units) to classes 1..3 is given."""
+        labels = np.zeros(n, dtype=np.int64)
+        own = base[None, :] * np.exp(rng.normal(0, 0.1, (n, len(ts))))
+        e = np.empty((n, 4, len(ts)))
+        e[:, 0] = own
+        for j, g in enumerate(gaps_to_others, start=1):
+            e[:, j] = own + scale[None, :] * (g + rng.normal(0, 0.3, (n, len(ts))))
+        res = ErrorResult(e, np.ones((n, 4), bool), np.full(n, 32), ts, np.ones(len(ts)), scale)
+        return res, labels
+
+    cal, y = make(400, (1.0, 3.0, 3.0))
+    assert choose_gaps(len(y), 4) == "classes" and choose_gaps(40, 4) == "runner_up"
+    new = fit_calibration(cal, y, 4)
+    assert new["anomaly"]["gaps"] == "classes"
+    normal, _ = make(200, (1.0, 3.0, 3.0))
+    odd, _ = make(60, (3.0, 1.0, 3.0))  # same runner-up gap, but to another class
+
+    def scores(res, anomaly):
+        w, ev = class_evidence(res)
+        return score_anomaly(res, w, ev, anomaly)
+
+    assert auroc(scores(normal, new["anomaly"]), scores(odd, new["anomaly"])) > 0.95
+    # metadata written before "gaps" existed: the runner-up profile, which cannot see this cell
+    legacy = fit_calibration(cal, y, 4, gaps="runner_up")["anomaly"]
+    legacy.pop("gaps")
+    s_norm, s_odd = scores(normal, legacy), scores(odd, legacy)
+    assert np.isfinite(s_norm).all() and auroc(s_norm, s_odd) < 0.75
+
+
 def test_pcorrect_fit_shrinks_towards_top_probability_with_few_cells():
     from napari_cytodiffusion.classify.calibration import (
         PCORRECT_IDENTITY,

@@ -238,6 +238,11 @@ def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp
     assert m["n_true"] == 1 and m["mean_dice"] == 1.0 and m["recall"] == 1.0
     m = run("--masks", str(tmp_path / "masks"), "--pred", str(tmp_path / "pred"))
     assert m["n_true"] == 2 and m["mean_dice"] < 1.0  # cytoplasm and nucleus taken as two cells
+    # masks beside their images (segmentation_WBC's NNN.png + NNN_mask.png): an image is never its own mask
+    (tmp_path / "img" / "f1_mask.png").write_bytes((tmp_path / "masks" / "f1_mask.png").read_bytes())
+    m = run("--masks", str(tmp_path / "img"), "--binary-masks", "--pred", str(tmp_path / "pred"))
+    assert m["n_true"] == 1 and m["mean_dice"] == 1.0 and m["skipped_without_reference"] == ["f2.png"]
+    (tmp_path / "img" / "f1_mask.png").unlink()
     # a label image of the wrong size is a clear error, and so is a missing one
     args = [
         "--images",

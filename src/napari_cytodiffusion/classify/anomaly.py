@@ -8,7 +8,14 @@ a short profile:
 - the winning class's log error in four noise-level bands (each unit normalised by the mean
   log error of calibration cells at that timestep, so partial bands stay comparable);
 - the log gap to the runner-up class, in units of each timestep's paired-difference spread
-  (so a run that evaluated fewer timesteps gives comparable values).
+  (so a run that evaluated fewer timesteps gives comparable values) — or, with enough
+  calibration cells, the log gap to *every* other class (``gaps="classes"``): a cell of an
+  unseen kind is often explained by its closest class about as well as a typical member, but
+  its pattern of distances to the other classes differs. Measured with a model trained without
+  erythroblasts (``benchmarks/anomaly_features.py``): held-out erythroblasts that it calls
+  lymphocytes are denoised as well as real lymphocytes (band features within 0.3 SD) but sit
+  about 2 SD closer to the platelet and neutrophil classes; over 65 erythroblasts vs 455
+  normal cells (adaptive runs) AUROC 0.92 with every-class gaps, 0.84 with the runner-up gap.
 
 Calibration cells give, per predicted class, the mean and covariance of this profile (blended
 with the pooled covariance, shrunk towards its diagonal); the score is the Mahalanobis distance
@@ -25,6 +32,9 @@ import numpy as np
 #: Noise-level bands (timestep edges) of the profile.
 BANDS = [0, 300, 500, 700, 1001]
 
+#: Gap features: the runner-up class only, or every other class.
+GAP_KINDS = ("runner_up", "classes")
+
 
 def unit_reference(errors: np.ndarray, labels: np.ndarray, timesteps: np.ndarray) -> dict[str, Any]:
     """Mean log error of the true class per timestep over calibration cells."""
@@ -40,8 +50,16 @@ def profile_features(
     unit_scales: np.ndarray,
     winner: np.ndarray,
     reference: dict[str, Any],
+    gaps: str = "runner_up",
 ) -> np.ndarray:
-    """(N, len(BANDS)) profile; NaN where a band has no evaluated unit."""
+    """Profile features; NaN where a band has no evaluated unit.
+
+    Returns (N, len(BANDS)) with ``gaps="runner_up"`` (four bands, then the runner-up gap) and
+    (N, len(BANDS) - 2 + C) with ``gaps="classes"`` (four bands, then the gap to each other
+    class in class order, the winner left out).
+    """
+    if gaps not in GAP_KINDS:
+        raise ValueError(f"unknown gap features {gaps!r}")
     n = len(winner)
     ref = dict(zip(reference["timesteps"], reference["mean_log"], strict=True))
     base = np.array([ref.get(int(t), np.nan) for t in unit_timesteps])
@@ -56,11 +74,17 @@ def profile_features(
             block = norm[:, cols]
             ok = np.isfinite(block).any(axis=1)
             feats[ok, b] = np.nanmean(block[ok], axis=1)
-    if errors.shape[1] > 1:
+    c = errors.shape[1]
+    if c > 1:
         z = (errors - e[:, None, :]) / np.asarray(unit_scales, dtype=np.float64)[None, None, :]
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # classes never evaluated: all-NaN rows
             zbar = np.nanmean(z, axis=2)
+        if gaps == "classes":
+            others = np.ones((n, c), dtype=bool)
+            others[np.arange(n), winner] = False
+            g = np.where(np.isfinite(zbar), zbar, 10.0)[others].reshape(n, c - 1)
+            return np.concatenate([feats[:, :-1], np.log(np.clip(g, 1e-2, None))], axis=1)
         zbar[np.arange(n), winner] = np.inf
         gap = np.nanmin(np.where(np.isfinite(zbar), zbar, np.inf), axis=1)
         gap = np.where(np.isfinite(gap), gap, 10.0)
@@ -68,6 +92,12 @@ def profile_features(
         gap = np.ones(n)
     feats[:, -1] = np.log(np.clip(gap, 1e-3, None))
     return feats
+
+
+def choose_gaps(n_cells: int, n_classes: int) -> str:
+    """Gap features a calibration set of this size supports (about 15 cells per feature)."""
+    dims = len(BANDS) - 2 + n_classes
+    return "classes" if n_classes >= 3 and n_cells >= 15 * dims else "runner_up"
 
 
 def fit_profile(

@@ -156,7 +156,12 @@ def score_anomaly(
         from .anomaly import profile_features, profile_scores
 
         feats = profile_features(
-            result.errors, result.unit_timesteps, result.unit_scales, winner, anomaly["unit_reference"]
+            result.errors,
+            result.unit_timesteps,
+            result.unit_scales,
+            winner,
+            anomaly["unit_reference"],
+            gaps=anomaly.get("gaps", "runner_up"),
         )
         return profile_scores(feats, winner, anomaly["profile"])
     return anomaly_scores(result, winner, anomaly["reference"], anomaly["reference_timesteps"])
@@ -169,21 +174,26 @@ def fit_calibration(
     specificity: float = 0.96,
     flag_below: float = 0.9,
     prior_strength: float = 0.0,
+    gaps: str | None = None,
 ) -> dict[str, Any]:
     """Fit temperature, P(correct), the anomaly profile and its threshold on a calibration run.
+
+    ``gaps`` chooses the anomaly profile's gap features (``"runner_up"`` or ``"classes"``, see
+    :mod:`.anomaly`); by default every-class gaps when the calibration set is large enough.
 
     ``prior_strength`` > 0 shrinks the P(correct) regression towards "P(correct) = top
     probability after temperature scaling" (:data:`PCORRECT_IDENTITY`); worth it when there are
     few calibration cells (a few dozen, with a handful of errors), where an unpenalised fit
     separates the errors and becomes over-confident.
     """
-    from .anomaly import BANDS, fit_profile, profile_features, profile_scores, unit_reference
+    from .anomaly import BANDS, choose_gaps, fit_profile, profile_features, profile_scores, unit_reference
 
     winner, evidence = class_evidence(result)
     temperature = fit_temperature(evidence, labels)
     probs = softmax_neg(evidence, temperature)
     ref = unit_reference(result.errors, labels, result.unit_timesteps)
-    feats = profile_features(result.errors, result.unit_timesteps, result.unit_scales, winner, ref)
+    gaps = gaps or choose_gaps(len(labels), n_classes)
+    feats = profile_features(result.errors, result.unit_timesteps, result.unit_scales, winner, ref, gaps=gaps)
     fitted = fit_profile(feats, winner, n_classes)
     anomaly = profile_scores(feats, winner, fitted)
     correct = (winner == labels).astype(float)
@@ -199,6 +209,7 @@ def fit_calibration(
             "method": "profile",
             "description": "Mahalanobis distance of the error profile to calibration cells of the predicted class",
             "bands": BANDS,
+            "gaps": gaps,
             "unit_reference": ref,
             "profile": fitted,
             "threshold": float(np.nanquantile(anomaly, specificity)),

@@ -36,8 +36,15 @@ LABEL_SUFFIXES = ("_labels.tif", ".tif", ".tiff", ".png")
 KINDS = tuple(REFERENCE_SUFFIXES)
 
 
-def _first_existing(folder: Path, stem: str, suffixes: tuple[str, ...]) -> Path | None:
-    return next((folder / f"{stem}{s}" for s in suffixes if (folder / f"{stem}{s}").exists()), None)
+def _first_existing(
+    folder: Path, stem: str, suffixes: tuple[str, ...], not_this: Path | None = None
+) -> Path | None:
+    """First ``folder/stem+suffix`` that exists and is not the file ``not_this`` (the image itself)."""
+    for s in suffixes:
+        cand = folder / f"{stem}{s}"
+        if cand.exists() and not (not_this is not None and cand.resolve() == Path(not_this).resolve()):
+            return cand
+    return None
 
 
 def reference_images(images: list[Path]) -> list[Path]:
@@ -85,7 +92,8 @@ def iter_evaluate_segmentation(
         raise InputError(f"predictions folder {predictions} does not exist")
     images = reference_images(images)
     # images without a reference are skipped (and listed); none at all is an error below
-    refs = {p.name: _first_existing(reference, p.stem, REFERENCE_SUFFIXES[kind]) for p in images}
+    # an image is never its own reference (masks beside their images: NNN.png + NNN_mask.png)
+    refs = {p.name: _first_existing(reference, p.stem, REFERENCE_SUFFIXES[kind], not_this=p) for p in images}
     skipped = [name for name, ref in refs.items() if ref is None]
     images = [p for p in images if refs[p.name] is not None]
     rows: list[dict[str, Any]] = []
