@@ -243,6 +243,11 @@ def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp
     m = run("--masks", str(tmp_path / "img"), "--binary-masks", "--pred", str(tmp_path / "pred"))
     assert m["n_true"] == 1 and m["mean_dice"] == 1.0 and m["skipped_without_reference"] == ["f2.png"]
     (tmp_path / "img" / "f1_mask.png").unlink()
+    # a colour image where a mask should be is a clear error, not a score
+    Image.fromarray(image).save(tmp_path / "masks" / "f1_mask.png")
+    assert main(["evaluate-segmentation", "--images", str(tmp_path / "img"), "--masks", str(tmp_path / "masks"),
+                 "--pred", str(tmp_path / "pred"), "--out", str(tmp_path / "bad0")]) == 2  # fmt: skip
+    Image.fromarray(part).save(tmp_path / "masks" / "f1_mask.png")
     # a label image of the wrong size is a clear error, and so is a missing one
     args = [
         "--images",

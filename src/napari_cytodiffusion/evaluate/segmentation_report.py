@@ -122,6 +122,10 @@ def iter_evaluate_segmentation(
             secs.append(time.perf_counter() - t0)
         if kind == "masks":
             mask = np.asarray(read_image(refs[path.name]))
+            if mask.ndim == 3:
+                if not (mask[..., :3] == mask[..., :1]).all():
+                    raise InputError(f"reference {refs[path.name].name} is a colour image, not a mask")
+                mask = mask[..., 0]
             truth = instances_from_mask((mask > 0).astype(np.uint8) if binary_masks else mask)
             if truth.shape != pred.shape:
                 from skimage.transform import resize
