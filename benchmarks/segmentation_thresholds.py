@@ -47,7 +47,7 @@ def flows(seg, image: np.ndarray, params) -> tuple[np.ndarray, np.ndarray, float
     return fl[1], fl[2], 200 / factor if resample else 200
 
 
-def masks(dp, cellprob, niter: float, flow: float, prob: float, min_size: int, shape: tuple[int, int]):
+def masks(dp, cellprob, niter: float, flow: float, prob: float, params, shape: tuple[int, int]):
     """Cellpose's masks from the flows with the given thresholds, at the field's size."""
     from cellpose import dynamics
 
@@ -57,7 +57,8 @@ def masks(dp, cellprob, niter: float, flow: float, prob: float, min_size: int, s
         niter=int(niter),
         cellprob_threshold=prob,
         flow_threshold=flow,
-        min_size=min_size,
+        min_size=params.min_size,
+        max_size_fraction=params.max_size_fraction,
         resize=None if cellprob.shape == shape else list(shape),
     )
     return np.asarray(m, np.int64)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             source = f"{w}x{h}"
             classes, boxes = read_yolo(ref, h, w)
         for s in settings:
-            pred = masks(dp, cp, niter, s[0], s[1], params.min_size, (h, w))
+            pred = masks(dp, cp, niter, s[0], s[1], params, (h, w))
             row = score_masks(truth, pred) if name == "bbbc041" else score_boxes(classes, boxes, pred)
             rows[(name, source)][s].append(row)
         print(

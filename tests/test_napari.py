@@ -47,10 +47,13 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     labels = viewer.layers["smear labels [2]"]
     assert labels.data.max() >= 40
     assert labels.metadata["napari-cytodiffusion"]["segmentation"]["augment"] is False
+    assert labels.metadata["napari-cytodiffusion"]["segmentation"]["max_size_fraction"] == 0.9
     seg.augment.value = True  # test-time augmentation reaches the parameters and is remembered
-    assert seg.params().augment
+    seg.max_size_fraction.value = 0.5
+    assert seg.params().augment and seg.params().max_size_fraction == 0.5
     seg.save_settings()
-    assert SegmentWidget(viewer).augment.value is True
+    again = SegmentWidget(viewer)
+    assert again.augment.value is True and again.max_size_fraction.value == 0.5
 
     cls = ClassifyWidget(viewer)
     cls.image.value = viewer.layers["smear"]

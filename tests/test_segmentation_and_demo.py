@@ -115,6 +115,31 @@ def test_automatic_diameter_copes_with_cells_far_larger_than_the_model_scale(sha
     assert 60 <= _median_diameter(labels) <= 160
 
 
+def test_a_cell_filling_most_of_a_small_image_is_kept(shared_data):
+    """A segmentation_WBC dataset-1 crop (120 px) whose white cell covers 42 % of it: Cellpose's
+    default size limit (0.4 of the image) threw the found cell away; the project's default keeps it."""
+    from skimage import io
+
+    from napari_cytodiffusion.errors import InputError
+
+    folder = shared_data / "segmentation_wbc" / "dataset_1"
+    img = io.imread(folder / "002.png")
+    cell = io.imread(folder / "002_mask.png") > 0
+    cell = cell[..., 0] if cell.ndim == 3 else cell
+    assert cell.mean() > 0.4
+
+    def best_dice(labels):
+        ids = [i for i in np.unique(labels[cell]) if i > 0]
+        return max(
+            (2 * (cell & (labels == i)).sum() / (cell.sum() + (labels == i).sum()) for i in ids), default=0
+        )
+
+    assert best_dice(segment(img)) > 0.9
+    assert best_dice(segment(img, max_size_fraction=0.4)) == 0  # what Cellpose's default did
+    with pytest.raises(InputError, match="max_size_fraction"):
+        segment(img, max_size_fraction=0)
+
+
 def test_large_cells_of_a_kaggle_field_are_found_whole(shared_data):
     """A Kaggle field (416 px, red cells 71 px by their boxes, 2.4x the model's 30 px scale).
 

@@ -120,6 +120,7 @@ def _options(args) -> dict[str, Any]:
             "flow_threshold": args.flow_threshold,
             "cellprob_threshold": args.cellprob_threshold,
             "min_size": args.min_size,
+            "max_size_fraction": args.max_size_fraction,
             "exclude_border": args.exclude_border,
             "augment": args.augment,
             "gpu": args.gpu,

@@ -25,6 +25,12 @@ def _seg_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flow-threshold", type=float, default=0.4)
     g.add_argument("--cellprob-threshold", type=float, default=0.0)
     g.add_argument("--min-size", type=int, default=15)
+    g.add_argument(
+        "--max-size-fraction",
+        type=float,
+        default=0.9,
+        help="drop masks larger than this fraction of the image as spurious (Cellpose's default: 0.4)",
+    )
     g.add_argument("--exclude-border", action="store_true")
     g.add_argument(
         "--augment",
@@ -57,6 +63,7 @@ def _seg_params(a):
         flow_threshold=a.flow_threshold,
         cellprob_threshold=a.cellprob_threshold,
         min_size=a.min_size,
+        max_size_fraction=a.max_size_fraction,
         exclude_border=a.exclude_border,
         augment=a.augment,
         gpu=a.gpu,

@@ -17,6 +17,7 @@ class SegmentWidget(Container, RunnerMixin):
         "flow_threshold",
         "cellprob_threshold",
         "min_size",
+        "max_size_fraction",
         "exclude_border",
         "augment",
     )
@@ -37,6 +38,14 @@ class SegmentWidget(Container, RunnerMixin):
             label="cell prob. threshold", value=0.0, min=-6.0, max=6.0, step=0.25
         )
         self.min_size = SpinBox(label="min size (px)", value=15, min=0, max=100000)
+        self.max_size_fraction = FloatSpinBox(
+            label="max size (of image)",
+            value=0.9,
+            min=0.05,
+            max=1.0,
+            step=0.05,
+            tooltip="masks larger than this fraction of the image are dropped as spurious",
+        )
         self.exclude_border = CheckBox(text="exclude border cells", value=False)
         self.augment = CheckBox(
             text="test-time augmentation",
@@ -51,6 +60,7 @@ class SegmentWidget(Container, RunnerMixin):
                 self.flow_threshold,
                 self.cellprob_threshold,
                 self.min_size,
+                self.max_size_fraction,
                 self.exclude_border,
                 self.augment,
             ]
@@ -74,6 +84,7 @@ class SegmentWidget(Container, RunnerMixin):
             flow_threshold=self.flow_threshold.value,
             cellprob_threshold=self.cellprob_threshold.value,
             min_size=self.min_size.value,
+            max_size_fraction=self.max_size_fraction.value,
             exclude_border=self.exclude_border.value,
             augment=self.augment.value,
         )
