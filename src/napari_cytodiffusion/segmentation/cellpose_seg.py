@@ -167,20 +167,25 @@ def _eval(
     resample: bool | None = None,
     augment: bool = False,
 ) -> np.ndarray:
+    import torch
+
     if resample is None:
         factor = seg.diam_mean / diameter if diameter else 1.0
         resample = factor >= RESAMPLE_MIN_FACTOR
-    masks = seg.model.eval(
-        x,
-        diameter=diameter,
-        flow_threshold=params.flow_threshold,
-        cellprob_threshold=params.cellprob_threshold,
-        min_size=params.min_size,
-        max_size_fraction=params.max_size_fraction,
-        resample=resample,
-        augment=augment,
-        **kw,
-    )[0]
+    # Cellpose's mask step builds sparse tensors; opting out of torch's invariant checks explicitly
+    # (its default) keeps a warning about them from reaching every user's console
+    with torch.sparse.check_sparse_tensor_invariants(enable=False):
+        masks = seg.model.eval(
+            x,
+            diameter=diameter,
+            flow_threshold=params.flow_threshold,
+            cellprob_threshold=params.cellprob_threshold,
+            min_size=params.min_size,
+            max_size_fraction=params.max_size_fraction,
+            resample=resample,
+            augment=augment,
+            **kw,
+        )[0]
     return np.asarray(masks, dtype=np.uint32)
 
 
