@@ -32,19 +32,17 @@ def flows(seg, image: np.ndarray, params) -> tuple[np.ndarray, np.ndarray, float
     """
     from napari_cytodiffusion.io.images import RGBNormaliser
     from napari_cytodiffusion.segmentation.cellpose_seg import (
-        RESAMPLE_MIN_FACTOR,
         _prepare,
-        estimate_diameter,
+        follows_full_resolution,
+        segmentation_diameter,
     )
 
     norm = RGBNormaliser(image)
-    d = estimate_diameter(seg, norm, params)
-    diameter = d if d is not None and abs(d / seg.diam_mean - 1) > 0.1 else None
-    factor = seg.diam_mean / diameter if diameter else 1.0
-    resample = factor >= RESAMPLE_MIN_FACTOR
+    diameter = segmentation_diameter(seg, norm, params)
+    resample = follows_full_resolution(seg, diameter)
     x, kw = _prepare(seg, norm(0, norm.height, 0, norm.width))
     _, fl, _ = seg.model.eval(x, diameter=diameter, resample=resample, compute_masks=False, **kw)
-    return fl[1], fl[2], 200 / factor if resample else 200
+    return fl[1], fl[2], 200 * diameter / seg.diam_mean if resample and diameter else 200
 
 
 def masks(dp, cellprob, niter: float, flow: float, prob: float, params, shape: tuple[int, int]):

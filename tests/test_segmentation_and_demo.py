@@ -34,6 +34,29 @@ def test_test_time_augmentation_reaches_cellpose_and_finds_the_same_cells():
     assert inter / np.logical_or(plain > 0, augmented > 0).sum() > 0.9
 
 
+def test_segment_cli_output_is_clean_and_bad_settings_are_one_line(tmp_path):
+    """torch warned about sparse-tensor checks (once per process, from Cellpose's mask step) on every
+    CLI run; a fresh process shows whether the segmentation still lets it through."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    image, _ = synthetic_smear()
+    Image.fromarray(image[:200, :200]).save(tmp_path / "f.png")
+    code = "import sys; from napari_cytodiffusion.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    args = [sys.executable, "-c", code, "segment", str(tmp_path / "f.png"), "--out"]
+    ok = subprocess.run([*args, str(tmp_path / "ok")], capture_output=True, text=True)
+    assert ok.returncode == 0 and "Warning" not in ok.stderr, ok.stderr
+    assert (tmp_path / "ok" / "f_labels.tif").is_file()
+    bad = subprocess.run(
+        [*args, str(tmp_path / "bad"), "--max-size-fraction", "1.5"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: max_size_fraction must be in (0, 1]"
+    ]
+
+
 def test_blank_and_odd_images():
     assert segment(np.zeros((64, 64), np.uint8)).max() == 0
     assert segment(np.full((64, 64, 3), 1.0, np.float32)).max() == 0

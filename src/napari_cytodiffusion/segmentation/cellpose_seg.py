@@ -158,6 +158,12 @@ def _prepare(seg: LoadedSegmenter, rgb: np.ndarray) -> tuple[np.ndarray, dict[st
 RESAMPLE_MIN_FACTOR = 0.5
 
 
+def follows_full_resolution(seg: LoadedSegmenter, diameter: float | None) -> bool:
+    """Whether masks are computed at the image's resolution (else at the network's, then enlarged)."""
+    factor = seg.diam_mean / diameter if diameter else 1.0
+    return factor >= RESAMPLE_MIN_FACTOR
+
+
 def _eval(
     seg: LoadedSegmenter,
     x: np.ndarray,
@@ -170,8 +176,7 @@ def _eval(
     import torch
 
     if resample is None:
-        factor = seg.diam_mean / diameter if diameter else 1.0
-        resample = factor >= RESAMPLE_MIN_FACTOR
+        resample = follows_full_resolution(seg, diameter)
     # Cellpose's mask step builds sparse tensors; opting out of torch's invariant checks explicitly
     # (its default) keeps a warning about them from reaching every user's console
     with torch.sparse.check_sparse_tensor_invariants(enable=False):
@@ -263,6 +268,25 @@ def estimate_diameter(
     return fallback[1] if fallback is not None else None
 
 
+def segmentation_diameter(seg: LoadedSegmenter, norm: Any, params: SegmentParams) -> float | None:
+    """The diameter an image is segmented at: the given one, or the automatic estimate.
+
+    None means the model's own scale (no estimate, or one within 10 % of that scale, which the
+    network tolerates without resampling).
+    """
+    if params.diameter is not None:
+        return params.diameter
+    d = estimate_diameter(seg, norm, params)  # a few one-tile looks at the centre of the image
+    return d if d is not None and abs(d / seg.diam_mean - 1) > 0.1 else None
+
+
+def _check(params: SegmentParams) -> None:
+    if params.diameter is not None and params.diameter <= 0:
+        raise InputError("diameter must be positive (or empty for automatic)")
+    if not 0 < params.max_size_fraction <= 1:
+        raise InputError("max_size_fraction must be in (0, 1]")
+
+
 def iter_segment(
     image: np.ndarray, params: SegmentParams | None = None, should_stop: Callable[[], bool] | None = None
 ) -> Iterator[tuple[int, int] | np.ndarray]:
@@ -270,6 +294,7 @@ def iter_segment(
     from ..io.images import RGBNormaliser
 
     params = params or SegmentParams()
+    _check(params)
     norm = RGBNormaliser(image)  # converts tile by tile: memory stays bounded for huge images
     h, w = norm.height, norm.width
     preview = norm.preview()
@@ -279,15 +304,7 @@ def iter_segment(
         return
     del preview
     seg = load_segmenter(params.model, params.gpu)
-    diameter = params.diameter
-    if diameter is not None and diameter <= 0:
-        raise InputError("diameter must be positive (or empty for automatic)")
-    if not 0 < params.max_size_fraction <= 1:
-        raise InputError("max_size_fraction must be in (0, 1]")
-    if diameter is None:  # automatic: a few one-tile looks at the centre of the image
-        d = estimate_diameter(seg, norm, params)
-        # within 10 % of the model's scale: no resampling (the network tolerates that much)
-        diameter = d if d is not None and abs(d / seg.diam_mean - 1) > 0.1 else None
+    diameter = segmentation_diameter(seg, norm, params)
     tiles = _tiles(h, w, params.tile_size, params.tile_overlap)
     labels = np.zeros((h, w), np.uint32)
     next_id = 1
