@@ -37,6 +37,13 @@ def _seg_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Cellpose test-time augmentation (each network tile also seen flipped; ~2x slower)",
     )
+    g.add_argument(
+        "--no-large-cells",
+        dest="large_cells",
+        action="store_false",
+        help="skip the second pass at twice the diameter that adds cells over twice the size of the "
+        "rest missed by the first (a white cell among small red cells)",
+    )
     g.add_argument("--gpu", action="store_true", help="use a GPU when available")
 
 
@@ -66,6 +73,7 @@ def _seg_params(a):
         max_size_fraction=a.max_size_fraction,
         exclude_border=a.exclude_border,
         augment=a.augment,
+        large_cells=a.large_cells,
         gpu=a.gpu,
     )
 

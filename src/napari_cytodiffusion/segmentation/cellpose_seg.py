@@ -40,6 +40,9 @@ class SegmentParams:
     exclude_border: bool = False
     #: Cellpose test-time augmentation: overlapping network tiles, each also seen flipped, averaged
     augment: bool = False
+    #: a second pass at twice the diameter adds cells over twice the size of the rest that the first
+    #: pass missed (see :mod:`.large_cells`)
+    large_cells: bool = True
     tile_size: int = 2048
     tile_overlap: int = 192
     gpu: bool = False
@@ -280,6 +283,26 @@ def segmentation_diameter(seg: LoadedSegmenter, norm: Any, params: SegmentParams
     return d if d is not None and abs(d / seg.diam_mean - 1) > 0.1 else None
 
 
+def _with_large_cells(
+    seg: LoadedSegmenter,
+    x: np.ndarray,
+    kw: dict[str, Any],
+    params: SegmentParams,
+    diameter: float | None,
+    fine: np.ndarray,
+) -> np.ndarray:
+    """``fine`` plus the big cells a pass at twice the diameter finds and ``fine`` missed."""
+    from .large_cells import COARSE_FACTOR, add_large_cells
+
+    big = COARSE_FACTOR * (diameter or seg.diam_mean)
+    if min(x.shape[-2:]) < big:  # a field smaller than one such cell: nothing to add
+        return fine
+    # masks at the network's resolution, enlarged: following the flows at full resolution would cost
+    # more than the network itself and big cells do not need it
+    coarse = _eval(seg, x, kw, params, big, resample=False, augment=params.augment)
+    return add_large_cells(fine, coarse, big)[0]
+
+
 def _check(params: SegmentParams) -> None:
     if params.diameter is not None and params.diameter <= 0:
         raise InputError("diameter must be positive (or empty for automatic)")
@@ -317,6 +340,8 @@ def iter_segment(
         else:
             x, kw = _prepare(seg, tile)
             m = _eval(seg, x, kw, params, diameter, augment=params.augment)
+            if params.large_cells:
+                m = _with_large_cells(seg, x, kw, params, diameter, m)
         del tile
         if len(tiles) == 1:
             labels = m

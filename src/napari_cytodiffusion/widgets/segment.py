@@ -20,6 +20,7 @@ class SegmentWidget(Container, RunnerMixin):
         "max_size_fraction",
         "exclude_border",
         "augment",
+        "large_cells",
     )
 
     def __init__(self, napari_viewer) -> None:
@@ -52,6 +53,12 @@ class SegmentWidget(Container, RunnerMixin):
             value=False,
             tooltip="each network tile also seen flipped, predictions averaged (slower)",
         )
+        self.large_cells = CheckBox(
+            text="look for large cells",
+            value=True,
+            tooltip="a second pass at twice the diameter adds cells over twice the size of the rest "
+            "that the first pass missed (a white cell among small red cells); ~20 % slower",
+        )
         self.extend(
             [
                 self.image,
@@ -63,6 +70,7 @@ class SegmentWidget(Container, RunnerMixin):
                 self.max_size_fraction,
                 self.exclude_border,
                 self.augment,
+                self.large_cells,
             ]
         )
         self._init_runner("Segment")
@@ -87,6 +95,7 @@ class SegmentWidget(Container, RunnerMixin):
             max_size_fraction=self.max_size_fraction.value,
             exclude_border=self.exclude_border.value,
             augment=self.augment.value,
+            large_cells=self.large_cells.value,
         )
 
     def _work(self):
