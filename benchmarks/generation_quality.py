@@ -133,7 +133,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10, help="real cells per class in the scarce-data experiment")
     ap.add_argument("--m", type=int, default=40, help="generated cells per class added in that experiment")
     ap.add_argument("--steps", type=int, default=25)
-    ap.add_argument("--scheduler", choices=["ddim", "dpm"], default="dpm")
+    ap.add_argument("--scheduler", choices=["dpm-sde", "dpm", "ddim"], default="dpm-sde")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds of the recognition test start here")
     ap.add_argument(
         "--guidance",

@@ -12,15 +12,28 @@ from napari_cytodiffusion.io.images import to_rgb_float
 from napari_cytodiffusion.model.folder import load_model
 
 
-def test_generation_is_seed_deterministic(tiny_model):
+@pytest.mark.parametrize("scheduler", ["dpm-sde", "dpm", "ddim"])
+def test_generation_is_seed_deterministic(tiny_model, scheduler):
     m = load_model(tiny_model)
-    p = GenerateParams(steps=4, guidance=2.0)
+    p = GenerateParams(steps=4, guidance=2.0, scheduler=scheduler)
     a = generate(m, [0, 1, 0], [5, 6, 7], p)
-    b = generate(m, [0], [5], p)  # same seed alone in its batch
+    b = generate(m, [0], [5], p)  # same seed alone in its batch: the same image
     assert a.shape == (3, 16, 16, 3) and a.dtype == np.uint8
     assert np.array_equal(a[0], b[0])
-    c = generate(m, [0], [5], GenerateParams(steps=4, guidance=2.0, scheduler="dpm"))
-    assert c.shape == (1, 16, 16, 3)
+    assert not np.array_equal(a[0], a[2])  # same class, another seed
+    batched = generate(
+        m, [0, 1, 0], [5, 6, 7], GenerateParams(steps=4, guidance=2.0, scheduler=scheduler, batch_size=2)
+    )
+    assert np.array_equal(a, batched)
+
+
+def test_the_stochastic_sampler_draws_step_noise_from_the_seed(tiny_model):
+    m = load_model(tiny_model)
+    sde = generate(m, [0], [5], GenerateParams(steps=4, guidance=2.0))
+    ode = generate(m, [0], [5], GenerateParams(steps=4, guidance=2.0, scheduler="dpm"))
+    assert not np.array_equal(sde, ode)  # same start, fresh noise along the way
+    with pytest.raises(InputError, match="dpm-sde"):
+        generate(m, [0], [5], GenerateParams(scheduler="euler"))
 
 
 def test_generate_cli_writes_class_folders(tiny_model, tmp_path):
@@ -49,7 +62,9 @@ def test_generate_cli_writes_class_folders(tiny_model, tmp_path):
     assert {"class", "seed", "steps", "guidance", "scheduler", "model"} <= set(side)
     # the sidecar records the defaults that were used, the same as the Python API's
     defaults = GenerateParams()
-    assert (side["scheduler"], side["guidance"]) == (defaults.scheduler, defaults.guidance) == ("dpm", 4.0)
+    assert (
+        (side["scheduler"], side["guidance"]) == (defaults.scheduler, defaults.guidance) == ("dpm-sde", 4.0)
+    )
 
 
 def test_evaluate_generation_feature_distance_and_memorisation(tiny_model, tiny_dataset, tmp_path):

@@ -58,7 +58,10 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument(
-        "--scheduler", default="dpm", choices=["ddim", "dpm"], help="sampler: DPM-Solver++ (default) or DDIM"
+        "--scheduler",
+        default="dpm-sde",
+        choices=["dpm-sde", "dpm", "ddim"],
+        help="sampler: SDE-DPM-Solver++ (default; noise drawn from each image's seed), DPM-Solver++ or DDIM",
     )
     p.add_argument("--model", default="default")
     p.add_argument("--device", default="auto")

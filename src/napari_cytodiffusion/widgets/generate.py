@@ -22,7 +22,7 @@ class GenerateWidget(Container, RunnerMixin):
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.steps = SpinBox(label="steps", value=25, min=1, max=1000)
         self.guidance = FloatSpinBox(label="guidance scale", value=4.0, min=0.0, max=20.0, step=0.5)
-        self.scheduler = ComboBox(label="sampler", choices=["dpm", "ddim"], value="dpm")
+        self.scheduler = ComboBox(label="sampler", choices=["dpm-sde", "dpm", "ddim"], value="dpm-sde")
         self.montage = CheckBox(text="add montage layer", value=True)
         self.export_button = PushButton(text="Export last result…")
         self.extend(
