@@ -107,6 +107,14 @@ def test_generate_widget(make_napari_viewer, qtbot, tiny_model):
     layer = viewer.layers["generated violet"]
     assert layer.data.shape == (3, 16, 16, 3)
     assert layer.metadata["napari-cytodiffusion"]["frames"][0] == {"class": "violet", "seed": 0}
+    # the widget's default sampler is the library's, and gives the library's images
+    from napari_cytodiffusion.generate.sampling import GenerateParams, generate
+    from napari_cytodiffusion.model.folder import load_model
+
+    assert w.scheduler.value == GenerateParams().scheduler == "dpm-sde"
+    m = load_model(tiny_model)
+    same = generate(m, [m.class_index("violet")] * 3, [0, 1, 2], GenerateParams(steps=3))
+    assert np.array_equal(layer.data, same)
 
 
 def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer):
