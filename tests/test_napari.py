@@ -157,6 +157,8 @@ def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
     assert "cell 3" in w.inspector.title.value
     assert "%" in w.inspector.bars.value
     assert before != w.inspector.image.value.shape
+    # the panel gets its own height, not a text row's (it was drawn ~20 px tall)
+    assert w.inspector.image.min_height == w.inspector.image.value.shape[0] >= 4 * w.result["model"].size
     # SDEdit counterfactual of the inspected cell: a new layer [original | redrawn | difference]
     w.inspector.strength.value = 0.3
     w.counterfactual()

@@ -28,7 +28,12 @@ class FinetunePanel(Container, RunnerMixin):
         self._show_result = show
         self.rank = SpinBox(label="LoRA rank", value=8, min=1, max=64)
         self.steps = SpinBox(label="fine-tune steps", value=200, min=1, max=100000)
-        self.adapter_dir = FileEdit(label="adapter folder (empty = cache)", mode="d", value="")
+        self.adapter_dir = FileEdit(
+            label="adapter folder",
+            mode="d",
+            value="",
+            tooltip="where the adapter is saved (empty = the cache folder)",
+        )
         self.extend([self.rank, self.steps, self.adapter_dir])
         self._init_runner("Fine-tune on corrections")
         self.load_settings()

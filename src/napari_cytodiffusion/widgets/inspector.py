@@ -33,12 +33,23 @@ class CellInspector(Container):
     """Shows one cell of a classification result; owned by the Classify widget."""
 
     def __init__(self) -> None:
-        super().__init__(labels=False)
-        self.title = Label(value="select a cell in the points layer")
-        self.target = ComboBox(label="heat map: change to", choices=[])
-        self.image = Image(value=np.zeros((8, 8, 3), np.uint8))
-        self.bars = Label(value="")
-        self.strength = FloatSlider(label="SDEdit strength", value=0.5, min=0.1, max=0.9, step=0.05)
+        super().__init__(labels=True)
+        self.title = Label(label="cell", value="select a cell in the points layer")
+        self.target = ComboBox(
+            label="change to",
+            choices=[],
+            tooltip="target class of the heat map (where the cell would have to change) and of the counterfactual",
+        )
+        self.image = Image(label="crop | heat map", value=np.zeros((8, 8, 3), np.uint8))
+        self.bars = Label(label="probabilities", value="")
+        self.strength = FloatSlider(
+            label="redraw strength",
+            value=0.5,
+            min=0.1,
+            max=0.9,
+            step=0.05,
+            tooltip="how far the cell is noised before it is redrawn as the target class (SDEdit)",
+        )
         self.sdedit_button = PushButton(text="Counterfactual: redraw as that class (new layer)")
         self.next_button = PushButton(text="Next cell to label (most useful first)")
         self.queue_info = Label(value="")
@@ -68,4 +79,7 @@ class CellInspector(Container):
         )
         probs = {c: float(row.get(f"p_{c}", np.nan)) for c in classes}
         self.bars.value = probability_bars({c: p for c, p in probs.items() if np.isfinite(p)}, colours)
-        self.image.value = side_by_side(crop, heat)
+        panel = side_by_side(crop, heat)
+        # the image widget takes only the height its row is given: reserve the panel's
+        self.image.min_height = panel.shape[0]
+        self.image.value = panel
