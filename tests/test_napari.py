@@ -107,6 +107,8 @@ def test_generate_widget(make_napari_viewer, qtbot, tiny_model):
     layer = viewer.layers["generated violet"]
     assert layer.data.shape == (3, 16, 16, 3)
     assert layer.metadata["napari-cytodiffusion"]["frames"][0] == {"class": "violet", "seed": 0}
+    montage = viewer.layers["generated violet montage"]  # beside the stack's frame, not over it
+    assert montage.translate[1] >= layer.data.shape[2]
     # the widget's default sampler is the library's, and gives the library's images
     from napari_cytodiffusion.generate.sampling import GenerateParams, generate
     from napari_cytodiffusion.model.folder import load_model

@@ -92,13 +92,18 @@ class GenerateWidget(Container, RunnerMixin):
                 }
             }
             name = unique_layer_name(self.viewer, f"generated {self.cls.value}")
+            fresh = len(self.viewer.layers) == 0
             self.viewer.add_image(images, name=name, rgb=True, metadata=meta)
             if self.montage.value:
+                # beside the stack's frame, not under it
                 self.viewer.add_image(
                     montage(images, self.count.value if len(classes) > 1 else min(8, len(images)), 1),
                     name=unique_layer_name(self.viewer, f"{name} montage"),
                     rgb=True,
+                    translate=(0, images.shape[2] + 8),
                 )
+                if fresh:  # the first layer set the view to one frame; show both
+                    self.viewer.reset_view()
             self._last = (images, frames, params, model)
             self.status.value = f"{len(images)} cells generated"
 
