@@ -186,3 +186,8 @@ def unique_layer_name(viewer, base: str) -> str:
     while f"{base} [{i}]" in names:
         i += 1
     return f"{base} [{i}]"
+
+
+def n_cells(n: int) -> str:
+    """``"1 cell"``, ``"3 cells"``: for status lines."""
+    return f"{n} cell" if n == 1 else f"{n} cells"

@@ -8,7 +8,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 
 from ..errors import InputError
-from ._runner import RunnerMixin, notify, unique_layer_name
+from ._runner import RunnerMixin, n_cells, notify, unique_layer_name
 
 COLOUR_MODES = ("class", "uncertainty", "anomaly")
 
@@ -194,7 +194,7 @@ class ClassifyWidget(Container, RunnerMixin):
         self.inspector.target.choices = md.classes
         points.selected_data.events.items_changed.connect(self._on_select)
         self.legend.value = legend_html(res.summary, md.classes, md.colours)
-        self.status.value = f"{res.summary['n_classified']} cells classified — {res.summary['verdict']}"
+        self.status.value = f"{n_cells(res.summary['n_classified'])} classified — {res.summary['verdict']}"
 
     def selected_labels(self, labels_layer) -> list[int]:
         """Label ids the user selected: points of the last result, else the labels layer's selected label."""

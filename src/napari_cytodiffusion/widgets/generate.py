@@ -6,7 +6,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 
 from ..errors import InputError
-from ._runner import RunnerMixin, notify, relay, unique_layer_name
+from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
 
 class GenerateWidget(Container, RunnerMixin):
@@ -105,7 +105,7 @@ class GenerateWidget(Container, RunnerMixin):
                 if fresh:  # the first layer set the view to one frame; show both
                     self.viewer.reset_view()
             self._last = (images, frames, params, model)
-            self.status.value = f"{len(images)} cells generated"
+            self.status.value = f"{n_cells(len(images))} generated"
 
         return gen, done
 

@@ -6,7 +6,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
 
 from ..errors import InputError
-from ._runner import RunnerMixin, notify, relay, unique_layer_name
+from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
 
 class SegmentWidget(Container, RunnerMixin):
@@ -122,7 +122,7 @@ class SegmentWidget(Container, RunnerMixin):
                 translate=translate,
                 metadata={"napari-cytodiffusion": {"source": name, "segmentation": params.to_dict()}},
             )
-            self.status.value = f"{int(labels.max())} cells → '{new.name}'"
+            self.status.value = f"{n_cells(int(labels.max()))} → '{new.name}'"
             notify("info", self.status.value)
 
         return gen, done
