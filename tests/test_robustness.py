@@ -60,6 +60,7 @@ def test_segment_cli_unreadable_files_exit_2(tmp_path, capsys, content, suffix, 
     [
         (["generate", "--class", "all", "-n", "0"], "-n must be at least 1"),
         (["generate", "--class", "megakaryocyte", "-n", "1"], "unknown class"),
+        (["generate", "--class", "all", "-n", "1", "--guidance", "-1"], "guidance must be 0"),
         (["evaluate", "--data", "{csv_no_class}"], "needs columns"),
         (["classify", "{empty_dir}"], "no input images"),
         (["analyze", "{empty_dir}"], "no input images"),

@@ -73,6 +73,8 @@ def iter_generate(
         raise InputError("one seed per image is needed")
     if params.steps < 1 or params.steps > 1000:
         raise InputError("steps must be between 1 and 1000")
+    if not np.isfinite(params.guidance) or params.guidance < 0:
+        raise InputError(f"guidance must be 0 (unconditional) or more, got {params.guidance}")
     n_cls = model.metadata.n_classes
     for c in class_ids:
         if not 0 <= int(c) < n_cls:
