@@ -215,3 +215,71 @@ def test_pcorrect_fit_shrinks_towards_top_probability_with_few_cells():
     x, y = cells(5000)
     assert default_prior_strength(5000) == 0.0
     assert abs(fit_logistic(x, y)[1] - 2.0) < 0.2
+
+
+def test_domain_check_counts_anomalous_cells_against_the_calibrated_rate():
+    from math import comb
+
+    import pandas as pd
+
+    from napari_cytodiffusion.classify.anomaly import binomial_tail, domain_check
+    from napari_cytodiffusion.pipeline import summarize
+
+    for k, n, q in [(0, 4, 0.1), (2, 6, 0.04), (5, 5, 0.3), (7, 30, 0.04)]:
+        exact = sum(comb(n, i) * q**i * (1 - q) ** (n - i) for i in range(k, n + 1))
+        assert binomial_tail(k, n, q) == pytest.approx(exact, rel=1e-9)
+    assert binomial_tail(3, 2, 0.5) == 0.0
+    # 4 % of in-distribution cells score above the threshold (specificity 0.96)
+    ok = domain_check(np.r_[np.zeros(288), np.full(12, 2.0)], 1.5, 0.96)
+    assert ok["n_anomalous"] == 12 and not ok["shifted"] and ok["p_value"] > 0.1
+    assert domain_check(np.r_[np.zeros(2), np.full(3, 2.0)], 1.5, 0.96)["shifted"]  # 3 of 5: p = 6e-4
+    assert not domain_check(np.r_[np.zeros(3), np.full(2, 2.0)], 1.5, 0.96)["shifted"]  # 2 of 5: p = 0.015
+    assert not domain_check(np.array([np.nan]), 1.5, 0.96)["shifted"]  # nothing scored
+
+    table = pd.DataFrame(
+        {
+            "classified": [True] * 6 + [False],
+            "class": ["a"] * 6 + ["red cell (not classified)"],
+            "flagged": [False] * 7,
+            "anomaly": [3.0, 2.5, 2.0, 1.9, 0.2, 0.1, np.nan],
+        }
+    )
+    s = summarize(table, ["a", "b"], anomaly_reference={"threshold": 1.5, "specificity": 0.96})
+    assert s["domain_check"]["n_anomalous"] == 4 and s["domain_check"]["shifted"]
+    assert s["verdict"] == "needs review" and any(
+        "unlike the model's training cells" in r for r in s["reasons"]
+    )
+    assert summarize(table, ["a", "b"])["domain_check"] is None  # no reference: no claim
+
+
+def test_domain_check_on_real_cells_from_another_lab(shared_data, tmp_path, capsys):
+    """segmentation_WBC dataset 1 (rapid stain, another microscope) vs PBC val cells."""
+    import pandas as pd
+
+    from napari_cytodiffusion.classify.anomaly import domain_check
+    from napari_cytodiffusion.classify.classifier import calibration_for
+    from napari_cytodiffusion.crops import single_cell_crops
+    from napari_cytodiffusion.io.images import read_image
+
+    model = get_model("default")
+    ref = calibration_for(model)["anomaly"]
+    pbc = _pbc_subset(shared_data, 2)
+    other = pd.read_csv(shared_data / "segmentation_wbc" / "labels_dataset_1.csv").iloc[:12, 0]
+    sets = {
+        "pbc": [read_image(shared_data / "pbc" / p) for p in pbc.path],
+        "other lab": [
+            read_image(shared_data / "segmentation_wbc" / "dataset_1" / f"{int(i):03d}.png") for i in other
+        ],
+    }
+    checks = {}
+    for name, images in sets.items():
+        crops = single_cell_crops(images, model.metadata.preprocessing)
+        res = classify_crops(model, crops, speed="balanced", seed=0)
+        checks[name] = domain_check(res.anomaly, ref["threshold"], ref["specificity"])
+    assert not checks["pbc"]["shifted"], checks
+    assert checks["other lab"]["shifted"], checks
+    # the CLI says so in one line
+    files = [str(shared_data / "segmentation_wbc" / "dataset_1" / f"{int(i):03d}.png") for i in other]
+    assert main(["classify", *files, "--out", str(tmp_path / "cls")]) == 0
+    warning = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning:")]
+    assert len(warning) == 1 and "unlike the model's training cells" in warning[0]

@@ -51,16 +51,7 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
         )
         write_smear_outputs(res, o, p.stem, model, input_path=p)
         s = res.summary
-        row.update(
-            {
-                "status": "ok",
-                "n_cells": s["n_cells"],
-                "n_classified": s["n_classified"],
-                **{f"n_{c}": k for c, k in s["counts"].items()},
-                "percent_flagged": s["percent_flagged"],
-                "verdict": s["verdict"],
-            }
-        )
+        row.update({"status": "ok", **_summary_fields(s)})
     except CytoDiffusionError as exc:
         row.update({"status": "error", "error": str(exc)})
     except Exception as exc:  # one bad file must not stop the cohort; full trace goes to the log
@@ -88,12 +79,22 @@ def _row_from_summary(path: Path, out: Path) -> dict[str, Any] | None:
         "image": path.name,
         "path": str(path),
         "status": "ok",
+        **_summary_fields(s),
+        "seconds": s.get("seconds", {}).get("total"),
+    }
+
+
+def _summary_fields(s: dict[str, Any]) -> dict[str, Any]:
+    """The cohort columns taken from one image's summary."""
+    domain = s.get("domain_check") or {}
+    return {
         "n_cells": s.get("n_cells"),
         "n_classified": s.get("n_classified"),
         **{f"n_{c}": k for c, k in s.get("counts", {}).items()},
         "percent_flagged": s.get("percent_flagged"),
+        "n_anomalous": domain.get("n_anomalous"),
+        "unlike_training_cells": domain.get("shifted"),
         "verdict": s.get("verdict"),
-        "seconds": s.get("seconds", {}).get("total"),
     }
 
 

@@ -79,8 +79,19 @@ def select_cells(
     return sel
 
 
-def summarize(table, classes: list[str], triage: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Differential count, flagged cells and a triage verdict (routine / needs review)."""
+def summarize(
+    table,
+    classes: list[str],
+    triage: dict[str, Any] | None = None,
+    anomaly_reference: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Differential count, flagged cells and a triage verdict (routine / needs review).
+
+    With ``anomaly_reference`` (the model's ``calibration["anomaly"]``: ``threshold`` and
+    ``specificity``), the summary also says whether the classified cells, as a set, look unlike
+    the model's calibration cells (:func:`~napari_cytodiffusion.classify.anomaly.domain_check`);
+    if so, that is a reason for review.
+    """
     triage = {**DEFAULT_TRIAGE, **(triage or {})}
     classified = table[table["classified"]] if "classified" in table else table.iloc[0:0]
     n = len(classified)
@@ -95,6 +106,21 @@ def summarize(table, classes: list[str], triage: dict[str, Any] | None = None) -
     for cls, limit in triage["alert_classes"].items():
         if cls in counts and n and counts[cls] / n > limit:
             reasons.append(f"{cls}: {counts[cls]} cells ({pct[cls]:.1f}%)")
+    domain = None
+    if anomaly_reference and "threshold" in anomaly_reference and n and "anomaly" in classified:
+        from .classify.anomaly import domain_check
+
+        domain = domain_check(
+            classified["anomaly"].to_numpy(dtype=float),
+            float(anomaly_reference["threshold"]),
+            float(anomaly_reference.get("specificity", 0.96)),
+        )
+        if domain["shifted"]:
+            reasons.append(
+                f"{domain['n_anomalous']} of {domain['n']} cells look unlike the model's training cells "
+                f"({domain['expected_fraction']:.0%} expected): another microscope or stain? "
+                "Check the calls by eye, or adapt the model (finetune)"
+            )
     return {
         "n_cells": int(len(table)),
         "n_classified": n,
@@ -106,6 +132,7 @@ def summarize(table, classes: list[str], triage: dict[str, Any] | None = None) -
         "verdict": "needs review" if reasons else "routine",
         "reasons": reasons,
         "triage_thresholds": triage,
+        "domain_check": domain,
     }
 
 
@@ -123,7 +150,7 @@ def iter_analyze(
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[Stage | SmearResult]:
     """Segment (unless ``labels`` are given) and classify one smear."""
-    from .classify.classifier import Classification, Progress, iter_classify
+    from .classify.classifier import Classification, Progress, calibration_for, iter_classify
     from .crops import crops_from_labels
     from .io.images import to_rgb_float
     from .model.registry import get_model
@@ -172,7 +199,7 @@ def iter_analyze(
         elif isinstance(item, Classification):
             result = item
     table = attach_classification(table, sel, result, model.classes)
-    summary = summarize(table, model.classes, triage)
+    summary = summarize(table, model.classes, triage, calibration_for(model).get("anomaly"))
     summary["seconds"] = {
         "segmentation": t_seg,
         "classification": result.seconds if result else 0.0,

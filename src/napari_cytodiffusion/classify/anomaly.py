@@ -142,3 +142,54 @@ def profile_scores(features: np.ndarray, winner: np.ndarray, fitted: dict[str, A
             diff = features[np.ix_(sel, np.flatnonzero(dims))] - means[c][dims]
             out[sel] = np.sqrt(np.einsum("ij,jk,ik->i", diff, prec, diff) / dims.sum())
     return out
+
+
+def binomial_tail(k: int, n: int, q: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, q), summed in log space (no scipy needed)."""
+    from math import exp, lgamma, log, log1p
+
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return 1.0
+    lq, lr = log(q), log1p(-q)
+    terms = [
+        lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) + i * lq + (n - i) * lr for i in range(k, n + 1)
+    ]
+    top = max(terms)
+    return float(min(1.0, exp(top) * sum(exp(t - top) for t in terms)))
+
+
+#: A set of cells is called shifted when this many anomalous cells would be this unlikely.
+SHIFT_P_VALUE = 1e-3
+
+
+def domain_check(anomaly: np.ndarray, threshold: float, specificity: float) -> dict[str, Any]:
+    """Do these cells, *as a set*, look unlike the cells the model was calibrated on?
+
+    By construction about ``1 - specificity`` of in-distribution cells score above the anomaly
+    threshold. Far more anomalous cells than that, judged by a one-sided binomial test, means
+    the image probably comes from another microscope, stain or scanner (or is not a blood
+    smear), and the calls deserve less trust than their P(correct) says: on segmentation_WBC
+    dataset 2 (CellaVision, another lab) the default model is 46 % accurate while claiming a
+    mean P(correct) of 0.87.
+
+    Returns ``n``, ``n_anomalous``, ``expected_fraction``, ``p_value`` and ``shifted``
+    (p < :data:`SHIFT_P_VALUE`).
+    """
+    a = np.asarray(anomaly, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    n, k = int(a.size), int((a > threshold).sum())
+    q = float(1.0 - specificity)
+    p = binomial_tail(k, n, q) if n else 1.0
+    return {
+        "n": n,
+        "n_anomalous": k,
+        "expected_fraction": q,
+        "p_value": p,
+        "shifted": bool(n and p < SHIFT_P_VALUE),
+    }

@@ -195,6 +195,13 @@ class ClassifyWidget(Container, RunnerMixin):
         points.selected_data.events.items_changed.connect(self._on_select)
         self.legend.value = legend_html(res.summary, md.classes, md.colours)
         self.status.value = f"{n_cells(res.summary['n_classified'])} classified — {res.summary['verdict']}"
+        domain = res.summary.get("domain_check") or {}
+        if domain.get("shifted"):  # the one finding that changes how far every call can be trusted
+            notify(
+                "warning",
+                f"{domain['n_anomalous']} of {domain['n']} cells look unlike the model's training cells: "
+                "another microscope or stain? Check the calls by eye, or fine-tune the model",
+            )
 
     def selected_labels(self, labels_layer) -> list[int]:
         """Label ids the user selected: points of the last result, else the labels layer's selected label."""
@@ -355,6 +362,7 @@ class ClassifyWidget(Container, RunnerMixin):
 
     def export(self, folder) -> dict[str, Path] | None:
         """Cells CSV, summary JSON, labels TIFF with audit trail, and corrected cells as a training set."""
+        from ..classify.classifier import calibration_for
         from ..crops import crops_from_labels
         from ..export import audit_trail, write_cells_csv, write_labels_tiff, write_summary_json
         from ..io.atomic import write_with
@@ -371,7 +379,12 @@ class ClassifyWidget(Container, RunnerMixin):
         table = r["points"].features.drop(columns=["uncertainty"], errors="ignore")
         model = r["model"]
         stem = r["image_layer"].name.replace("/", "_")
-        summary = summarize(table, model.classes, r["summary"]["triage_thresholds"])
+        summary = summarize(
+            table,
+            model.classes,
+            r["summary"]["triage_thresholds"],
+            calibration_for(model).get("anomaly"),
+        )
         src = getattr(r["image_layer"], "source", None)
         audit = audit_trail(model, r["params"], input_path=getattr(src, "path", None), input_array=r["image"])
         out = {
