@@ -105,7 +105,8 @@ def summarize(
         )
     for cls, limit in triage["alert_classes"].items():
         if cls in counts and n and counts[cls] / n > limit:
-            reasons.append(f"{cls}: {counts[cls]} cells ({pct[cls]:.1f}%)")
+            k = counts[cls]
+            reasons.append(f"{cls}: {k} cell{'' if k == 1 else 's'} ({pct[cls]:.1f}%)")
     domain = None
     if anomaly_reference and "threshold" in anomaly_reference and n and "anomaly" in classified:
         from .classify.anomaly import domain_check

@@ -191,3 +191,17 @@ def unique_layer_name(viewer, base: str) -> str:
 def n_cells(n: int) -> str:
     """``"1 cell"``, ``"3 cells"``: for status lines."""
     return f"{n} cell" if n == 1 else f"{n} cells"
+
+
+def append_panel(parent: Container, panel: Container, title: str) -> None:
+    """Append a sub-panel under a bold title, both using the parent's full width.
+
+    A labelled magicgui container gives every child a label column; a sub-panel's label is empty,
+    so it would sit indented by that column and squeeze its own labelled rows.
+    """
+    heading = Label(value=f"<b>{title}</b>")
+    for w in (heading, panel):
+        parent.append(w)
+        wrapper = w._labeled_widget() if hasattr(w, "_labeled_widget") else None
+        if wrapper is not None:  # hide the empty label column magicgui added
+            wrapper._label_widget.visible = False

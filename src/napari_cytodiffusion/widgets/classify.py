@@ -8,7 +8,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 
 from ..errors import InputError
-from ._runner import RunnerMixin, n_cells, notify, unique_layer_name
+from ._runner import RunnerMixin, append_panel, n_cells, notify, unique_layer_name
 
 COLOUR_MODES = ("class", "uncertainty", "anomaly")
 
@@ -72,12 +72,12 @@ class ClassifyWidget(Container, RunnerMixin):
         from .inspector import CellInspector
 
         self.inspector = CellInspector()
-        self.append(self.inspector)
+        append_panel(self, self.inspector, "Cell inspector")
         self.inspector.target.changed.connect(lambda: self.inspect(self._inspected))
         self.inspector.next_button.changed.connect(self.next_to_label)
         self.inspector.sdedit_button.changed.connect(self.counterfactual)
         self.finetune = FinetunePanel(lambda: self.result, self._show)
-        self.append(self.finetune)
+        append_panel(self, self.finetune, "Adapt the model to your cells")
         self._inspected = None
         self.colour_by.changed.connect(self._recolour)
         self.correct_button.changed.connect(self.apply_correction)
