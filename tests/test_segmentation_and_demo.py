@@ -355,3 +355,41 @@ def test_border_predictions_without_a_reference_are_counted():
     pred[40:45, 40:45] = 7  # an interior cell the reference lacks: not a border case
     row = score_masks(truth, pred)
     assert row["n_pred"] == 3 and row["tp50"] == 1 and row["border_pred_without_reference"] == 1
+
+
+def test_stained_cells_are_judged_against_the_fields_own_red_cells(shared_data):
+    """A Raabin-WBC field of TXL-PBC whose red cells are violet enough to pass a fixed threshold.
+
+    The fixed blue − green > 0.15 rule sent 14 of its red cells to the classifier (each then called
+    a platelet, or worse); relative to the field's median cell only the white cell is stained.
+    """
+    from skimage import io
+
+    from napari_cytodiffusion.evaluate.segmentation import box_iou, match_pairs, read_yolo
+    from napari_cytodiffusion.io.images import to_rgb_float
+    from napari_cytodiffusion.pipeline import (
+        STAINED_CAP,
+        STAINED_THRESHOLD,
+        select_cells,
+        stained_score,
+        stained_threshold,
+    )
+
+    name = "3e08ca80-08dd-5b2c-b91e-60539d5b6a04"
+    img = io.imread(shared_data / "txl_pbc" / "images" / "val" / f"{name}.jpg")
+    cls, boxes = read_yolo(shared_data / "txl_pbc" / "labels" / "val" / f"{name}.txt", *img.shape[:2])
+    rgb = to_rgb_float(img)
+    labels = segment(img)
+    table = cells_table(labels, rgb)
+    ref = np.full(len(table), -1)
+    pred_boxes = table[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]].to_numpy(float)
+    for i, j in match_pairs(box_iou(boxes, pred_boxes), 0.5):
+        ref[j] = cls[i]
+    score = stained_score(rgb, labels, table["label"].to_numpy())
+    assert ((score > STAINED_THRESHOLD) & (ref == 1)).sum() >= 10  # the old rule's failure
+    sel = select_cells(table, rgb, labels, "stained")
+    assert sel[ref == 0].all() and sel.sum() == (ref == 0).sum() == 1, (score.round(3), ref)
+
+    assert stained_threshold(np.full(5, 0.3)) == STAINED_THRESHOLD  # too few cells for a median
+    assert stained_threshold(np.r_[np.full(20, 0.05), 0.4]) == pytest.approx(0.13)
+    assert stained_threshold(np.full(20, 0.4)) == STAINED_CAP  # a field of nucleated cells keeps them

@@ -15,8 +15,20 @@ import numpy as np
 
 from .errors import InputError
 
-#: Violet stain (blue − green) above which a cell counts as nucleated/platelet ("stained").
+#: Violet stain (blue − green) above which a cell counts as nucleated/platelet ("stained") when
+#: the field has too few cells to tell what its red cells look like.
 STAINED_THRESHOLD = 0.15
+#: With enough cells, "stained" means this far above the field's median cell (a red cell): stains
+#: differ, and on TXL-PBC's Raabin-WBC fields 17 % of red cells passed the fixed 0.15. There, red
+#: cells reach at most median + 0.05 (99th percentile), white cells at least + 0.16 and platelets
+#: + 0.11 (64 val fields of three sources; ``benchmarks/smear_classification.py``).
+STAINED_ABOVE_MEDIAN = 0.08
+#: Fields with fewer cells than this use :data:`STAINED_THRESHOLD`.
+MIN_CELLS_FOR_MEDIAN = 8
+#: The relative threshold never exceeds this, so that a field whose median cell is itself
+#: nucleated (a marrow aspirate, hyperleukocytosis) keeps its nucleated cells: white cells score
+#: 0.29 or more (5th percentile) on every TXL-PBC source.
+STAINED_CAP = 0.25
 
 DEFAULT_TRIAGE = {
     "max_flagged_fraction": 0.10,
@@ -53,6 +65,20 @@ def stained_score(image_rgb01: np.ndarray, labels: np.ndarray, label_ids: np.nda
     )
 
 
+def stained_threshold(scores: np.ndarray) -> float:
+    """The stained score a cell of this field must exceed to count as nucleated or a platelet.
+
+    Red cells dominate a smear, so the median score is a red cell's: the threshold is
+    :data:`STAINED_ABOVE_MEDIAN` above it, at most :data:`STAINED_CAP`. A field with few cells
+    (a single-cell image, a crop) uses the fixed :data:`STAINED_THRESHOLD`.
+    """
+    scores = np.asarray(scores, dtype=float)
+    scores = scores[np.isfinite(scores)]
+    if scores.size < MIN_CELLS_FOR_MEDIAN:
+        return STAINED_THRESHOLD
+    return min(float(np.median(scores)) + STAINED_ABOVE_MEDIAN, STAINED_CAP)
+
+
 def select_cells(
     table,
     image_rgb01: np.ndarray,
@@ -63,7 +89,8 @@ def select_cells(
 ) -> np.ndarray:
     """Boolean mask over the table's rows: which cells go to the classifier.
 
-    ``which`` is "stained" (nucleated cells and platelets) or "all"; ``min_area`` drops small
+    ``which`` is "stained" (nucleated cells and platelets, judged against the field's own red
+    cells: :func:`stained_threshold`) or "all"; ``min_area`` drops small
     cells; ``only_labels`` restricts the choice to these label ids (a user's selection).
     """
     if which not in ("stained", "all"):
@@ -75,7 +102,8 @@ def select_cells(
             raise InputError("none of the selected labels exists in the labels layer")
         sel &= wanted
     if which == "stained":
-        sel &= stained_score(image_rgb01, labels, table["label"].to_numpy()) > STAINED_THRESHOLD
+        score = stained_score(image_rgb01, labels, table["label"].to_numpy())
+        sel &= score > stained_threshold(score)
     return sel
 
 
