@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 from PIL import Image
 
@@ -22,6 +24,9 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path):
         assert cohort.loc[f"smear{s}.png", "n_cells"] >= 40
         for suffix in ("_cells.csv", "_labels.tif", "_summary.json"):
             assert (out / f"smear{s}{suffix}").is_file()
+    pooled = json.loads((out / "cohort_domain_check.json").read_text())  # the cells of both smears, pooled
+    assert pooled["images"] == 2 and pooled["n"] == cohort["n_scored"].sum() > 0
+    assert pooled["n_anomalous"] == cohort["n_anomalous"].sum()
     # re-running skips finished images: only the broken one is tried again; a run killed between an
     # image's outputs and its cohort row (here: no table at all) gets the rows rebuilt from the summaries
     (out / "cohort.csv").unlink()
@@ -53,3 +58,17 @@ def test_analyze_time_limit_fails_the_image_and_restarts_its_worker(tmp_path):
     # nothing half-written for the image that was stopped; a re-run tries it again
     assert not list(out.glob("slow_*"))
     assert not list(out.glob(".*"))
+
+
+def test_pooled_domain_check_sees_what_single_fields_cannot():
+    from napari_cytodiffusion.batch import pooled_domain_check
+
+    # 40 fields of 3 classified cells, one anomalous in each: no field alone is unusual (p 0.12),
+    # but 40 of 120 cells against 4 % expected is
+    field = {"status": "ok", "n_scored": 3, "n_anomalous": 1, "expected_anomalous_fraction": 0.04}
+    pooled = pooled_domain_check([dict(field, image=f"f{i}") for i in range(40)] + [{"status": "error"}])
+    assert pooled["images"] == 40 and pooled["n"] == 120 and pooled["n_anomalous"] == 40
+    assert pooled["shifted"] and pooled["p_value"] < 1e-10
+    calm = pooled_domain_check([dict(field, n_scored=30, image=f"f{i}") for i in range(10)])
+    assert not calm["shifted"]  # 10 of 300 cells: what 4 % predicts
+    assert pooled_domain_check([{"status": "error"}]) is None

@@ -16,6 +16,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import CytoDiffusionError
 
 
@@ -93,6 +95,8 @@ def _summary_fields(s: dict[str, Any]) -> dict[str, Any]:
         **{f"n_{c}": k for c, k in s.get("counts", {}).items()},
         "percent_flagged": s.get("percent_flagged"),
         "n_anomalous": domain.get("n_anomalous"),
+        "n_scored": domain.get("n"),
+        "expected_anomalous_fraction": domain.get("expected_fraction"),
         "unlike_training_cells": domain.get("shifted"),
         "verdict": s.get("verdict"),
     }
@@ -164,6 +168,38 @@ class _Cohort:
 
         self.rows[row["image"]] = {k: v for k, v in row.items() if k != "trace"}
         write_cells_csv(pd.DataFrame(list(self.rows.values())), self.path)
+
+
+def pooled_domain_check(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The domain check over every classified cell of the cohort's finished images.
+
+    One field holds a few classified cells, too few for the per-image check; a slide's fields
+    (or a cohort from one scanner) pooled are enough. ``None`` when no row has the counts.
+    """
+    from .classify.anomaly import SHIFT_P_VALUE, binomial_tail
+
+    ok = [
+        r
+        for r in rows
+        if r.get("status") == "ok"
+        and not _isnan(r.get("n_scored", float("nan")))
+        and r.get("n_scored") is not None
+        and r.get("expected_anomalous_fraction") is not None
+    ]
+    if not ok:
+        return None
+    n = int(sum(int(r["n_scored"]) for r in ok))
+    k = int(sum(int(r["n_anomalous"]) for r in ok))
+    q = float(np.median([float(r["expected_anomalous_fraction"]) for r in ok]))
+    p = binomial_tail(k, n, q) if n else 1.0
+    return {
+        "images": len(ok),
+        "n": n,
+        "n_anomalous": k,
+        "expected_fraction": q,
+        "p_value": p,
+        "shifted": bool(n and p < SHIFT_P_VALUE),
+    }
 
 
 def _isnan(v: Any) -> bool:
@@ -301,4 +337,22 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
     )
     log(last)
     print(last)
+    pooled = pooled_domain_check(list(cohort.rows.values()))
+    if pooled is not None:
+        from .io.atomic import write_json
+
+        write_json(out / "cohort_domain_check.json", pooled)
+        line = (
+            f"domain check over {pooled['images']} images: {pooled['n_anomalous']} of {pooled['n']} classified "
+            f"cells look unlike the model's training cells ({pooled['expected_fraction']:.0%} expected, "
+            f"p = {pooled['p_value']:.2g})"
+        )
+        if pooled["shifted"]:
+            line = (
+                "warning: "
+                + line
+                + ": another microscope or stain? Check the calls, or adapt the model (finetune)"
+            )
+        log(line)
+        print(line)
     return 0 if n_ok == len(rows) else 1
