@@ -7,7 +7,7 @@ from napari_cytodiffusion.cli.main import main
 from napari_cytodiffusion.sample_data import synthetic_smear
 
 
-def test_analyze_on_a_two_worker_local_cluster(tmp_path):
+def test_analyze_on_a_two_worker_local_cluster(tmp_path, capsys):
     inp = tmp_path / "in"
     inp.mkdir()
     for s in (1, 2):
@@ -27,6 +27,8 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path):
     pooled = json.loads((out / "cohort_domain_check.json").read_text())  # the cells of both smears, pooled
     assert pooled["images"] == 2 and pooled["n"] == cohort["n_scored"].sum() > 0
     assert pooled["n_anomalous"] == cohort["n_anomalous"].sum()
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "over 2 images" in ln]
+    assert len(said) == 1 and f"{pooled['n_anomalous']} of {pooled['n']}" in said[0]
     # re-running skips finished images: only the broken one is tried again; a run killed between an
     # image's outputs and its cohort row (here: no table at all) gets the rows rebuilt from the summaries
     (out / "cohort.csv").unlink()
@@ -66,7 +68,10 @@ def test_pooled_domain_check_sees_what_single_fields_cannot():
     # 40 fields of 3 classified cells, one anomalous in each: no field alone is unusual (p 0.12),
     # but 40 of 120 cells against 4 % expected is
     field = {"status": "ok", "n_scored": 3, "n_anomalous": 1, "expected_anomalous_fraction": 0.04}
-    pooled = pooled_domain_check([dict(field, image=f"f{i}") for i in range(40)] + [{"status": "error"}])
+    unscored = dict(field, n_scored=float("nan"))  # an image without classified cells, read back from CSV
+    pooled = pooled_domain_check(
+        [dict(field, image=f"f{i}") for i in range(40)] + [{"status": "error"}, unscored]
+    )
     assert pooled["images"] == 40 and pooled["n"] == 120 and pooled["n_anomalous"] == 40
     assert pooled["shifted"] and pooled["p_value"] < 1e-10
     calm = pooled_domain_check([dict(field, n_scored=30, image=f"f{i}") for i in range(10)])

@@ -157,6 +157,8 @@ def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
         lambda: w.inspector.image.value.shape[1] == 2 * w.inspector.image.value.shape[0], timeout=60_000
     )
     assert "cell 3" in w.inspector.title.value
+    for panel in (w.inspector, w.finetune):  # sub-panels span the dock: no empty, indenting label column
+        assert not panel._labeled_widget()._label_widget.visible
     assert "%" in w.inspector.bars.value
     assert before != w.inspector.image.value.shape
     # the panel gets its own height, not a text row's (it was drawn ~20 px tall)

@@ -176,30 +176,22 @@ def pooled_domain_check(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     One field holds a few classified cells, too few for the per-image check; a slide's fields
     (or a cohort from one scanner) pooled are enough. ``None`` when no row has the counts.
     """
-    from .classify.anomaly import SHIFT_P_VALUE, binomial_tail
+    from .classify.anomaly import shift_test
 
+    keys = ("n_scored", "n_anomalous", "expected_anomalous_fraction")
     ok = [
         r
         for r in rows
-        if r.get("status") == "ok"
-        and not _isnan(r.get("n_scored", float("nan")))
-        and r.get("n_scored") is not None
-        and r.get("expected_anomalous_fraction") is not None
+        if r.get("status") == "ok" and all(r.get(k) is not None and not _isnan(r[k]) for k in keys)
     ]
     if not ok:
         return None
-    n = int(sum(int(r["n_scored"]) for r in ok))
-    k = int(sum(int(r["n_anomalous"]) for r in ok))
-    q = float(np.median([float(r["expected_anomalous_fraction"]) for r in ok]))
-    p = binomial_tail(k, n, q) if n else 1.0
-    return {
-        "images": len(ok),
-        "n": n,
-        "n_anomalous": k,
-        "expected_fraction": q,
-        "p_value": p,
-        "shifted": bool(n and p < SHIFT_P_VALUE),
-    }
+    pooled = shift_test(
+        sum(int(r["n_anomalous"]) for r in ok),
+        sum(int(r["n_scored"]) for r in ok),
+        float(np.median([float(r["expected_anomalous_fraction"]) for r in ok])),
+    )
+    return {"images": len(ok), **pooled}
 
 
 def _isnan(v: Any) -> bool:
@@ -339,19 +331,17 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
     print(last)
     pooled = pooled_domain_check(list(cohort.rows.values()))
     if pooled is not None:
+        from .classify.anomaly import shift_warning
         from .io.atomic import write_json
 
         write_json(out / "cohort_domain_check.json", pooled)
-        line = (
-            f"domain check over {pooled['images']} images: {pooled['n_anomalous']} of {pooled['n']} classified "
-            f"cells look unlike the model's training cells ({pooled['expected_fraction']:.0%} expected, "
-            f"p = {pooled['p_value']:.2g})"
-        )
         if pooled["shifted"]:
+            line = f"warning: over {pooled['images']} images, {shift_warning(pooled)}"
+        else:
             line = (
-                "warning: "
-                + line
-                + ": another microscope or stain? Check the calls, or adapt the model (finetune)"
+                f"domain check over {pooled['images']} images: {pooled['n_anomalous']} of {pooled['n']} "
+                f"classified cells anomalous ({pooled['expected_fraction']:.0%} expected, p = "
+                f"{pooled['p_value']:.2g}): like the model's training cells"
             )
         log(line)
         print(line)

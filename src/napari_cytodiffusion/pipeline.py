@@ -136,20 +136,12 @@ def summarize(
             k = counts[cls]
             reasons.append(f"{cls}: {k} cell{'' if k == 1 else 's'} ({pct[cls]:.1f}%)")
     domain = None
-    if anomaly_reference and "threshold" in anomaly_reference and n and "anomaly" in classified:
-        from .classify.anomaly import domain_check
+    if n and "anomaly" in classified:
+        from .classify.anomaly import domain_check_against, shift_warning
 
-        domain = domain_check(
-            classified["anomaly"].to_numpy(dtype=float),
-            float(anomaly_reference["threshold"]),
-            float(anomaly_reference.get("specificity", 0.96)),
-        )
-        if domain["shifted"]:
-            reasons.append(
-                f"{domain['n_anomalous']} of {domain['n']} cells look unlike the model's training cells "
-                f"({domain['expected_fraction']:.0%} expected): another microscope or stain? "
-                "Check the calls by eye, or adapt the model (finetune)"
-            )
+        domain = domain_check_against(classified["anomaly"].to_numpy(dtype=float), anomaly_reference)
+        if domain and domain["shifted"]:
+            reasons.append(shift_warning(domain))
     return {
         "n_cells": int(len(table)),
         "n_classified": n,

@@ -168,23 +168,13 @@ def binomial_tail(k: int, n: int, q: float) -> float:
 SHIFT_P_VALUE = 1e-3
 
 
-def domain_check(anomaly: np.ndarray, threshold: float, specificity: float) -> dict[str, Any]:
-    """Do these cells, *as a set*, look unlike the cells the model was calibrated on?
-
-    By construction about ``1 - specificity`` of in-distribution cells score above the anomaly
-    threshold. Far more anomalous cells than that, judged by a one-sided binomial test, means
-    the image probably comes from another microscope, stain or scanner (or is not a blood
-    smear), and the calls deserve less trust than their P(correct) says: on segmentation_WBC
-    dataset 2 (CellaVision, another lab) the default model is 46 % accurate while claiming a
-    mean P(correct) of 0.87.
+def shift_test(n_anomalous: int, n: int, expected_fraction: float) -> dict[str, Any]:
+    """One-sided binomial test: are ``n_anomalous`` of ``n`` cells more than ``expected_fraction`` predicts?
 
     Returns ``n``, ``n_anomalous``, ``expected_fraction``, ``p_value`` and ``shifted``
     (p < :data:`SHIFT_P_VALUE`).
     """
-    a = np.asarray(anomaly, dtype=np.float64)
-    a = a[np.isfinite(a)]
-    n, k = int(a.size), int((a > threshold).sum())
-    q = float(1.0 - specificity)
+    n, k, q = int(n), int(n_anomalous), float(expected_fraction)
     p = binomial_tail(k, n, q) if n else 1.0
     return {
         "n": n,
@@ -193,3 +183,34 @@ def domain_check(anomaly: np.ndarray, threshold: float, specificity: float) -> d
         "p_value": p,
         "shifted": bool(n and p < SHIFT_P_VALUE),
     }
+
+
+def domain_check(anomaly: np.ndarray, threshold: float, specificity: float) -> dict[str, Any]:
+    """Do these cells, *as a set*, look unlike the cells the model was calibrated on?
+
+    By construction about ``1 - specificity`` of in-distribution cells score above the anomaly
+    threshold. Far more anomalous cells than that, judged by :func:`shift_test`, means the
+    image probably comes from another microscope, stain or scanner (or is not a blood smear),
+    and the calls deserve less trust than their P(correct) says: on segmentation_WBC dataset 2
+    (CellaVision, another lab) the default model is 46 % accurate while claiming a mean
+    P(correct) of 0.87.
+    """
+    a = np.asarray(anomaly, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return shift_test(int((a > threshold).sum()), a.size, 1.0 - specificity)
+
+
+def domain_check_against(anomaly: np.ndarray, reference: dict[str, Any] | None) -> dict[str, Any] | None:
+    """:func:`domain_check` against a model's ``calibration["anomaly"]``; ``None`` if it has no threshold."""
+    if not reference or "threshold" not in reference:
+        return None
+    return domain_check(anomaly, float(reference["threshold"]), float(reference.get("specificity", 0.96)))
+
+
+def shift_warning(check: dict[str, Any]) -> str:
+    """The one sentence every front end shows when a set of cells is shifted."""
+    return (
+        f"{check['n_anomalous']} of {check['n']} cells look unlike the model's training cells "
+        f"({check['expected_fraction']:.0%} expected): another microscope or stain? Check the calls by eye, "
+        "or adapt the model (napari-cytodiffusion finetune)"
+    )

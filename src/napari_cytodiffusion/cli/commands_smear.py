@@ -214,7 +214,7 @@ def cmd_segment(a) -> int:
 
 
 def cmd_classify(a) -> int:
-    from ..classify.anomaly import domain_check
+    from ..classify.anomaly import domain_check_against, shift_warning
     from ..classify.classifier import calibration_for, classify_crops
     from ..crops import single_cell_crops
     from ..export import audit_trail, write_cells_csv
@@ -255,15 +255,9 @@ def cmd_classify(a) -> int:
         f"classified {len(paths)} cells in {res.seconds:.1f} s ({len(paths) / max(res.seconds, 1e-9):.2f} cells/s); "
         f"{int(res.flagged.sum())} flagged → {out / 'predictions.csv'}"
     )
-    ref = calibration_for(model).get("anomaly") or {}
-    if "threshold" in ref:
-        d = domain_check(res.anomaly, float(ref["threshold"]), float(ref.get("specificity", 0.96)))
-        if d["shifted"]:
-            print(
-                f"warning: {d['n_anomalous']} of {d['n']} cells look unlike the model's training cells "
-                f"({d['expected_fraction']:.0%} expected): another microscope or stain? Check the calls by eye, "
-                "or adapt the model (napari-cytodiffusion finetune)"
-            )
+    domain = domain_check_against(res.anomaly, calibration_for(model).get("anomaly"))
+    if domain and domain["shifted"]:
+        print(f"warning: {shift_warning(domain)}")
     return 0
 
 

@@ -197,11 +197,9 @@ class ClassifyWidget(Container, RunnerMixin):
         self.status.value = f"{n_cells(res.summary['n_classified'])} classified — {res.summary['verdict']}"
         domain = res.summary.get("domain_check") or {}
         if domain.get("shifted"):  # the one finding that changes how far every call can be trusted
-            notify(
-                "warning",
-                f"{domain['n_anomalous']} of {domain['n']} cells look unlike the model's training cells: "
-                "another microscope or stain? Check the calls by eye, or fine-tune the model",
-            )
+            from ..classify.anomaly import shift_warning
+
+            notify("warning", shift_warning(domain))
 
     def selected_labels(self, labels_layer) -> list[int]:
         """Label ids the user selected: points of the last result, else the labels layer's selected label."""
