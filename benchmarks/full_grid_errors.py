@@ -10,7 +10,8 @@ Usage::
         --split cal --per-class 50 --out runs/grid_cal.npz
 
 The output holds ``errors`` (N, C+1, U) — the last class is the null (unconditional) label —
-``labels`` (N,), ``timesteps`` (U,) and ``classes``.
+``labels`` (N,), ``timesteps`` (U,: with ``--views V``, V views of each
+timestep, view-major as the engine orders them) and ``classes``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,20 @@ def main(argv=None) -> int:
         default=[],
         help="earlier outputs whose cells (cell_ids) are left out, for a fresh sample of the same split",
     )
+    ap.add_argument(
+        "--views", type=int, default=1, help="test-time views per timestep (as the accurate preset's tta)"
+    )
+    ap.add_argument(
+        "--int8", action="store_true", help="the folder's int8 UNet (as the classifier runs on a CPU)"
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    if args.int8:
+        import os
+
+        from napari_cytodiffusion.model.onnx_backend import BACKEND_ENV
+
+        os.environ[BACKEND_ENV] = "int8"
 
     import torch
 
@@ -71,15 +84,16 @@ def main(argv=None) -> int:
         pick.extend(rng.choice(idx, size=min(args.per_class, len(idx)), replace=False))
     pick = np.sort(np.array(pick))
     cal = model.metadata.calibration or {}
-    cfg = EngineConfig.from_calibration(cal, adaptive=False)
+    cfg = EngineConfig.from_calibration(cal, adaptive=False, tta=args.views)
     n_cls = model.metadata.n_classes + 1  # include the null label
+    net = model.inference_unet() if args.int8 else model.unet
     ac = model.alphas_cumprod()
     parts = []
     t0 = time.perf_counter()
     for s in range(0, len(pick), 32):
         ids = pick[s : s + 32]
         x0 = to_model_tensor(x[ids]).to(model.device)
-        parts.append(diffusion_errors(model.unet, ac, x0, n_cls, cfg, cell_ids=ids).errors)
+        parts.append(diffusion_errors(net, ac, x0, n_cls, cfg, cell_ids=ids).errors)
         print(f"{s + len(ids)}/{len(pick)} cells, {time.perf_counter() - t0:.0f} s", flush=True)
     remap = {c: i for i, c in enumerate(model.classes)}
     labels = np.array([remap.get(cache_classes[v], -1) for v in y[pick]])
@@ -88,9 +102,10 @@ def main(argv=None) -> int:
         errors=np.concatenate(parts),
         labels=labels,
         cell_ids=pick,
-        timesteps=np.array(cfg.timesteps),
-        weights=np.array(cfg.weights),
-        scales=np.array(cfg.scales),
+        timesteps=np.tile(cfg.timesteps, args.views),
+        weights=np.tile(cfg.weights, args.views),
+        scales=np.tile(cfg.scales, args.views),
+        drop_z=cfg.drop_z,
         classes=np.array(model.classes),
     )
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")

@@ -96,6 +96,25 @@ def test_tiny_model_separates_two_colours(tiny_model, tiny_dataset):
     assert res.unet_calls[0] == 6
 
 
+def test_speed_presets_use_their_own_calibration(tiny_model, tiny_dataset):
+    """A preset with constants fitted on its own errors uses them; the others use the main block."""
+    from napari_cytodiffusion.classify.calibration import softmax_neg
+    from napari_cytodiffusion.crops import single_cell_crops
+    from napari_cytodiffusion.io.datasets import read_labelled
+    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.model.folder import load_model
+
+    model = load_model(tiny_model)
+    ls = read_labelled(tiny_dataset)
+    crops = single_cell_crops([read_image(p) for p in ls.paths[:4]], model.metadata.preprocessing)
+    cal = dict(model.metadata.calibration or {})
+    model.metadata.calibration = cal | {"temperature": 1.0, "presets": {"full": {"temperature": 0.01}}}
+    full = classify_crops(model, crops, speed="full", timesteps=[100, 300])
+    assert np.allclose(full.probs, softmax_neg(full.evidence, 0.01))
+    fast = classify_crops(model, crops, speed="fast", timesteps=[100, 300])
+    assert np.allclose(fast.probs, softmax_neg(fast.evidence, 1.0))
+
+
 def test_calibration_helpers():
     # labels drawn from softmax(-evidence / 0.7): the fitted temperature must recover 0.7
     rng = np.random.default_rng(0)

@@ -100,6 +100,14 @@ def test_int8_unet_is_made_checked_and_preferred(tiny_model, monkeypatch, tmp_pa
         m.metadata.extra["int8"]["classifier_calibration"] = {"temperature": 3.0}
     assert calibration_for(q) == {"temperature": 3.0, "engine": {"drop_z": 2.5}}
     assert calibration_for(f)["temperature"] == 2.0
+    # a preset's own constants come from the same block as the backend's, never across backends
+    f.metadata.calibration["presets"] = {"accurate": {"temperature": 5.0}}
+    q.metadata.calibration["presets"] = {"accurate": {"temperature": 5.0}}
+    assert calibration_for(f, "accurate")["temperature"] == 5.0
+    assert calibration_for(f, "fast")["temperature"] == 2.0 and "presets" not in calibration_for(f)
+    assert calibration_for(q, "accurate")["temperature"] == 3.0  # float32 preset not used for int8
+    q.metadata.extra["int8"]["classifier_calibration"]["presets"] = {"accurate": {"temperature": 7.0}}
+    assert calibration_for(q, "accurate")["temperature"] == 7.0
 
     # an int8 file made for other weights is not used (auto falls back to float32 ONNX)
     meta = json.loads((folder / "cytodiffusion.json").read_text())

@@ -220,7 +220,7 @@ def iter_analyze(
         elif isinstance(item, Classification):
             result = item
     table = attach_classification(table, sel, result, model.classes)
-    summary = summarize(table, model.classes, triage, calibration_for(model).get("anomaly"))
+    summary = summarize(table, model.classes, triage, calibration_for(model, speed).get("anomaly"))
     summary["seconds"] = {
         "segmentation": t_seg,
         "classification": result.seconds if result else 0.0,

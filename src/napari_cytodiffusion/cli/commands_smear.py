@@ -255,7 +255,7 @@ def cmd_classify(a) -> int:
         f"classified {len(paths)} cells in {res.seconds:.1f} s ({len(paths) / max(res.seconds, 1e-9):.2f} cells/s); "
         f"{int(res.flagged.sum())} flagged → {out / 'predictions.csv'}"
     )
-    domain = domain_check_against(res.anomaly, calibration_for(model).get("anomaly"))
+    domain = domain_check_against(res.anomaly, calibration_for(model, a.speed).get("anomaly"))
     if domain and domain["shifted"]:
         print(f"warning: {shift_warning(domain)}")
     return 0

@@ -381,7 +381,7 @@ class ClassifyWidget(Container, RunnerMixin):
             table,
             model.classes,
             r["summary"]["triage_thresholds"],
-            calibration_for(model).get("anomaly"),
+            calibration_for(model, r["params"].get("speed", "balanced")).get("anomaly"),
         )
         src = getattr(r["image_layer"], "source", None)
         audit = audit_trail(model, r["params"], input_path=getattr(src, "path", None), input_array=r["image"])

@@ -1,0 +1,90 @@
+"""Fit the classifier's calibration for the ``fast`` and ``accurate`` presets of a model folder.
+
+A preset that evaluates other units than ``balanced`` changes how noisy the paired errors are,
+so its probabilities, P(correct) and anomaly profile need their own constants. For each speed,
+this runs the preset on the calibration hold-out of ``scripts/train_default_model.py``'s crops
+cache, refits temperature, P(correct) and the anomaly profile/threshold, and stores them as
+``presets[speed]`` in the calibration block of the chosen backend (``calibration`` for PyTorch,
+``extra["int8"]["classifier_calibration"]`` for the int8 UNet). With ``--validate`` the preset is
+then measured on PBC val (stored under ``validation["presets"][speed][backend]``).
+
+Usage::
+
+    python scripts/calibrate_presets.py --model src/napari_cytodiffusion/data/models/pbc32 \\
+        --cache pbc_cache.npz --backend int8 --speeds fast accurate [--validate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+KEEP = ("temperature", "p_correct", "anomaly", "flag_below_p_correct", "n_calibration_cells",
+        "p_correct_prior_strength", "calibration_accuracy")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--cache", type=Path, required=True, help="crops cache with cal_*/val_* arrays")
+    ap.add_argument("--backend", choices=["torch", "int8"], required=True)
+    ap.add_argument("--speeds", nargs="+", default=["fast", "accurate"], choices=["fast", "accurate", "full"])
+    ap.add_argument("--validate", action="store_true", help="also measure each preset on PBC val")
+    args = ap.parse_args(argv)
+
+    from napari_cytodiffusion.model.onnx_backend import BACKEND_ENV
+
+    os.environ[BACKEND_ENV] = args.backend
+    from napari_cytodiffusion.classify.calibration import recalibrate
+    from napari_cytodiffusion.classify.classifier import classify_crops
+    from napari_cytodiffusion.evaluate.metrics import classification_metrics
+    from napari_cytodiffusion.model.folder import load_model, read_metadata, write_metadata
+
+    z = np.load(args.cache)
+    for speed in args.speeds:
+        t0 = time.perf_counter()
+        model = load_model(args.model)
+        idx = {c: i for i, c in enumerate(model.classes)}
+        remap = np.array([idx.get(str(c), -1) for c in z["classes"]])
+        cal_y = remap[z["cal_labels"]]
+        new, summary = recalibrate(model, z["cal_images"][cal_y >= 0], cal_y[cal_y >= 0], speed=speed)
+        meta = read_metadata(args.model)
+        block = meta.calibration if args.backend == "torch" else meta.extra["int8"]["classifier_calibration"]
+        block.setdefault("presets", {})[speed] = {k: new[k] for k in KEEP if k in new} | {
+            "fitted_on": summary
+        }
+        write_metadata(args.model, meta)
+        print(f"{speed} ({args.backend}): calibrated on {summary['calibration_cells']} cells, "
+              f"accuracy {summary['calibration_accuracy']:.3f}, {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+        if not args.validate:
+            continue
+        t0 = time.perf_counter()
+        model = load_model(args.model)
+        val_y = remap[z["val_labels"]]
+        val_x, val_y = z["val_images"][val_y >= 0], val_y[val_y >= 0]
+        res = classify_crops(model, val_x, speed=speed, seed=0)
+        m = classification_metrics(val_y, res.pred, res.probs, res.p_correct, model.classes)
+        keys = ("n", "accuracy", "balanced_accuracy", "macro_f1", "ece", "ece_p_correct",
+                "selective_accuracy_p_correct_0.95", "coverage_p_correct_0.95", "per_class_recall")  # fmt: skip
+        val = {k: m[k] for k in keys}
+        val["unet_calls_per_cell"] = float(res.unet_calls.mean())
+        val["cells_per_second"] = len(val_x) / res.seconds
+        thr = float(block["presets"][speed]["anomaly"]["threshold"])
+        val["anomalous_share"] = float(np.mean(res.anomaly > thr))
+        val["dataset"] = "PBC val split (never used for training or calibration)"
+        meta = read_metadata(args.model)
+        meta.validation.setdefault("presets", {}).setdefault(speed, {})[args.backend] = val
+        write_metadata(args.model, meta)
+        print(json.dumps({k: v for k, v in val.items() if k != "per_class_recall"}, indent=1),
+              f"\n{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
