@@ -13,8 +13,8 @@ Usage::
     python scripts/calibrate_presets.py --model src/napari_cytodiffusion/data/models/pbc32 \\
         --cache pbc_cache.npz --backend int8 --speeds accurate [--validate]
 
-``fast`` cannot be calibrated this way yet: its 12 timesteps leave the anomaly profile's lowest and highest
-noise bands empty for every cell (its runs use the ``balanced`` constants).
+``fast`` evaluates only middle timesteps, so its anomaly profile is fitted on the noise bands
+it sees (``profile["dims"]``).
 """
 
 from __future__ import annotations

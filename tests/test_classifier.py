@@ -169,6 +169,33 @@ def test_profile_anomaly_is_two_sided_and_handles_partial_units():
     assert np.isfinite(s_half).all() and abs(np.median(s_half) - np.median(s_norm)) < 0.5
 
 
+def test_profile_fits_a_preset_that_never_reaches_some_noise_bands():
+    """``fast`` sees only middle timesteps: the outer bands are left out of the profile, not fatal."""
+    from napari_cytodiffusion.classify.calibration import fit_calibration, score_anomaly
+    from napari_cytodiffusion.classify.engine import ErrorResult, class_evidence
+
+    rng = np.random.default_rng(2)
+    ts = np.array([320, 380, 450, 520, 600, 680])  # bands [300, 500) and [500, 700) only
+    base = np.exp(-ts / 250.0)
+
+    def make(n, scale):
+        labels = rng.integers(0, 3, n)
+        e = base[None, None, :] * np.exp(rng.normal(0, 0.1, (n, 3, len(ts)))) * 1.3
+        e[np.arange(n), labels] = base * scale * np.exp(rng.normal(0, 0.1, (n, len(ts))))
+        return ErrorResult(e, np.ones((n, 3), bool), np.full(n, 18), ts, np.ones(len(ts)), 0.3 * base), labels
+
+    cal, y = make(600, 1.0)
+    c = fit_calibration(cal, y, 3)
+    assert c["anomaly"]["profile"]["dims"] == [1, 2, 4, 5]  # bands 1-2 and the gaps to the two other classes
+    w, ev = class_evidence(cal)
+    s_cal = score_anomaly(cal, w, ev, c["anomaly"])
+    assert np.isfinite(s_cal).all()
+    assert np.mean(s_cal > c["anomaly"]["threshold"]) == pytest.approx(0.04, abs=0.02)
+    hard, _ = make(100, 1.6)
+    wh, evh = class_evidence(hard)
+    assert auroc(s_cal, score_anomaly(hard, wh, evh, c["anomaly"])) > 0.95
+
+
 def test_class_gap_profile_sees_an_unusual_pattern_of_distances():
     """An unseen kind explained as well as typical cells, with the usual runner-up gap, but close to the
     wrong neighbour: only the every-class gap profile sees it; old metadata keeps the runner-up profile."""

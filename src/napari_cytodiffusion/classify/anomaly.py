@@ -101,36 +101,62 @@ def choose_gaps(n_cells: int, n_classes: int) -> str:
 
 
 def fit_profile(
-    features: np.ndarray, winner: np.ndarray, n_classes: int, shrink: float = 0.1, min_cells: int = 12
+    features: np.ndarray,
+    winner: np.ndarray,
+    n_classes: int,
+    shrink: float = 0.1,
+    min_cells: int = 12,
+    min_coverage: float = 0.5,
 ) -> dict[str, Any]:
-    """Per-class mean and covariance of the profile (classes with few cells use the pooled ones)."""
-    ok = np.isfinite(features).all(axis=1)
-    f, w = features[ok], winner[ok]
-    d = features.shape[1]
+    """Per-class mean and covariance of the profile (classes with few cells use the pooled ones).
+
+    Only the dimensions that at least ``min_coverage`` of the cells have are fitted (listed as
+    ``dims``): a preset that never reaches a noise band (``fast`` stops short of the lowest and
+    highest) leaves that band empty for every cell, and is scored on the bands it sees.
+    """
+    d_all = features.shape[1]
+    finite = np.isfinite(features)
+    dims = np.flatnonzero(finite.mean(axis=0) >= min_coverage) if len(features) else np.arange(0)
+    if len(dims) == 0:
+        raise ValueError("no profile dimension is present in enough calibration cells")
+    ok = finite[:, dims].all(axis=1)
+    f, w = features[ok][:, dims], winner[ok]
+    d = len(dims)
     if len(f) < d + 2:
         raise ValueError(f"need at least {d + 2} calibration cells with complete profiles, got {len(f)}")
     pooled_mean = f.mean(axis=0)
     resid = np.concatenate([f[w == c] - f[w == c].mean(axis=0) for c in np.unique(w)])
     pooled = np.cov(resid.T) + 1e-6 * np.eye(d)
     pooled = (1 - shrink) * pooled + shrink * np.diag(np.diag(pooled))
-    means, covs = [], []
+    means, covs = np.zeros((n_classes, d_all)), np.tile(np.eye(d_all), (n_classes, 1, 1))
+    grid = np.ix_(dims, dims)
     for c in range(n_classes):
         fc = f[w == c]
         if len(fc) >= min_cells:
             cc = np.cov((fc - fc.mean(axis=0)).T) + 1e-6 * np.eye(d)
-            means.append(fc.mean(axis=0))
-            covs.append(0.5 * cc + 0.5 * pooled)
+            means[c, dims] = fc.mean(axis=0)
+            covs[c][grid] = 0.5 * cc + 0.5 * pooled
         else:
-            means.append(pooled_mean)
-            covs.append(pooled)
-    return {"means": np.array(means).tolist(), "covs": np.array(covs).tolist()}
+            means[c, dims] = pooled_mean
+            covs[c][grid] = pooled
+    out: dict[str, Any] = {"means": means.tolist(), "covs": covs.tolist()}
+    if d < d_all:
+        out["dims"] = [int(i) for i in dims]
+    return out
 
 
 def profile_scores(features: np.ndarray, winner: np.ndarray, fitted: dict[str, Any]) -> np.ndarray:
-    """Mahalanobis distance per available dimension (sqrt(d² / k)) to the predicted class."""
+    """Mahalanobis distance per available dimension (sqrt(d² / k)) to the predicted class.
+
+    Dimensions the profile was not fitted on (``fitted["dims"]``) are ignored.
+    """
     means, covs = np.asarray(fitted["means"]), np.asarray(fitted["covs"])
     out = np.full(len(winner), np.nan)
     avail = np.isfinite(features)
+    if "dims" in fitted:
+        keep = np.zeros(features.shape[1], dtype=bool)
+        keep[np.asarray(fitted["dims"], dtype=int)] = True
+        avail &= keep[None, :]
     for pattern in {tuple(r) for r in avail}:
         dims = np.array(pattern, dtype=bool)
         if not dims.any():
