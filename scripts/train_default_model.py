@@ -9,7 +9,7 @@ Usage::
 
     python scripts/train_default_model.py prepare --pbc ../shared/data/pbc --cache pbc_cache.npz
     python scripts/train_default_model.py train --cache pbc_cache.npz --out runs/pbc32 [--resume]
-        [--steps 30000] [--max-seconds 3600] [--device cuda]
+        [--steps 30000] [--max-seconds 3600] [--device cuda] [--channels 16,32,64]
 
 Training is resumable: an interrupted run continues from ``OUT/checkpoints/last.pt``.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_cytodiffusion.io.datasets import load_single_cell_crops, map_classes, read_labelled
+from napari_cytodiffusion.model.architecture import DEFAULT_ARCH
 from napari_cytodiffusion.model.folder import default_preprocessing
 from napari_cytodiffusion.model.train import TrainConfig, TrainingData, store_size, train
 
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-seconds", type=float, default=None)
     t.add_argument("--device", default=None)
     t.add_argument("--exclude-class", default=None, help="train a variant without this class (anomaly test)")
+    t.add_argument(
+        "--channels",
+        default=None,
+        help="UNet widths per level, e.g. 16,32,64 (default 32,64,128; see benchmarks/architecture_cost.py: "
+        "16,32,64 costs ~0.4x per evaluation)",
+    )
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         prepare(args.pbc, args.cache)
@@ -98,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         classes=classes,
         description={"source": "../shared/data/pbc/labels.csv", "n_images": len(labels), **PBC_CREDIT},
     )
+    arch = None
+    if args.channels:
+        widths = [int(c) for c in args.channels.split(",")]
+        if len(widths) != 3 or min(widths) < 8:
+            ap.error("--channels takes three widths of at least 8, e.g. 16,32,64")
+        arch = dict(DEFAULT_ARCH) | {"block_out_channels": widths, "norm_num_groups": min(16, widths[0] // 2)}
+        name += "-" + "x".join(str(w) for w in widths)
     cfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -105,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         max_seconds=args.max_seconds,
         device=args.device,
         checkpoint_every=1000,
+        **({"arch": arch} if arch else {}),
     )
     last = None
     for ev in train(data, args.out, cfg, resume=args.resume, metadata={"name": name, "training": PBC_CREDIT}):
