@@ -50,6 +50,21 @@ def test_onnx_runtime_matches_pytorch_and_is_exported_once(tiny_model, monkeypat
     again = load_model(tiny_model).inference_unet()
     assert again.path == net.path and net.path.stat().st_mtime_ns == mtime
     assert len(list((tmp_path / "cache" / "onnx").iterdir())) == 1  # no temporary files left
+    # a batch split between parallel single-threaded sessions gives the same numbers as one session
+    import torch
+
+    x = torch.randn(40, 3, model.size, model.size)
+    t, c = torch.randint(0, 1000, (40,)), torch.randint(0, 3, (40,))
+    one = OrtUNet(net.path, threads=2, workers=1)
+    two = OrtUNet(net.path, threads=2, workers=2)
+    assert one.workers == 1 and two.workers == 2 and len(two.sessions) == 2
+    np.testing.assert_allclose(
+        two(x, t, class_labels=c).sample.numpy(),
+        one(x, t, class_labels=c).sample.numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert two(x[:3], t[:3], class_labels=c[:3]).sample.shape == (3, 3, model.size, model.size)
 
 
 def test_backend_setting_is_checked(tiny_model, monkeypatch):

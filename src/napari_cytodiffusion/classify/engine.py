@@ -38,8 +38,9 @@ class EngineConfig:
     disc_radius: float | None = None
     seed: int = 0
     #: UNet evaluations per call; None = 2048 on a GPU; on a CPU (cache-friendly sizes, 2 cores,
-    #: 32 px) 64 with PyTorch (6 ms per evaluation vs 10 ms at 512) and 32 with ONNX Runtime
-    #: (int8: 3.9 ms per evaluation vs 4.0 at 64 and 4.6 at 256)
+    #: 32 px) 64 with PyTorch (6 ms per evaluation vs 10 ms at 512) and 32 per ONNX Runtime
+    #: session (int8: 3.9 ms per evaluation vs 4.0 at 64 and 4.6 at 256; the batch is split
+    #: between the backend's parallel sessions, see ``OrtUNet``)
     batch_size: int | None = None
 
     @classmethod
@@ -158,7 +159,8 @@ def diffusion_errors(
     done_units = 0
     per_round = n_units if not config.adaptive else max(1, int(config.units_per_round))
     backend = getattr(unet, "backend", "torch")
-    batch_size = int(config.batch_size or (2048 if dev.type != "cpu" else 64 if backend == "torch" else 32))
+    per_cpu_batch = 64 if backend == "torch" else 32 * int(getattr(unet, "workers", 1))
+    batch_size = int(config.batch_size or (2048 if dev.type != "cpu" else per_cpu_batch))
     channels_last = dev.type == "cpu" and backend == "torch"
     while done_units < n_units:
         units = list(range(done_units, min(n_units, done_units + per_round)))

@@ -109,20 +109,48 @@ def export_onnx(unet, path: str | os.PathLike) -> Path:
 
 
 class OrtUNet:
-    """Callable like a diffusers UNet for inference: ``unet(x, t, class_labels=c).sample``."""
+    """Callable like a diffusers UNet for inference: ``unet(x, t, class_labels=c).sample``.
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, backend: str = "onnx") -> None:
-        import onnxruntime as ort
+    With ``workers`` > 1, the network runs in that many single-threaded ONNX Runtime sessions
+    and a batch is split between them, run side by side (ONNX Runtime releases the GIL). For a
+    network this small that beats one session using every thread: on the 2-core CPU, batches of
+    32 cost 4.39 ms per evaluation in two single-threaded sessions against 5.10 ms in one session
+    of two threads (medians of 8 interleaved rounds, shipped int8 UNet). By default there is one
+    session per thread, up to 4 (not measured beyond 2 cores).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        backend: str = "onnx",
+        workers: int | None = None,
+    ) -> None:
         import torch
 
+        threads = max(1, int(threads or torch.get_num_threads()))
+        self.workers = max(1, min(int(workers or min(threads, 4)), threads))
+        per_session = max(1, threads // self.workers)
+        self.path = Path(path)
+        self.backend = backend
+        self.sessions = [self._session(path, per_session) for _ in range(self.workers)]
+        self.session = self.sessions[0]
+        self._pool = None
+        if self.workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cytodiffusion-ort")
+
+    @staticmethod
+    def _session(path, threads: int):
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        self.path = Path(path)
-        self.backend = backend
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x, t, class_labels=None) -> SimpleNamespace:
         import numpy as np
@@ -132,12 +160,20 @@ class OrtUNet:
         t = torch.as_tensor(t).reshape(-1)
         if t.numel() == 1:
             t = t.expand(n)
-        feeds = {
-            "x": np.ascontiguousarray(x.detach().float().cpu().numpy()),
-            "t": t.detach().cpu().numpy().astype(np.int64),
-            "c": class_labels.detach().cpu().numpy().astype(np.int64),
-        }
-        return SimpleNamespace(sample=torch.from_numpy(self.session.run(None, feeds)[0]))
+        xs = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        ts = t.detach().cpu().numpy().astype(np.int64)
+        cs = class_labels.detach().cpu().numpy().astype(np.int64)
+        parts = min(self.workers, max(1, n // 8))  # tiny batches are not worth splitting
+        if parts == 1:
+            out = self.session.run(None, {"x": xs, "t": ts, "c": cs})[0]
+        else:
+            bounds = np.linspace(0, n, parts + 1).astype(int)
+            jobs = [
+                self._pool.submit(s.run, None, {"x": xs[a:b], "t": ts[a:b], "c": cs[a:b]})
+                for s, a, b in zip(self.sessions, bounds[:-1], bounds[1:], strict=False)
+            ]
+            out = np.concatenate([j.result()[0] for j in jobs])
+        return SimpleNamespace(sample=torch.from_numpy(out))
 
 
 def backend_name(model) -> str:
