@@ -136,10 +136,16 @@ class OrtUNet:
         self.sessions = [self._session(path, per_session) for _ in range(self.workers)]
         self.session = self.sessions[0]
         self._pool = None
-        if self.workers > 1:
+        self._pool_pid = None
+
+    def _executor(self):
+        """The thread pool, made on first use (and again in a forked child, which has no threads)."""
+        if self._pool is None or self._pool_pid != os.getpid():
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cytodiffusion-ort")
+            self._pool_pid = os.getpid()
+        return self._pool
 
     @staticmethod
     def _session(path, threads: int):
@@ -168,8 +174,9 @@ class OrtUNet:
             out = self.session.run(None, {"x": xs, "t": ts, "c": cs})[0]
         else:
             bounds = np.linspace(0, n, parts + 1).astype(int)
+            pool = self._executor()
             jobs = [
-                self._pool.submit(s.run, None, {"x": xs[a:b], "t": ts[a:b], "c": cs[a:b]})
+                pool.submit(s.run, None, {"x": xs[a:b], "t": ts[a:b], "c": cs[a:b]})
                 for s, a, b in zip(self.sessions, bounds[:-1], bounds[1:], strict=False)
             ]
             out = np.concatenate([j.result()[0] for j in jobs])
