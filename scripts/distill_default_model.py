@@ -1,0 +1,142 @@
+"""Distil the shipped default model (``pbc32``) into a narrower, faster UNet.
+
+Uses the crops cache of ``scripts/train_default_model.py prepare`` (PBC train split, the
+calibration hold-out excluded) and the shipped model as the teacher.
+
+Usage::
+
+    python scripts/distill_default_model.py run --cache runs/pbc_cache.npz --out runs/distill/s16
+        [--widths 16,32,64] [--steps 20000] [--max-seconds 7200] [--device cuda] [--resume]
+    python scripts/distill_default_model.py probe --cache runs/pbc_cache.npz --out runs/distill/s16
+
+``probe`` is a quick check during a run: the calibration hold-out (256 cells, stratified) is
+classified with the full class set at six timesteps by the teacher and by the student's
+current EMA weights (from the checkpoint), with the same noise; it prints both accuracies and
+their agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_cytodiffusion.model.distill import DistillConfig, distill
+from napari_cytodiffusion.model.registry import get_model
+from napari_cytodiffusion.model.train import TrainingData
+
+PROBE_TIMESTEPS = [570, 450, 330, 690, 210, 840]
+
+
+def _errors(unet, x0, ac, n_classes: int, seed: int = 0) -> np.ndarray:
+    """(N, C) summed squared errors over PROBE_TIMESTEPS, same noise for every class."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = np.zeros((len(x0), n_classes))
+    with torch.no_grad():
+        for t in PROBE_TIMESTEPS:
+            noise = torch.randn(x0.shape, generator=g)
+            a = ac[t]
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            for c in range(n_classes):
+                for s in range(0, len(x0), 128):
+                    sl = slice(s, s + 128)
+                    y = torch.full((len(x0[sl]),), c, dtype=torch.long)
+                    pred = unet(xt[sl], torch.full_like(y, t), class_labels=y).sample
+                    out[sl, c] += ((pred - noise[sl]) ** 2).mean(dim=(1, 2, 3)).numpy()
+    return out
+
+
+def probe(cache: Path, out: Path, n: int = 256) -> None:
+    import torch
+
+    from napari_cytodiffusion.model.architecture import build_unet
+
+    z = np.load(cache, allow_pickle=False)
+    imgs, labels = z["cal_images"], z["cal_labels"]
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.permutation(len(labels))[:n])
+    x0 = torch.from_numpy(imgs[idx]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    y = labels[idx]
+    teacher = get_model(None, device="cpu")
+    ac = teacher.alphas_cumprod()
+    state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    student = build_unet(len(teacher.classes), state["config"]["arch"])
+    student.load_state_dict(state["ema"])
+    student.eval()
+    t0 = time.perf_counter()
+    e_t = _errors(teacher.unet.eval(), x0, ac, len(teacher.classes))
+    e_s = _errors(student, x0, ac, len(teacher.classes))
+    p_t, p_s = e_t.argmin(1), e_s.argmin(1)
+
+    def bal(p):
+        return float(np.mean([np.mean(p[y == c] == c) for c in np.unique(y)]))
+
+    print(
+        {
+            "step": int(state["step"]),
+            "teacher_acc": round(float(np.mean(p_t == y)), 4),
+            "student_acc": round(float(np.mean(p_s == y)), 4),
+            "teacher_bal": round(bal(p_t), 4),
+            "student_bal": round(bal(p_s), 4),
+            "agreement": round(float(np.mean(p_t == p_s)), 4),
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--cache", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--widths", default="16,32,64")
+    r.add_argument("--steps", type=int, default=20000)
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--labels-per-cell", type=int, default=4)
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--max-seconds", type=float, default=None)
+    r.add_argument("--device", default=None)
+    r.add_argument("--resume", action="store_true")
+    p = sub.add_parser("probe")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n", type=int, default=256)
+    args = ap.parse_args(argv)
+    if args.cmd == "probe":
+        probe(args.cache, args.out, args.n)
+        return 0
+    z = np.load(args.cache, allow_pickle=False)
+    teacher = get_model(None, device="cpu")
+    data = TrainingData(
+        images=z["train_images"],
+        labels=z["train_labels"],
+        classes=[str(c) for c in z["classes"]],
+        description=dict(teacher.metadata.training.get("data", {})),
+    )
+    cfg = DistillConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        labels_per_cell=args.labels_per_cell,
+        lr=args.lr,
+        max_seconds=args.max_seconds,
+        device=args.device,
+    )
+    widths = [int(w) for w in args.widths.split(",")]
+    name = teacher.metadata.name + "-distilled-" + "x".join(str(w) for w in widths)
+    last = None
+    for ev in distill(teacher, data, args.out, widths, cfg, resume=args.resume, metadata={"name": name}):
+        if ev.get("done") or ev["step"] % 100 == 0:
+            print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in ev.items()}, flush=True)
+        last = ev
+    return 0 if last else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

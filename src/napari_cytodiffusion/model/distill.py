@@ -1,0 +1,273 @@
+"""Distilling a trained model into a narrower UNet (a generator that yields progress, headless).
+
+The classifier's cost is the UNet's cost per evaluation, and the first level's width at full
+resolution dominates it (``benchmarks/architecture_cost.py``: widths [16, 32, 64] cost 0.4x
+the default [32, 64, 128]). Training the narrow UNet from scratch costs as much as training
+the default; distilling it is cheaper and targets what the classifier needs: the student
+learns the teacher's noise prediction for the *same* noisy cell under several class labels
+(the cell's own class, other classes and the null class), so the differences between the
+classes' errors, which decide the call, are learnt directly rather than only the true class.
+
+The student is a normal model folder (same classes, preprocessing and schedule as the
+teacher); its metadata names the teacher by content hash. Checkpoints and exact resume work
+as in :mod:`.train`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import Cancelled, InputError, ModelError
+from .architecture import build_unet
+from .augment import AugmentConfig, augment_batch
+from .folder import DiffusionModel, ModelMetadata, save_model
+from .train import CHECKPOINT_DIR, CHECKPOINT_FILE, TrainingData, _class_sampler, _hardware, _resolve_device
+
+
+@dataclass
+class DistillConfig:
+    """Hyper-parameters of a distillation run (stored in the student's metadata)."""
+
+    steps: int = 20000
+    #: cells per step; each is noised once and predicted under ``labels_per_cell`` class labels
+    batch_size: int = 32
+    labels_per_cell: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    #: timesteps are drawn uniformly from this range (the classifier's grid lies in 150-900)
+    t_min: int = 60
+    t_max: int = 960
+    #: share of the extra labels that are the null class (keeps guided sampling working)
+    null_share: float = 0.1
+    #: weight of the plain denoising loss against the true noise (true class only)
+    denoise_weight: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 250
+    arch: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = field(default_factory=lambda: asdict(AugmentConfig()))
+    device: str | None = None
+    max_seconds: float | None = None
+
+
+def student_arch(teacher_arch: dict[str, Any], widths: list[int]) -> dict[str, Any]:
+    """The teacher's architecture with other widths (norm groups adapted)."""
+    if len(widths) != len(teacher_arch["block_out_channels"]) or min(widths) < 8:
+        raise InputError(
+            f"student widths {widths} must give one width >= 8 for each of the teacher's "
+            f"{len(teacher_arch['block_out_channels'])} levels"
+        )
+    arch = copy.deepcopy(teacher_arch)
+    arch["block_out_channels"] = [int(w) for w in widths]
+    arch["norm_num_groups"] = min(int(teacher_arch["norm_num_groups"]), int(widths[0]) // 2)
+    return arch
+
+
+def _labels(cls, n_classes: int, k: int, null_share: float, rng: np.random.Generator) -> np.ndarray:
+    """(B, k) labels per cell: its own class first, then distinct other classes or the null class."""
+    b = len(cls)
+    out = np.empty((b, k), np.int64)
+    out[:, 0] = cls
+    for i in range(b):
+        others = rng.permutation([c for c in range(n_classes) if c != cls[i]])[: k - 1]
+        out[i, 1:] = others
+        if k > 1 and rng.random() < null_share * (k - 1):
+            out[i, 1 + rng.integers(k - 1)] = n_classes
+    return out
+
+
+def distill(
+    teacher: DiffusionModel,
+    data: TrainingData,
+    out_dir: str | os.PathLike,
+    widths: list[int],
+    config: DistillConfig | None = None,
+    resume: bool = False,
+    metadata: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Distil ``teacher`` into a UNet with per-level ``widths``; yields progress dictionaries.
+
+    Yields dicts with ``step``, ``total``, ``loss`` (running mean of the distillation loss),
+    ``lr``, ``steps_per_second`` and ``elapsed``; the last one has ``done=True`` and
+    ``model_dir`` (the student's folder, written at the end or at the time limit).
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    if list(data.classes) != list(teacher.classes):
+        raise InputError(f"data classes {data.classes} differ from the teacher's {teacher.classes}")
+    t_meta = teacher.metadata
+    teacher_arch = t_meta.training.get("recipe", {}).get("arch")
+    if not teacher_arch:
+        raise ModelError(f"{teacher.path}: metadata has no training recipe architecture to narrow")
+    state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise InputError(f"nothing to resume: {ckpt_path} does not exist")
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch.load: pickle/zip errors of many types
+            raise ModelError(f"cannot read checkpoint {ckpt_path}: {exc}") from exc
+        if state.get("teacher") != t_meta.content_hash:
+            raise InputError(f"{ckpt_path} was distilled from another teacher ({state.get('teacher')})")
+        saved = DistillConfig(**state["config"])
+        if config is not None:  # extend the run / change the time limit or device only
+            saved.steps = max(saved.steps, config.steps)
+            saved.max_seconds, saved.device = config.max_seconds, config.device
+        config = saved
+    else:
+        config = copy.deepcopy(config) if config is not None else DistillConfig()
+        config.arch = student_arch(teacher_arch, widths)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise InputError(f"{out_dir} exists and is not empty; use --resume or a new folder")
+    size = int(config.arch["sample_size"])
+    if data.images.shape[1] < size:
+        raise InputError(f"training crops are {data.images.shape[1]} px, smaller than the model's {size}")
+
+    device = _resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    n_classes = len(data.classes)
+    student = build_unet(n_classes, config.arch).to(device)
+    ema = copy.deepcopy(student).eval().requires_grad_(False)
+    teacher_unet = copy.deepcopy(teacher.unet).to(device).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    np_rng = np.random.default_rng(config.seed)
+    step, elapsed_before, loss_hist = 0, 0.0, []
+    if state is not None:
+        student.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["torch_gen"])
+        np_rng.bit_generator.state = state["np_rng"]
+        step = int(state["step"])
+        elapsed_before = float(state.get("elapsed", 0.0))
+        loss_hist = list(state.get("loss_hist", []))
+
+    ac = teacher.alphas_cumprod().to(device)
+    images = torch.from_numpy(data.images).to(device)
+    _, by_class, starts, counts = _class_sampler(data.labels, n_classes, 1.0)
+    aug_cfg = AugmentConfig(**config.augment)
+    k = max(1, int(config.labels_per_cell))
+
+    def save_checkpoint(elapsed: float) -> None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "unet": student.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "torch_gen": gen.get_state(),
+                "np_rng": np_rng.bit_generator.state,
+                "step": step,
+                "elapsed": elapsed,
+                "config": asdict(config),
+                "teacher": t_meta.content_hash,
+                "loss_hist": loss_hist,
+            },
+            tmp,
+        )
+        os.replace(tmp, ckpt_path)
+
+    def export(elapsed: float) -> Path:
+        training = copy.deepcopy(t_meta.training)
+        training.update(
+            {
+                "distilled_from": {"name": t_meta.name, "content_hash": t_meta.content_hash},
+                "recipe": {"distillation": asdict(config), "teacher_recipe": t_meta.training.get("recipe")},
+                "steps_done": step,
+                "train_seconds": round(elapsed, 1),
+                "hardware": _hardware(device),
+                "final_loss": float(np.mean(loss_hist[-200:])) if loss_hist else None,
+            }
+        )
+        training["recipe"]["arch"] = config.arch
+        meta = ModelMetadata(
+            name=str((metadata or {}).get("name", out_dir.name)),
+            classes=list(t_meta.classes),
+            colours=list(t_meta.colours),
+            preprocessing=copy.deepcopy(t_meta.preprocessing),
+            schedule=copy.deepcopy(t_meta.schedule),
+            training=training,
+        )
+        return save_model(copy.deepcopy(ema).to("cpu"), teacher.scheduler, meta, out_dir, overwrite=True)
+
+    t0 = time.perf_counter()
+    last_t, last_step = t0, step
+    student.train()
+    while step < config.steps:
+        if should_stop is not None and should_stop():
+            save_checkpoint(elapsed_before + time.perf_counter() - t0)
+            raise Cancelled(f"distillation stopped at step {step}; resume with --resume")
+        b = config.batch_size
+        cls = np_rng.integers(0, n_classes, size=b)  # class-balanced
+        idx = by_class[starts[cls] + (np_rng.random(b) * counts[cls]).astype(np.int64)]
+        x0 = augment_batch(images[torch.from_numpy(idx).to(device)], size, gen, aug_cfg)
+        t = torch.randint(config.t_min, config.t_max + 1, (b,), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        a = ac[t][:, None, None, None]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        y = torch.from_numpy(_labels(cls, n_classes, k, config.null_share, np_rng).reshape(-1)).to(device)
+        xt_k = xt.repeat_interleave(k, 0)
+        t_k = t.repeat_interleave(k, 0)
+        with torch.no_grad():
+            target = teacher_unet(xt_k, t_k, class_labels=y).sample
+        lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pred = student(xt_k, t_k, class_labels=y).sample
+        loss = ((pred - target) ** 2).mean()
+        if config.denoise_weight > 0:
+            own = pred.view(b, k, *pred.shape[1:])[:, 0]
+            loss = loss + config.denoise_weight * ((own - noise) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(
+                list(ema.parameters()), [p.detach() for p in student.parameters()], 1 - decay
+            )
+        step += 1
+        loss_hist.append(float(loss.detach()))
+        loss_hist = loss_hist[-5000:]
+        now = time.perf_counter()
+        elapsed = elapsed_before + now - t0
+        timed_out = config.max_seconds is not None and now - t0 >= config.max_seconds
+        if step % config.checkpoint_every == 0 or step == config.steps or timed_out:
+            save_checkpoint(elapsed)
+        if step % 10 == 0 or step == config.steps or timed_out:
+            sps = (step - last_step) / max(1e-9, now - last_t)
+            last_t, last_step = now, step
+            yield {
+                "step": step,
+                "total": config.steps,
+                "loss": float(np.mean(loss_hist[-100:])),
+                "lr": lr,
+                "steps_per_second": sps,
+                "elapsed": elapsed,
+            }
+        if timed_out:
+            break
+    path = export(elapsed_before + time.perf_counter() - t0)
+    yield {
+        "step": step,
+        "total": config.steps,
+        "loss": float(np.mean(loss_hist[-100:])) if loss_hist else float("nan"),
+        "done": True,
+        "finished": step >= config.steps,
+        "model_dir": str(path),
+    }

@@ -1,0 +1,87 @@
+"""Distilling a model into a narrower UNet: the student learns the teacher, resumes exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cytodiffusion.errors import Cancelled, InputError
+from napari_cytodiffusion.model.distill import DistillConfig, distill, student_arch
+from napari_cytodiffusion.model.folder import load_model
+from napari_cytodiffusion.model.train import prepare_training_data
+
+
+@pytest.fixture(scope="module")
+def teacher_and_data(tiny_model, tiny_dataset):
+    teacher = load_model(tiny_model, device="cpu")
+    data = prepare_training_data(tiny_dataset, teacher.size, classes=teacher.classes)
+    return teacher, data
+
+
+def _cfg(**kw) -> DistillConfig:
+    base = dict(steps=30, batch_size=8, labels_per_cell=2, lr=3e-3, warmup_steps=3, checkpoint_every=10)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def _gap_to_teacher(student_unet, teacher) -> float:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 3, teacher.size, teacher.size, generator=g)
+    t = torch.randint(60, 960, (16,), generator=g)
+    y = torch.randint(0, len(teacher.classes) + 1, (16,), generator=g)
+    with torch.no_grad():
+        return float(
+            (
+                (student_unet(x, t, class_labels=y).sample - teacher.unet(x, t, class_labels=y).sample) ** 2
+            ).mean()
+        )
+
+
+def test_student_is_a_narrower_model_folder_that_approaches_its_teacher(teacher_and_data, tmp_path):
+    teacher, data = teacher_and_data
+    out = tmp_path / "student"
+    events = list(distill(teacher, data, out, [8, 16], _cfg(steps=60)))
+    assert events[-1]["done"] and events[-1]["finished"]
+    student = load_model(out, device="cpu")
+    assert student.classes == teacher.classes and student.size == teacher.size
+    assert list(student.unet.config.block_out_channels) == [8, 16]
+    assert student.metadata.training["distilled_from"]["content_hash"] == teacher.metadata.content_hash
+    n_student = sum(p.numel() for p in student.unet.parameters())
+    assert n_student < 0.5 * sum(p.numel() for p in teacher.unet.parameters())
+    from napari_cytodiffusion.model.architecture import build_unet
+
+    torch.manual_seed(0)
+    untrained = build_unet(
+        len(teacher.classes), student_arch(dict(teacher.metadata.training["recipe"]["arch"]), [8, 16])
+    )
+    assert _gap_to_teacher(student.unet, teacher) < 0.5 * _gap_to_teacher(untrained, teacher)
+
+
+def test_interrupted_distillation_resumes_exactly(teacher_and_data, tmp_path):
+    teacher, data = teacher_and_data
+    whole = tmp_path / "whole"
+    list(distill(teacher, data, whole, [8, 16], _cfg(steps=20)))
+    part = tmp_path / "part"
+    seen = []
+    with pytest.raises(Cancelled):
+        for ev in distill(teacher, data, part, [8, 16], _cfg(steps=20), should_stop=lambda: len(seen) >= 1):
+            seen.append(ev)  # stops after the first progress event (step 10)
+    list(distill(teacher, data, part, [8, 16], _cfg(steps=20), resume=True))
+    a = load_model(whole, device="cpu").unet.state_dict()
+    b = load_model(part, device="cpu").unet.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(InputError, match="not empty"):
+        list(distill(teacher, data, part, [8, 16], _cfg()))
+
+
+def test_bad_student_widths_and_mismatched_data_are_clear_errors(teacher_and_data, tmp_path):
+    teacher, data = teacher_and_data
+    with pytest.raises(InputError, match="one width"):
+        list(distill(teacher, data, tmp_path / "a", [8, 16, 32], _cfg()))
+    with pytest.raises(InputError, match=">= 8"):
+        list(distill(teacher, data, tmp_path / "b", [4, 16], _cfg()))
+    other = type(data)(images=data.images, labels=data.labels, classes=["x", "y"])
+    with pytest.raises(InputError, match="differ"):
+        list(distill(teacher, other, tmp_path / "c", [8, 16], _cfg()))
+    assert not np.any([p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "c")])
