@@ -20,7 +20,9 @@ def teacher_and_data(tiny_model, tiny_dataset):
 
 
 def _cfg(**kw) -> DistillConfig:
-    base = dict(steps=30, batch_size=8, labels_per_cell=2, lr=3e-3, warmup_steps=3, checkpoint_every=10)
+    base = dict(
+        steps=30, batch_size=8, labels_per_cell=2, lr=3e-3, warmup_steps=3, checkpoint_every=10, int8=False
+    )
     base.update(kw)
     return DistillConfig(**base)
 
@@ -85,3 +87,20 @@ def test_bad_student_widths_and_mismatched_data_are_clear_errors(teacher_and_dat
     with pytest.raises(InputError, match="differ"):
         list(distill(teacher, other, tmp_path / "c", [8, 16], _cfg()))
     assert not np.any([p.exists() for p in (tmp_path / "a", tmp_path / "b", tmp_path / "c")])
+
+
+def test_train_cli_distils_a_model_folder(tiny_model, tiny_dataset, tmp_path):
+    from napari_cytodiffusion.cli.main import main
+
+    out = tmp_path / "fast"
+    args = ["train", "--data", str(tiny_dataset), "--out", str(out), "--distill-from", str(tiny_model)]
+    assert main([*args, "--widths", "8,16", "--steps", "4", "--checkpoint-every", "2", "--no-int8"]) == 0
+    meta = load_model(out, device="cpu").metadata
+    assert meta.training["steps_done"] == 4 and meta.training["recipe"]["arch"]["block_out_channels"] == [
+        8,
+        16,
+    ]
+    assert main([*args, "--resume", "--steps", "6", "--no-int8"]) == 0
+    assert load_model(out, device="cpu").metadata.training["steps_done"] == 6
+    assert main([*args[:4], str(tmp_path / "x"), *args[5:], "--widths", "8,a"]) == 2
+    assert main([*args[:4], str(tmp_path / "y"), *args[5:], "--widths", "8,16,32"]) == 2

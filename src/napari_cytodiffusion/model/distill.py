@@ -29,7 +29,16 @@ from ..errors import Cancelled, InputError, ModelError
 from .architecture import build_unet
 from .augment import AugmentConfig, augment_batch
 from .folder import DiffusionModel, ModelMetadata, save_model
-from .train import CHECKPOINT_DIR, CHECKPOINT_FILE, TrainingData, _class_sampler, _hardware, _resolve_device
+from .train import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FILE,
+    TrainConfig,
+    TrainingData,
+    _class_sampler,
+    _hardware,
+    _resolve_device,
+    _write_int8,
+)
 
 
 @dataclass
@@ -57,6 +66,8 @@ class DistillConfig:
     augment: dict[str, Any] = field(default_factory=lambda: asdict(AugmentConfig()))
     device: str | None = None
     max_seconds: float | None = None
+    #: when finished, also write the int8 UNet for fast CPU inference (needs ``[onnx]``)
+    int8: bool = True
 
 
 def student_arch(teacher_arch: dict[str, Any], widths: list[int]) -> dict[str, Any]:
@@ -263,6 +274,9 @@ def distill(
         if timed_out:
             break
     path = export(elapsed_before + time.perf_counter() - t0)
+    if step >= config.steps and config.int8:
+        yield {"step": step, "total": config.steps, "loss": float(np.mean(loss_hist[-100:])), "stage": "int8"}
+        _write_int8(path, data, TrainConfig(arch=config.arch, seed=config.seed))
     yield {
         "step": step,
         "total": config.steps,
