@@ -126,16 +126,21 @@ def cmd_train(a) -> int:
     size = int(arch["sample_size"])
     data = prepare_training_data(a.data, size, store_margin=cfg.store_margin, split=a.split)
     print(f"training on {len(data.labels)} cells of {len(data.classes)} classes: {', '.join(data.classes)}")
-    bar = progress(None, total=cfg.steps, desc="train")
+    return _drive(train(data, out, cfg, resume=a.resume), cfg.steps, "train", "model")
+
+
+def _drive(events, total: int, desc: str, what: str) -> int:
+    """Run a training generator under a progress bar; report where the model went."""
+    bar = progress(None, total=total, desc=desc)
     last = None
-    for ev in train(data, out, cfg, resume=a.resume):
+    for ev in events:
         bar.n = ev["step"]
         bar.set_postfix(loss=f"{ev['loss']:.4f}", **({"stage": ev["stage"]} if "stage" in ev else {}))
         bar.refresh()
         last = ev
     bar.close()
     print(
-        f"model written to {last['model_dir']} after {last['step']} steps (loss {last['loss']:.4f})"
+        f"{what} written to {last['model_dir']} after {last['step']} steps (loss {last['loss']:.4f})"
         + ("" if last.get("finished") else "; stopped early, continue with --resume")
     )
     return 0
@@ -165,19 +170,9 @@ def _cmd_distill(a) -> int:
         a.data, teacher.size, store_margin=1.125, split=a.split, classes=list(teacher.classes)
     )
     print(f"distilling {teacher.short_id()} into widths {widths} on {len(data.labels)} cells")
-    bar = progress(None, total=cfg.steps, desc="distil")
-    last = None
-    for ev in distill(teacher, data, Path(a.out), widths, cfg, resume=a.resume):
-        bar.n = ev["step"]
-        bar.set_postfix(loss=f"{ev['loss']:.4f}", **({"stage": ev["stage"]} if "stage" in ev else {}))
-        bar.refresh()
-        last = ev
-    bar.close()
-    print(
-        f"student written to {last['model_dir']} after {last['step']} steps (loss {last['loss']:.4f})"
-        + ("" if last.get("finished") else "; stopped early, continue with --resume")
+    return _drive(
+        distill(teacher, data, Path(a.out), widths, cfg, resume=a.resume), cfg.steps, "distil", "student"
     )
-    return 0
 
 
 def _stratified(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,12 +31,14 @@ from .folder import DiffusionModel, ModelMetadata, save_model
 from .train import (
     CHECKPOINT_DIR,
     CHECKPOINT_FILE,
+    LoopState,
     TrainConfig,
     TrainingData,
     _class_sampler,
     _hardware,
     _resolve_device,
     _write_int8,
+    load_checkpoint,
 )
 
 
@@ -124,12 +125,7 @@ def distill(
         raise ModelError(f"{teacher.path}: metadata has no training recipe architecture to narrow")
     state = None
     if resume:
-        if not ckpt_path.is_file():
-            raise InputError(f"nothing to resume: {ckpt_path} does not exist")
-        try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # torch.load: pickle/zip errors of many types
-            raise ModelError(f"cannot read checkpoint {ckpt_path}: {exc}") from exc
+        state = load_checkpoint(ckpt_path)
         if state.get("teacher") != t_meta.content_hash:
             raise InputError(f"{ckpt_path} was distilled from another teacher ({state.get('teacher')})")
         saved = DistillConfig(**state["config"])
@@ -155,16 +151,13 @@ def distill(
     opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     np_rng = np.random.default_rng(config.seed)
-    step, elapsed_before, loss_hist = 0, 0.0, []
     if state is not None:
         student.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["torch_gen"])
         np_rng.bit_generator.state = state["np_rng"]
-        step = int(state["step"])
-        elapsed_before = float(state.get("elapsed", 0.0))
-        loss_hist = list(state.get("loss_hist", []))
+    loop = LoopState(config.steps, config.checkpoint_every, config.max_seconds, state)
 
     ac = teacher.alphas_cumprod().to(device)
     images = torch.from_numpy(data.images).to(device)
@@ -182,11 +175,11 @@ def distill(
                 "opt": opt.state_dict(),
                 "torch_gen": gen.get_state(),
                 "np_rng": np_rng.bit_generator.state,
-                "step": step,
+                "step": loop.step,
                 "elapsed": elapsed,
                 "config": asdict(config),
                 "teacher": t_meta.content_hash,
-                "loss_hist": loss_hist,
+                "loss_hist": loop.loss_hist,
             },
             tmp,
         )
@@ -198,10 +191,10 @@ def distill(
             {
                 "distilled_from": {"name": t_meta.name, "content_hash": t_meta.content_hash},
                 "recipe": {"distillation": asdict(config), "teacher_recipe": t_meta.training.get("recipe")},
-                "steps_done": step,
+                "steps_done": loop.step,
                 "train_seconds": round(elapsed, 1),
                 "hardware": _hardware(device),
-                "final_loss": float(np.mean(loss_hist[-200:])) if loss_hist else None,
+                "final_loss": loop.mean_loss(200) if loop.loss_hist else None,
             }
         )
         training["recipe"]["arch"] = config.arch
@@ -215,13 +208,11 @@ def distill(
         )
         return save_model(copy.deepcopy(ema).to("cpu"), teacher.scheduler, meta, out_dir, overwrite=True)
 
-    t0 = time.perf_counter()
-    last_t, last_step = t0, step
     student.train()
-    while step < config.steps:
+    while loop.running():
         if should_stop is not None and should_stop():
-            save_checkpoint(elapsed_before + time.perf_counter() - t0)
-            raise Cancelled(f"distillation stopped at step {step}; resume with --resume")
+            save_checkpoint(loop.elapsed())
+            raise Cancelled(f"distillation stopped at step {loop.step}; resume with --resume")
         b = config.batch_size
         cls = np_rng.integers(0, n_classes, size=b)  # class-balanced
         idx = by_class[starts[cls] + (np_rng.random(b) * counts[cls]).astype(np.int64)]
@@ -235,7 +226,7 @@ def distill(
         t_k = t.repeat_interleave(k, 0)
         with torch.no_grad():
             target = teacher_unet(xt_k, t_k, class_labels=y).sample
-        lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+        lr = config.lr * min(1.0, (loop.step + 1) / max(1, config.warmup_steps))
         for g in opt.param_groups:
             g["lr"] = lr
         pred = student(xt_k, t_k, class_labels=y).sample
@@ -247,41 +238,18 @@ def distill(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        decay = min(config.ema_decay, (1 + loop.step) / (10 + loop.step))
         with torch.no_grad():
             torch._foreach_lerp_(
                 list(ema.parameters()), [p.detach() for p in student.parameters()], 1 - decay
             )
-        step += 1
-        loss_hist.append(float(loss.detach()))
-        loss_hist = loss_hist[-5000:]
-        now = time.perf_counter()
-        elapsed = elapsed_before + now - t0
-        timed_out = config.max_seconds is not None and now - t0 >= config.max_seconds
-        if step % config.checkpoint_every == 0 or step == config.steps or timed_out:
-            save_checkpoint(elapsed)
-        if step % 10 == 0 or step == config.steps or timed_out:
-            sps = (step - last_step) / max(1e-9, now - last_t)
-            last_t, last_step = now, step
-            yield {
-                "step": step,
-                "total": config.steps,
-                "loss": float(np.mean(loss_hist[-100:])),
-                "lr": lr,
-                "steps_per_second": sps,
-                "elapsed": elapsed,
-            }
-        if timed_out:
-            break
-    path = export(elapsed_before + time.perf_counter() - t0)
-    if step >= config.steps and config.int8:
-        yield {"step": step, "total": config.steps, "loss": float(np.mean(loss_hist[-100:])), "stage": "int8"}
+        save, event = loop.advance(float(loss.detach()), lr)
+        if save:
+            save_checkpoint(loop.elapsed())
+        if event is not None:
+            yield event
+    path = export(loop.elapsed())
+    if loop.step >= config.steps and config.int8:
+        yield {"step": loop.step, "total": config.steps, "loss": loop.mean_loss(), "stage": "int8"}
         _write_int8(path, data, TrainConfig(arch=config.arch, seed=config.seed))
-    yield {
-        "step": step,
-        "total": config.steps,
-        "loss": float(np.mean(loss_hist[-100:])) if loss_hist else float("nan"),
-        "done": True,
-        "finished": step >= config.steps,
-        "model_dir": str(path),
-    }
+    yield loop.final_events(path)

@@ -133,6 +133,84 @@ def _class_sampler(labels: np.ndarray, n_classes: int, balance: float):
     return class_p, by_class, starts, counts.astype(np.int64)
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a training checkpoint, with a clear error when it is missing or unreadable."""
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"nothing to resume: {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load: pickle/zip errors of many types
+        raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+class LoopState:
+    """Step counter, loss history, time limit and progress events of a training loop.
+
+    Shared by :func:`train` and :func:`~napari_cytodiffusion.model.distill.distill`; restored
+    from a checkpoint's ``step``, ``elapsed`` and ``loss_hist`` when resuming.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        checkpoint_every: int,
+        max_seconds: float | None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        state = state or {}
+        self.total, self.every, self.max_seconds = int(total), int(checkpoint_every), max_seconds
+        self.step = int(state.get("step", 0))
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        self.loss_hist = list(state.get("loss_hist", []))
+        self.t0 = time.perf_counter()
+        self._last_t, self._last_step = self.t0, self.step
+        self.timed_out = False
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def mean_loss(self, last: int = 100) -> float:
+        return float(np.mean(self.loss_hist[-last:])) if self.loss_hist else float("nan")
+
+    def running(self) -> bool:
+        return self.step < self.total and not self.timed_out
+
+    def advance(self, loss: float, lr: float) -> tuple[bool, dict[str, Any] | None]:
+        """Count a finished step; return (write a checkpoint now?, progress event or None)."""
+        self.step += 1
+        self.loss_hist.append(loss)
+        if len(self.loss_hist) > 5000:
+            del self.loss_hist[:-5000]
+        now = time.perf_counter()
+        self.timed_out = self.max_seconds is not None and now - self.t0 >= self.max_seconds
+        last = self.step == self.total or self.timed_out
+        event = None
+        if self.step % 10 == 0 or last:
+            sps = (self.step - self._last_step) / max(1e-9, now - self._last_t)
+            self._last_t, self._last_step = now, self.step
+            event = {
+                "step": self.step,
+                "total": self.total,
+                "loss": self.mean_loss(),
+                "lr": lr,
+                "steps_per_second": sps,
+                "elapsed": self.elapsed_before + now - self.t0,
+            }
+        return self.step % self.every == 0 or last, event
+
+    def final_events(self, model_dir: Path) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "total": self.total,
+            "loss": self.mean_loss(),
+            "done": True,
+            "finished": self.step >= self.total,
+            "model_dir": str(model_dir),
+        }
+
+
 def train(
     data: TrainingData,
     out_dir: str | os.PathLike,
@@ -168,12 +246,7 @@ def train(
     ckpt_path = out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
     state = None
     if resume:
-        if not ckpt_path.is_file():
-            raise InputError(f"nothing to resume: {ckpt_path} does not exist")
-        try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # torch.load: pickle/zip errors of many types
-            raise ModelError(f"cannot read checkpoint {ckpt_path}: {exc}") from exc
+        state = load_checkpoint(ckpt_path)
         saved = TrainConfig(**state["config"])
         if config is not None:  # allow extending the run / changing the time limit only
             saved.steps = max(saved.steps, config.steps)
@@ -200,7 +273,6 @@ def train(
     # noise, timesteps and label dropout are drawn on the training device (fast on a GPU)
     dev_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     np_rng = np.random.default_rng(config.seed)
-    step, elapsed_before, loss_hist = 0, 0.0, []
     warm_start = 0
     if state is not None:
         unet.load_state_dict(state["unet"])
@@ -213,9 +285,7 @@ def train(
         if state.get("dev_gen") is not None and state.get("dev_gen_device") == device.type:
             dev_gen.set_state(state["dev_gen"])
         np_rng.bit_generator.state = state["np_rng"]
-        step = int(state["step"])
-        elapsed_before = float(state.get("elapsed", 0.0))
-        loss_hist = list(state.get("loss_hist", []))
+    loop = LoopState(config.steps, config.checkpoint_every, config.max_seconds, state)
 
     ac = alphas_cumprod(scheduler).to(device)
     snr = ac / (1 - ac)
@@ -239,11 +309,11 @@ def train(
                 "dev_gen": dev_gen.get_state(),
                 "dev_gen_device": device.type,
                 "np_rng": np_rng.bit_generator.state,
-                "step": step,
+                "step": loop.step,
                 "elapsed": elapsed,
                 "config": asdict(config),
                 "classes": list(data.classes),
-                "loss_hist": loss_hist,
+                "loss_hist": loop.loss_hist,
             },
             tmp,
         )
@@ -257,10 +327,10 @@ def train(
                 zip(data.classes, np.bincount(data.labels, minlength=n_classes).tolist(), strict=True)
             ),
             "recipe": asdict(config),
-            "steps_done": step,
+            "steps_done": loop.step,
             "train_seconds": round(elapsed, 1),
             "hardware": _hardware(device),
-            "final_loss": float(np.mean(loss_hist[-200:])) if loss_hist else None,
+            "final_loss": loop.mean_loss(200) if loop.loss_hist else None,
         }
         training_meta.update(meta_extra.get("training", {}))
         meta = ModelMetadata(
@@ -274,13 +344,11 @@ def train(
         cpu_ema = copy.deepcopy(ema).to("cpu")
         return save_model(cpu_ema, scheduler, meta, out_dir, overwrite=True)
 
-    t0 = time.perf_counter()
-    last_t, last_step = t0, step
     unet.train()
-    while step < config.steps:
+    while loop.running():
         if should_stop is not None and should_stop():
-            save_checkpoint(elapsed_before + time.perf_counter() - t0)
-            raise Cancelled(f"training stopped at step {step}; resume with --resume")
+            save_checkpoint(loop.elapsed())
+            raise Cancelled(f"training stopped at step {loop.step}; resume with --resume")
         b = config.batch_size
         cls = np_rng.choice(n_classes, size=b, p=class_p)
         pick = (np_rng.random(b) * counts[cls]).astype(np.int64)
@@ -293,7 +361,7 @@ def train(
         noise = torch.randn(x0.shape, generator=dev_gen, device=device)
         a = ac[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        lr = config.lr * min(1.0, (step + 1 - warm_start) / max(1, config.warmup_steps))
+        lr = config.lr * min(1.0, (loop.step + 1 - warm_start) / max(1, config.warmup_steps))
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -304,44 +372,20 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        decay = min(config.ema_decay, (1 + loop.step) / (10 + loop.step))
         with torch.no_grad():
             ema_p = [p for p in ema.parameters()]
             torch._foreach_lerp_(ema_p, [p.detach() for p in unet.parameters()], 1 - decay)
-        step += 1
-        loss_hist.append(float(loss.detach()))
-        loss_hist = loss_hist[-5000:]
-        now = time.perf_counter()
-        elapsed = elapsed_before + now - t0
-        timed_out = config.max_seconds is not None and now - t0 >= config.max_seconds
-        if step % config.checkpoint_every == 0 or step == config.steps or timed_out:
-            save_checkpoint(elapsed)
-        if step % 10 == 0 or step == config.steps or timed_out:
-            sps = (step - last_step) / max(1e-9, now - last_t)
-            last_t, last_step = now, step
-            yield {
-                "step": step,
-                "total": config.steps,
-                "loss": float(np.mean(loss_hist[-100:])),
-                "lr": lr,
-                "steps_per_second": sps,
-                "elapsed": elapsed,
-            }
-        if timed_out:
-            break
-    path = export(elapsed_before + time.perf_counter() - t0)
-    if step >= config.steps and config.int8:
-        loss_now = float(np.mean(loss_hist[-100:])) if loss_hist else float("nan")
-        yield {"step": step, "total": config.steps, "loss": loss_now, "stage": "int8"}
+        save, event = loop.advance(float(loss.detach()), lr)
+        if save:
+            save_checkpoint(loop.elapsed())
+        if event is not None:
+            yield event
+    path = export(loop.elapsed())
+    if loop.step >= config.steps and config.int8:
+        yield {"step": loop.step, "total": config.steps, "loss": loop.mean_loss(), "stage": "int8"}
         _write_int8(path, data, config)
-    yield {
-        "step": step,
-        "total": config.steps,
-        "loss": float(np.mean(loss_hist[-100:])) if loss_hist else float("nan"),
-        "done": True,
-        "finished": step >= config.steps,
-        "model_dir": str(path),
-    }
+    yield loop.final_events(path)
 
 
 def _write_int8(model_dir: Path, data: TrainingData, config: TrainConfig, n_cells: int = 256) -> None:
