@@ -28,13 +28,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--speeds", nargs="+", default=["full", "balanced", "fast"])
+    ap.add_argument("--model", default="default", help="model folder (default: the shipped model)")
     args = ap.parse_args()
 
     # cold model load, in a fresh interpreter as a user would see it
     code = (
         "import time; t=time.perf_counter(); from napari_cytodiffusion.model.folder import load_model; "
-        "from napari_cytodiffusion.paths import DEFAULT_MODEL_DIR; "
-        f"m=load_model(DEFAULT_MODEL_DIR, device={args.device!r}); m.inference_unet(); "
+        "from napari_cytodiffusion.model.registry import resolve_model; "
+        f"m=load_model(resolve_model({args.model!r}), device={args.device!r}); m.inference_unet(); "
         "print(time.perf_counter()-t)"
     )
     load_s = float(
@@ -51,16 +52,17 @@ def main() -> int:
     from napari_cytodiffusion.io.images import read_image
     from napari_cytodiffusion.model.folder import load_model
     from napari_cytodiffusion.model.onnx_backend import backend_name
-    from napari_cytodiffusion.paths import DEFAULT_MODEL_DIR
+    from napari_cytodiffusion.model.registry import resolve_model
 
     torch.set_num_threads(args.threads)
-    model = load_model(DEFAULT_MODEL_DIR, device=args.device)
+    model = load_model(resolve_model(args.model), device=args.device)
     df = pd.read_csv(args.pbc / "labels.csv")
     df = df[df.split == "val"].sample(frac=1.0, random_state=0).groupby("class").head(args.n // 8)
     crops = single_cell_crops([read_image(args.pbc / p) for p in df.path], model.metadata.preprocessing)
     truth = np.array([model.class_index(c) for c in df["class"]])
     classify_crops(model, crops[:2], speed="fast")  # warm-up
     out = {
+        "model": model.short_id(),
         "cells": len(truth),
         "threads": args.threads,
         "device": args.device,
