@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cytodiffusion.model.architecture import parse_widths
 from napari_cytodiffusion.model.distill import DistillConfig, distill
 from napari_cytodiffusion.model.registry import get_model
 from napari_cytodiffusion.model.train import TrainingData
@@ -31,24 +32,12 @@ from napari_cytodiffusion.model.train import TrainingData
 PROBE_TIMESTEPS = [570, 450, 330, 690, 210, 840]
 
 
-def _errors(unet, x0, ac, n_classes: int, seed: int = 0) -> np.ndarray:
-    """(N, C) summed squared errors over PROBE_TIMESTEPS, same noise for every class."""
-    import torch
+def _errors(unet, x0, ac, n_classes: int) -> np.ndarray:
+    """(N, C) summed errors over PROBE_TIMESTEPS (the classifier's engine, full grid, same noise)."""
+    from napari_cytodiffusion.classify.engine import EngineConfig, diffusion_errors
 
-    g = torch.Generator().manual_seed(seed)
-    out = np.zeros((len(x0), n_classes))
-    with torch.no_grad():
-        for t in PROBE_TIMESTEPS:
-            noise = torch.randn(x0.shape, generator=g)
-            a = ac[t]
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            for c in range(n_classes):
-                for s in range(0, len(x0), 128):
-                    sl = slice(s, s + 128)
-                    y = torch.full((len(x0[sl]),), c, dtype=torch.long)
-                    pred = unet(xt[sl], torch.full_like(y, t), class_labels=y).sample
-                    out[sl, c] += ((pred - noise[sl]) ** 2).mean(dim=(1, 2, 3)).numpy()
-    return out
+    cfg = EngineConfig(timesteps=PROBE_TIMESTEPS, adaptive=False, batch_size=128)
+    return diffusion_errors(unet, ac, x0, n_classes, cfg).errors.sum(axis=2)
 
 
 def probe(cache: Path, out: Path, n: int = 256) -> None:
@@ -133,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         max_seconds=args.max_seconds,
         device=args.device,
     )
-    widths = [int(w) for w in args.widths.split(",")]
+    widths = parse_widths(args.widths)
     name = teacher.metadata.name + "-distilled-" + "x".join(str(w) for w in widths)
     last = None
     for ev in distill(teacher, data, args.out, widths, cfg, resume=args.resume, metadata={"name": name}):

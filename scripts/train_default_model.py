@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_cytodiffusion.io.datasets import load_single_cell_crops, map_classes, read_labelled
-from napari_cytodiffusion.model.architecture import DEFAULT_ARCH
+from napari_cytodiffusion.model.architecture import DEFAULT_ARCH, parse_widths, with_widths
 from napari_cytodiffusion.model.folder import default_preprocessing
 from napari_cytodiffusion.model.train import TrainConfig, TrainingData, store_size, train
 
@@ -120,10 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     arch = None
     if args.channels:
-        widths = [int(c) for c in args.channels.split(",")]
-        if len(widths) != 3 or min(widths) < 8:
-            ap.error("--channels takes three widths of at least 8, e.g. 16,32,64")
-        arch = dict(DEFAULT_ARCH) | {"block_out_channels": widths, "norm_num_groups": min(16, widths[0] // 2)}
+        widths = parse_widths(args.channels)
+        arch = with_widths(DEFAULT_ARCH, widths)
         name += "-" + "x".join(str(w) for w in widths)
     cfg = TrainConfig(
         steps=args.steps,

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from napari_cytodiffusion.errors import Cancelled, InputError
-from napari_cytodiffusion.model.distill import DistillConfig, distill, student_arch
+from napari_cytodiffusion.model.architecture import with_widths
+from napari_cytodiffusion.model.distill import DistillConfig, _labels, distill
 from napari_cytodiffusion.model.folder import load_model
 from napari_cytodiffusion.model.train import prepare_training_data
 
@@ -55,7 +56,7 @@ def test_student_is_a_narrower_model_folder_that_approaches_its_teacher(teacher_
 
     torch.manual_seed(0)
     untrained = build_unet(
-        len(teacher.classes), student_arch(dict(teacher.metadata.training["recipe"]["arch"]), [8, 16])
+        len(teacher.classes), with_widths(teacher.metadata.training["recipe"]["arch"], [8, 16])
     )
     assert _gap_to_teacher(student.unet, teacher) < 0.5 * _gap_to_teacher(untrained, teacher)
 
@@ -75,13 +76,31 @@ def test_interrupted_distillation_resumes_exactly(teacher_and_data, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(InputError, match="not empty"):
         list(distill(teacher, data, part, [8, 16], _cfg()))
+    # a checkpoint made from another teacher is refused
+    ckpt = part / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=False)
+    torch.save({**state, "teacher": "0" * 64}, ckpt)
+    with pytest.raises(InputError, match="another teacher"):
+        list(distill(teacher, data, part, [8, 16], _cfg(steps=30), resume=True))
+
+
+@pytest.mark.parametrize(("n_classes", "k"), [(8, 4), (3, 4), (2, 4)])
+def test_labels_are_own_class_then_distinct_others_or_null(n_classes, k):
+    rng = np.random.default_rng(0)
+    cls = rng.integers(0, n_classes, 200)
+    out = _labels(cls, n_classes, k, 0.1, rng)
+    assert out.shape == (200, min(k, n_classes))
+    assert (out[:, 0] == cls).all()
+    for row in out:  # no label twice per cell, the own class never among the others
+        assert len(set(row)) == len(row) and row[0] not in row[1:]
+    assert 0.02 < np.mean(out[:, 1:] == n_classes) < 0.2  # ~10 % of the extra labels are null
 
 
 def test_bad_student_widths_and_mismatched_data_are_clear_errors(teacher_and_data, tmp_path):
     teacher, data = teacher_and_data
-    with pytest.raises(InputError, match="one width"):
+    with pytest.raises(InputError, match="one width >= 8 for each of the 2 levels"):
         list(distill(teacher, data, tmp_path / "a", [8, 16, 32], _cfg()))
-    with pytest.raises(InputError, match=">= 8"):
+    with pytest.raises(InputError, match="one width >= 8"):
         list(distill(teacher, data, tmp_path / "b", [4, 16], _cfg()))
     other = type(data)(images=data.images, labels=data.labels, classes=["x", "y"])
     with pytest.raises(InputError, match="differ"):

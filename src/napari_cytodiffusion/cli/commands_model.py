@@ -147,14 +147,12 @@ def _drive(events, total: int, desc: str, what: str) -> int:
 
 
 def _cmd_distill(a) -> int:
+    from ..model.architecture import parse_widths
     from ..model.distill import DistillConfig, distill
     from ..model.registry import get_model
     from ..model.train import prepare_training_data
 
-    try:
-        widths = [int(w) for w in a.widths.split(",")]
-    except ValueError:
-        raise InputError(f"--widths {a.widths!r}: give integers separated by commas, e.g. 16,32,64") from None
+    widths = parse_widths(a.widths)
     teacher = get_model(a.distill_from, device=device_arg(a.device))
     cfg = DistillConfig(
         steps=a.steps,
@@ -166,9 +164,7 @@ def _cmd_distill(a) -> int:
         warmup_steps=min(200, max(1, a.steps // 10)),
         int8=not a.no_int8,
     )
-    data = prepare_training_data(
-        a.data, teacher.size, store_margin=1.125, split=a.split, classes=list(teacher.classes)
-    )
+    data = prepare_training_data(a.data, teacher.size, split=a.split, classes=list(teacher.classes))
     print(f"distilling {teacher.short_id()} into widths {widths} on {len(data.labels)} cells")
     return _drive(
         distill(teacher, data, Path(a.out), widths, cfg, resume=a.resume), cfg.steps, "distil", "student"

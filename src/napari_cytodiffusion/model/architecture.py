@@ -7,6 +7,7 @@ It predicts the noise (epsilon) under a 1000-step schedule.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +34,29 @@ TINY_ARCH: dict[str, Any] = {
     "norm_num_groups": 8,
     "attention_head_dim": 16,
 }
+
+
+def parse_widths(text: str) -> list[int]:
+    """Per-level UNet widths from text such as ``"16,32,64"``."""
+    from ..errors import InputError
+
+    try:
+        return [int(w) for w in str(text).split(",")]
+    except ValueError:
+        raise InputError(f"widths {text!r}: give integers separated by commas, e.g. 16,32,64") from None
+
+
+def with_widths(arch: dict[str, Any], widths: list[int]) -> dict[str, Any]:
+    """``arch`` with other per-level widths (same number of levels; norm groups adapted)."""
+    from ..errors import InputError
+
+    levels = len(arch["block_out_channels"])
+    if len(widths) != levels or min(widths) < 8:
+        raise InputError(f"widths {widths}: give one width >= 8 for each of the {levels} levels")
+    out = copy.deepcopy(arch)
+    out["block_out_channels"] = [int(w) for w in widths]
+    out["norm_num_groups"] = min(int(arch["norm_num_groups"]), int(widths[0]) // 2)
+    return out
 
 
 @dataclass

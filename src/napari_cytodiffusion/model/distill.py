@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import Cancelled, InputError, ModelError
-from .architecture import build_unet
+from .architecture import build_unet, with_widths
 from .augment import AugmentConfig, augment_batch
 from .folder import DiffusionModel, ModelMetadata, save_model
 from .train import (
@@ -71,22 +71,12 @@ class DistillConfig:
     int8: bool = True
 
 
-def student_arch(teacher_arch: dict[str, Any], widths: list[int]) -> dict[str, Any]:
-    """The teacher's architecture with other widths (norm groups adapted)."""
-    if len(widths) != len(teacher_arch["block_out_channels"]) or min(widths) < 8:
-        raise InputError(
-            f"student widths {widths} must give one width >= 8 for each of the teacher's "
-            f"{len(teacher_arch['block_out_channels'])} levels"
-        )
-    arch = copy.deepcopy(teacher_arch)
-    arch["block_out_channels"] = [int(w) for w in widths]
-    arch["norm_num_groups"] = min(int(teacher_arch["norm_num_groups"]), int(widths[0]) // 2)
-    return arch
-
-
 def _labels(cls, n_classes: int, k: int, null_share: float, rng: np.random.Generator) -> np.ndarray:
-    """(B, k) labels per cell: its own class first, then distinct other classes or the null class."""
-    b = len(cls)
+    """(B, k) labels per cell: its own class first, then distinct other classes or the null class.
+
+    Fewer than ``k`` columns when the model has fewer classes (own class and every other one).
+    """
+    b, k = len(cls), max(1, min(int(k), n_classes))
     out = np.empty((b, k), np.int64)
     out[:, 0] = cls
     for i in range(b):
@@ -135,7 +125,7 @@ def distill(
         config = saved
     else:
         config = copy.deepcopy(config) if config is not None else DistillConfig()
-        config.arch = student_arch(teacher_arch, widths)
+        config.arch = with_widths(teacher_arch, widths)
         if out_dir.exists() and any(out_dir.iterdir()):
             raise InputError(f"{out_dir} exists and is not empty; use --resume or a new folder")
     size = int(config.arch["sample_size"])
@@ -163,7 +153,6 @@ def distill(
     images = torch.from_numpy(data.images).to(device)
     _, by_class, starts, counts = _class_sampler(data.labels, n_classes, 1.0)
     aug_cfg = AugmentConfig(**config.augment)
-    k = max(1, int(config.labels_per_cell))
 
     def save_checkpoint(elapsed: float) -> None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +210,9 @@ def distill(
         noise = torch.randn(x0.shape, generator=gen).to(device)
         a = ac[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        y = torch.from_numpy(_labels(cls, n_classes, k, config.null_share, np_rng).reshape(-1)).to(device)
+        labels = _labels(cls, n_classes, config.labels_per_cell, config.null_share, np_rng)
+        k = labels.shape[1]
+        y = torch.from_numpy(labels.reshape(-1)).to(device)
         xt_k = xt.repeat_interleave(k, 0)
         t_k = t.repeat_interleave(k, 0)
         with torch.no_grad():
