@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--labels-per-cell", type=int, default=4)
     r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--contrast-weight", type=float, default=DistillConfig.contrast_weight)
+    r.add_argument("--init-from", default=None, help="another run's folder to start from")
     r.add_argument("--max-seconds", type=float, default=None)
     r.add_argument("--device", default=None)
     r.add_argument("--resume", action="store_true")
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         labels_per_cell=args.labels_per_cell,
         lr=args.lr,
+        contrast_weight=args.contrast_weight,
+        init_from=args.init_from,
         max_seconds=args.max_seconds,
         device=args.device,
     )
