@@ -8,7 +8,13 @@ Usage::
     python scripts/distill_default_model.py run --cache runs/pbc_cache.npz --out runs/distill/s16
         [--widths 16,32,64] [--steps 20000] [--max-seconds 7200] [--device cuda] [--resume]
     python scripts/distill_default_model.py probe --cache runs/pbc_cache.npz --out runs/distill/s16
+    python scripts/distill_default_model.py finish --cache runs/pbc_cache.npz --out runs/distill/s16
 
+``finish`` makes the student usable by the classifier: it copies the teacher's engine settings
+(timesteps, weights, paired test) and calibration into the student's metadata (the ``fast`` /
+``accurate`` preset constants are dropped: they belong to the teacher), writes the int8 UNet and
+refits temperature, P(correct) and anomaly profile on the int8 student's errors of the calibration
+hold-out (``scripts/quantize_default_model.py --recalibrate``), which also measures PBC val.
 ``probe`` is a quick check during a run: the calibration hold-out (256 cells, stratified) is
 classified with the full class set at six timesteps by the teacher and by the student's
 current EMA weights (from the checkpoint), with the same noise; it prints both accuracies and
@@ -84,6 +90,29 @@ def probe(cache: Path, out: Path, n: int = 256) -> None:
     )
 
 
+def finish(cache: Path, out: Path) -> None:
+    import copy
+    import importlib.util
+
+    from napari_cytodiffusion.model.folder import read_metadata, write_metadata
+
+    teacher = get_model(None, device="cpu")
+    meta = read_metadata(out)
+    if meta.training.get("distilled_from", {}).get("content_hash") != teacher.metadata.content_hash:
+        raise SystemExit(f"{out} was not distilled from the shipped default model")
+    cal = copy.deepcopy(teacher.metadata.calibration)
+    cal.pop("presets", None)
+    cal["copied_from_teacher"] = teacher.metadata.content_hash
+    meta.calibration = cal
+    write_metadata(out, meta)
+    spec = importlib.util.spec_from_file_location(
+        "quantize", Path(__file__).with_name("quantize_default_model.py")
+    )
+    quantize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quantize)
+    quantize.main(["--model", str(out), "--recalibrate", str(cache)])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -104,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n", type=int, default=256)
+    f = sub.add_parser("finish")
+    f.add_argument("--cache", type=Path, required=True)
+    f.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    if args.cmd == "finish":
+        finish(args.cache, args.out)
+        return 0
     if args.cmd == "probe":
         probe(args.cache, args.out, args.n)
         return 0
