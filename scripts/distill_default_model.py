@@ -7,6 +7,7 @@ Usage::
 
     python scripts/distill_default_model.py run --cache runs/pbc_cache.npz --out runs/distill/s16
         [--widths 16,32,64] [--steps 20000] [--max-seconds 7200] [--device cuda] [--resume]
+        [--contrast-weight 9] [--init-from OTHER_RUN]
     python scripts/distill_default_model.py probe --cache runs/pbc_cache.npz --out runs/distill/s16
     python scripts/distill_default_model.py finish --cache runs/pbc_cache.npz --out runs/distill/s16
 
@@ -15,6 +16,7 @@ Usage::
 ``accurate`` preset constants are dropped: they belong to the teacher), writes the int8 UNet and
 refits temperature, P(correct) and anomaly profile on the int8 student's errors of the calibration
 hold-out (``scripts/quantize_default_model.py --recalibrate``), which also measures PBC val.
+
 ``probe`` is a quick check during a run: the calibration hold-out (256 cells, stratified) is
 classified with the full class set at six timesteps by the teacher and by the student's
 current EMA weights (from the checkpoint), with the same noise; it prints both accuracies and

@@ -76,8 +76,15 @@ def test_interrupted_distillation_resumes_exactly(teacher_and_data, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(InputError, match="not empty"):
         list(distill(teacher, data, part, [8, 16], _cfg()))
-    # a checkpoint made from another teacher is refused
+    # a checkpoint from before the contrast weight existed resumes without it
     ckpt = part / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["config"]["contrast_weight"]
+    torch.save(state, ckpt)
+    list(distill(teacher, data, part, [8, 16], _cfg(steps=22), resume=True))
+    resumed = load_model(part, device="cpu").metadata.training
+    assert resumed["steps_done"] == 22 and resumed["recipe"]["distillation"]["contrast_weight"] == 0.0
+    # a checkpoint made from another teacher is refused
     state = torch.load(ckpt, weights_only=False)
     torch.save({**state, "teacher": "0" * 64}, ckpt)
     with pytest.raises(InputError, match="another teacher"):

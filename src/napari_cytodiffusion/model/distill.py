@@ -94,14 +94,20 @@ def _labels(cls, n_classes: int, k: int, null_share: float, rng: np.random.Gener
     return out
 
 
+def _run_checkpoint(path: Path, teacher_hash: str) -> dict[str, Any]:
+    """A distillation checkpoint, refused when it was made from another teacher."""
+    state = load_checkpoint(path)
+    if state.get("teacher") != teacher_hash:
+        raise InputError(f"{path} was distilled from another teacher ({state.get('teacher')})")
+    return state
+
+
 def _init_state(run_dir: Path, teacher_hash: str, arch: dict[str, Any]) -> dict[str, Any]:
     """Student and EMA weights of another distillation run, checked against teacher and widths."""
     path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
     if not path.is_file():
         raise InputError(f"cannot start from {run_dir}: it has no distillation checkpoint ({path})")
-    state = load_checkpoint(path)
-    if state.get("teacher") != teacher_hash:
-        raise InputError(f"{run_dir} was distilled from another teacher ({state.get('teacher')})")
+    state = _run_checkpoint(path, teacher_hash)
     if state["config"].get("arch") != arch:
         raise InputError(f"{run_dir} has other widths than this run; start it with the same --widths")
     return state
@@ -135,9 +141,7 @@ def distill(
         raise ModelError(f"{teacher.path}: metadata has no training recipe architecture to narrow")
     state = None
     if resume:
-        state = load_checkpoint(ckpt_path)
-        if state.get("teacher") != t_meta.content_hash:
-            raise InputError(f"{ckpt_path} was distilled from another teacher ({state.get('teacher')})")
+        state = _run_checkpoint(ckpt_path, t_meta.content_hash)
         saved = DistillConfig(**{"contrast_weight": 0.0, **state["config"]})  # older runs had none
         if config is not None:  # extend the run / change the time limit or device only
             saved.steps = max(saved.steps, config.steps)
