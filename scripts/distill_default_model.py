@@ -7,7 +7,7 @@ Usage::
 
     python scripts/distill_default_model.py run --cache runs/pbc_cache.npz --out runs/distill/s16
         [--widths 16,32,64] [--steps 20000] [--max-seconds 7200] [--device cuda] [--resume]
-        [--contrast-weight 9] [--init-from OTHER_RUN]
+        [--lr 1e-3] [--min-lr 1e-5] [--contrast-weight 9] [--init-from OTHER_RUN]
     python scripts/distill_default_model.py probe --cache runs/pbc_cache.npz --out runs/distill/s16
     python scripts/distill_default_model.py finish --cache runs/pbc_cache.npz --out runs/distill/s16
 
@@ -125,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--steps", type=int, default=20000)
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--labels-per-cell", type=int, default=4)
-    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--lr", type=float, default=DistillConfig.lr)
+    r.add_argument(
+        "--min-lr",
+        type=float,
+        default=DistillConfig.min_lr,
+        help="end of the cosine decay of the learning rate; 0 or less keeps it constant",
+    )
     r.add_argument("--contrast-weight", type=float, default=DistillConfig.contrast_weight)
     r.add_argument("--init-from", default=None, help="another run's folder to start from")
     r.add_argument("--max-seconds", type=float, default=None)
@@ -158,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         labels_per_cell=args.labels_per_cell,
         lr=args.lr,
+        min_lr=args.min_lr if args.min_lr and args.min_lr > 0 else None,
         contrast_weight=args.contrast_weight,
         init_from=args.init_from,
         max_seconds=args.max_seconds,

@@ -8,7 +8,7 @@ import torch
 
 from napari_cytodiffusion.errors import Cancelled, InputError
 from napari_cytodiffusion.model.architecture import with_widths
-from napari_cytodiffusion.model.distill import DistillConfig, _labels, distill
+from napari_cytodiffusion.model.distill import DistillConfig, _labels, _learning_rate, distill
 from napari_cytodiffusion.model.folder import load_model
 from napari_cytodiffusion.model.train import prepare_training_data
 
@@ -76,19 +76,32 @@ def test_interrupted_distillation_resumes_exactly(teacher_and_data, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(InputError, match="not empty"):
         list(distill(teacher, data, part, [8, 16], _cfg()))
-    # a checkpoint from before the contrast weight existed resumes without it
+    # a checkpoint from before the contrast weight and the lr decay existed resumes without them
     ckpt = part / "checkpoints" / "last.pt"
     state = torch.load(ckpt, weights_only=False)
-    del state["config"]["contrast_weight"]
+    del state["config"]["contrast_weight"], state["config"]["min_lr"]
     torch.save(state, ckpt)
-    list(distill(teacher, data, part, [8, 16], _cfg(steps=22), resume=True))
+    events = list(distill(teacher, data, part, [8, 16], _cfg(steps=22), resume=True))
     resumed = load_model(part, device="cpu").metadata.training
     assert resumed["steps_done"] == 22 and resumed["recipe"]["distillation"]["contrast_weight"] == 0.0
+    assert resumed["recipe"]["distillation"]["min_lr"] is None
+    assert events[0]["lr"] == pytest.approx(3e-3)  # constant, as that run was started
     # a checkpoint made from another teacher is refused
     state = torch.load(ckpt, weights_only=False)
     torch.save({**state, "teacher": "0" * 64}, ckpt)
     with pytest.raises(InputError, match="another teacher"):
         list(distill(teacher, data, part, [8, 16], _cfg(steps=30), resume=True))
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_the_floor():
+    cfg = DistillConfig(steps=1000, lr=1e-3, min_lr=1e-5, warmup_steps=100)
+    lrs = np.array([_learning_rate(cfg, s) for s in range(1200)])
+    assert lrs[0] == pytest.approx(1e-5) and lrs[99] == pytest.approx(1e-3)
+    assert np.all(np.diff(lrs[:100]) > 0) and np.all(np.diff(lrs[99:1000]) <= 0)
+    assert lrs[549] == pytest.approx((1e-3 + 1e-5) / 2, rel=1e-2)  # half-way down
+    assert lrs[999] == pytest.approx(1e-5) and np.all(lrs[1000:] == lrs[999])
+    cfg.min_lr = None
+    assert _learning_rate(cfg, 500) == _learning_rate(cfg, 1500) == 1e-3
 
 
 @pytest.mark.parametrize(("n_classes", "k"), [(8, 4), (3, 4), (2, 4)])

@@ -36,6 +36,21 @@ def test_cache_dir_env_and_official_download(tiny_model, tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "cache")
 
 
+def test_bundled_models_are_found_by_name_and_never_shadowed(tiny_model, tmp_path, monkeypatch):
+    from napari_cytodiffusion.paths import DEFAULT_MODEL_DIR
+
+    monkeypatch.setenv("NAPARI_CYTODIFFUSION_CACHE", str(tmp_path / "cache"))
+    bundled = registry.bundled_models()
+    assert next(iter(bundled)) == "default" and bundled["pbc32"] == DEFAULT_MODEL_DIR
+    assert "cellpose_smear" not in bundled  # not a classifier model
+    # a cached folder with a bundled name does not replace the shipped model
+    shutil.copytree(tiny_model, tmp_path / "cache" / "models" / "pbc32")
+    assert registry.resolve_model("pbc32") == DEFAULT_MODEL_DIR
+    assert registry.available_models()["pbc32"] == DEFAULT_MODEL_DIR
+    for name, path in bundled.items():
+        assert registry.resolve_model(name) == path
+
+
 def test_train_widget_trains_and_cancels(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
     from napari_cytodiffusion.model.folder import read_metadata
     from napari_cytodiffusion.widgets.train import TrainWidget

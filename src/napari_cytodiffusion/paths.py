@@ -12,8 +12,9 @@ from pathlib import Path
 CACHE_ENV = "NAPARI_CYTODIFFUSION_CACHE"
 PACKAGE_DIR = Path(__file__).resolve().parent
 RESOURCES_DIR = PACKAGE_DIR / "data"
-DEFAULT_MODEL_DIR = RESOURCES_DIR / "models" / "pbc32"
-DEFAULT_SMEAR_MODEL = RESOURCES_DIR / "models" / "cellpose_smear"
+BUNDLED_MODELS_DIR = RESOURCES_DIR / "models"
+DEFAULT_MODEL_DIR = BUNDLED_MODELS_DIR / "pbc32"
+DEFAULT_SMEAR_MODEL = BUNDLED_MODELS_DIR / "cellpose_smear"
 
 
 def cache_dir() -> Path:

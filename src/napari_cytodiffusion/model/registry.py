@@ -1,7 +1,8 @@
 """Finding models: the bundled default, user folders, and a cache of official downloads.
 
-``resolve_model("default")`` is the model shipped in the package. A path is a user folder.
-A bare name is looked up in ``$NAPARI_CYTODIFFUSION_CACHE/models/NAME``; if it is an
+``resolve_model("default")`` is the model shipped in the package (``pbc32``); every other model
+folder shipped in the package is found by its folder name. A path is a user folder.
+A bare name is otherwise looked up in ``$NAPARI_CYTODIFFUSION_CACHE/models/NAME``; if it is an
 official model (listed in :data:`OFFICIAL_MODELS` with a URL and sha256) that is not cached
 yet, :func:`download_official` fetches it: to a temp file, verified, then moved into place.
 Nothing here touches the network unless a download is explicitly needed.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..io.atomic import make_temp_dir
-from ..paths import DEFAULT_MODEL_DIR, cache_dir
+from ..paths import BUNDLED_MODELS_DIR, DEFAULT_MODEL_DIR, cache_dir
 
 #: Official weights a release may publish: name -> {"url": ..., "sha256": ...} (zip of a model folder).
 OFFICIAL_MODELS: dict[str, dict[str, str]] = {}
@@ -30,12 +31,21 @@ def models_cache() -> Path:
     return p
 
 
-def available_models() -> dict[str, Path]:
-    """Name -> folder of every model usable without a download."""
+def bundled_models() -> dict[str, Path]:
+    """Name -> folder of the classifier models shipped in the package, ``default`` first."""
     out = {"default": DEFAULT_MODEL_DIR}
+    for p in sorted(BUNDLED_MODELS_DIR.iterdir()):
+        if (p / "cytodiffusion.json").is_file():
+            out.setdefault(p.name, p)
+    return out
+
+
+def available_models() -> dict[str, Path]:
+    """Name -> folder of every model usable without a download (bundled, then cached)."""
+    out = bundled_models()
     for p in sorted(models_cache().iterdir()):
         if (p / "cytodiffusion.json").is_file() or (p / "cytodiffusion_adapter.json").is_file():
-            out[p.name] = p
+            out.setdefault(p.name, p)  # a bundled name is never shadowed by the cache
     return out
 
 
@@ -46,6 +56,9 @@ def resolve_model(spec: str | os.PathLike | None = None) -> Path:
     path = Path(spec).expanduser()
     if path.exists() or os.sep in str(spec) or str(spec).startswith("."):
         return path
+    bundled = bundled_models().get(str(spec))
+    if bundled is not None:
+        return bundled
     cached = models_cache() / str(spec)
     if cached.is_dir():
         return cached
