@@ -7,7 +7,8 @@ Usage::
 
     python scripts/distill_default_model.py run --cache runs/pbc_cache.npz --out runs/distill/s16
         [--widths 16,32,64] [--steps 20000] [--max-seconds 7200] [--device cuda] [--resume]
-        [--lr 1e-3] [--min-lr 1e-5] [--contrast-weight 9] [--init-from OTHER_RUN]
+        [--lr 1e-3] [--min-lr 1e-5] [--contrast-weight 9] [--class-weight 0]
+        [--init-from OTHER_RUN]
     python scripts/distill_default_model.py probe --cache runs/pbc_cache.npz --out runs/distill/s16
     python scripts/distill_default_model.py finish --cache runs/pbc_cache.npz --out runs/distill/s16
 
@@ -133,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         help="end of the cosine decay of the learning rate; 0 or less keeps it constant",
     )
     r.add_argument("--contrast-weight", type=float, default=DistillConfig.contrast_weight)
+    r.add_argument(
+        "--class-weight",
+        type=float,
+        default=DistillConfig.class_weight,
+        help="weight of the cross-entropy of the per-class errors (every cell under every class)",
+    )
     r.add_argument("--init-from", default=None, help="another run's folder to start from")
     r.add_argument("--max-seconds", type=float, default=None)
     r.add_argument("--device", default=None)
@@ -166,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         min_lr=args.min_lr if args.min_lr and args.min_lr > 0 else None,
         contrast_weight=args.contrast_weight,
+        class_weight=args.class_weight,
         init_from=args.init_from,
         max_seconds=args.max_seconds,
         device=args.device,

@@ -8,7 +8,7 @@ import torch
 
 from napari_cytodiffusion.errors import Cancelled, InputError
 from napari_cytodiffusion.model.architecture import with_widths
-from napari_cytodiffusion.model.distill import DistillConfig, _labels, _learning_rate, distill
+from napari_cytodiffusion.model.distill import DistillConfig, _all_labels, _labels, _learning_rate, distill
 from napari_cytodiffusion.model.folder import load_model
 from napari_cytodiffusion.model.train import prepare_training_data
 
@@ -183,3 +183,44 @@ def test_a_run_can_start_from_another_runs_weights(teacher_and_data, tmp_path):
         list(distill(teacher, data, tmp_path / "c", [16, 16], _cfg(init_from=str(first))))
     with pytest.raises(InputError, match="no distillation checkpoint"):
         list(distill(teacher, data, tmp_path / "d", [8, 16], _cfg(init_from=str(tmp_path / "none"))))
+
+
+def test_all_labels_are_own_class_then_every_other_then_null():
+    rng = np.random.default_rng(1)
+    cls = rng.integers(0, 5, 50)
+    out = _all_labels(cls, 5, rng)
+    assert out.shape == (50, 6) and (out[:, 0] == cls).all() and (out[:, 5] == 5).all()
+    assert all(sorted(row[:5]) == list(range(5)) for row in out)
+
+
+def _own_class_margin(unet, teacher, data) -> float:
+    """Mean (other - own) error at the classifier's timesteps, in paired standard deviations."""
+    g = torch.Generator().manual_seed(7)
+    m, s = (data.images.shape[1] - teacher.size) // 2, teacher.size
+    x0 = torch.from_numpy(data.images[:, m : m + s, m : m + s]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    n, c = len(x0), len(teacher.classes)
+    ac = teacher.alphas_cumprod()
+    margins = []
+    for t in (200, 450, 700):
+        eps = torch.randn(x0.shape, generator=g)
+        a = ac[t]
+        xt = (a.sqrt() * x0 + (1 - a).sqrt() * eps).repeat_interleave(c, 0)
+        with torch.no_grad():
+            pred = unet(xt, torch.full((n * c,), t), class_labels=torch.arange(c).repeat(n)).sample
+        err = ((pred.reshape(n, c, -1) - eps.reshape(n, 1, -1)) ** 2).mean(-1)
+        own = err[torch.arange(n), torch.as_tensor(data.labels)]
+        margins.append(float((err.sum(1) - 2 * own).mean()))  # two classes: other - own
+    return float(np.mean(margins))
+
+
+def test_class_weight_widens_the_own_class_margin(teacher_and_data, tmp_path):
+    teacher, data = teacher_and_data
+    start = tmp_path / "start"
+    list(distill(teacher, data, start, [8, 16], _cfg(steps=30)))
+    margins = {}
+    for w in (0.0, 1.0):
+        out = tmp_path / f"c{w}"
+        list(distill(teacher, data, out, [8, 16], _cfg(steps=40, class_weight=w, init_from=str(start))))
+        margins[w] = _own_class_margin(load_model(out, device="cpu").unet, teacher, data)
+        assert load_model(out, device="cpu").metadata.training["recipe"]["distillation"]["class_weight"] == w
+    assert margins[1.0] > 1.1 * margins[0.0], margins

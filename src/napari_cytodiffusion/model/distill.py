@@ -11,6 +11,13 @@ classes' errors, which decide the call, are learnt directly rather than only the
 The student is a normal model folder (same classes, preprocessing and schedule as the
 teacher); its metadata names the teacher by content hash. Checkpoints and exact resume work
 as in :mod:`.train`.
+
+With ``class_weight > 0`` the student is also trained as the classifier it will be used as:
+each cell is predicted under *every* class (and the null class) with the same noise, the
+per-class errors at that timestep become logits (``-error / s(t)``, ``s(t)`` the teacher's
+calibrated spread of paired error differences, so a logit gap of 1 is one paired standard
+deviation) and a cross-entropy pushes the own class's error below the others'. The teacher
+matching stays as the anchor that keeps the student a denoiser (generation, anomaly score).
 """
 
 from __future__ import annotations
@@ -69,6 +76,10 @@ class DistillConfig:
     #: teacher's prediction minus its mean over the labels). The plain loss is dominated by
     #: the class-independent part; the differences, which decide the call, are ~10 % of it.
     contrast_weight: float = 9.0
+    #: weight of the classification loss (cross-entropy of the per-class errors at the drawn
+    #: timestep); when > 0 every cell is predicted under all classes and the null class, so a
+    #: step costs ``batch_size * (classes + 1)`` evaluations and ``labels_per_cell`` is unused
+    class_weight: float = 0.0
     #: start from the weights (student and EMA) of another distillation run's checkpoint
     #: folder with the same teacher and widths, e.g. to continue with another loss weighting
     init_from: str | None = None
@@ -96,6 +107,29 @@ def _labels(cls, n_classes: int, k: int, null_share: float, rng: np.random.Gener
         if k > 1 and rng.random() < null_share * (k - 1):
             out[i, 1 + rng.integers(k - 1)] = n_classes
     return out
+
+
+def _all_labels(cls, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, C + 1) labels per cell: its own class, the other classes in random order, the null class."""
+    out = np.empty((len(cls), n_classes + 1), np.int64)
+    out[:, 0] = cls
+    for i in range(len(cls)):
+        out[i, 1:n_classes] = rng.permutation([c for c in range(n_classes) if c != cls[i]])
+    out[:, n_classes] = n_classes
+    return out
+
+
+def _error_scale(calibration: dict[str, Any], n_train_timesteps: int) -> np.ndarray:
+    """Per-timestep spread of paired error differences (the engine's ``scales``), interpolated.
+
+    Falls back to the median spread of the shipped default model where the teacher has none.
+    """
+    eng = calibration.get("engine", {}) if calibration else {}
+    ts, sc = eng.get("timesteps"), eng.get("scales")
+    if not ts or not sc or len(ts) != len(sc):
+        return np.full(n_train_timesteps, 1.7e-3)
+    order = np.argsort(ts)
+    return np.interp(np.arange(n_train_timesteps), np.asarray(ts)[order], np.asarray(sc)[order])
 
 
 def _learning_rate(config: DistillConfig, step: int) -> float:
@@ -196,6 +230,7 @@ def distill(
     loop = LoopState(config.steps, config.checkpoint_every, config.max_seconds, state)
 
     ac = teacher.alphas_cumprod().to(device)
+    err_scale = torch.as_tensor(_error_scale(t_meta.calibration, len(ac)), dtype=torch.float32).to(device)
     images = torch.from_numpy(data.images).to(device)
     _, by_class, starts, counts = _class_sampler(data.labels, n_classes, 1.0)
     aug_cfg = AugmentConfig(**config.augment)
@@ -258,7 +293,10 @@ def distill(
         noise = torch.randn(x0.shape, generator=gen).to(device)
         a = ac[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        labels = _labels(cls, n_classes, config.labels_per_cell, config.null_share, np_rng)
+        if config.class_weight > 0:
+            labels = _all_labels(cls, n_classes, np_rng)
+        else:
+            labels = _labels(cls, n_classes, config.labels_per_cell, config.null_share, np_rng)
         k = labels.shape[1]
         y = torch.from_numpy(labels.reshape(-1)).to(device)
         xt_k = xt.repeat_interleave(k, 0)
@@ -279,6 +317,12 @@ def distill(
         if config.denoise_weight > 0:
             own = pred.view(b, k, *pred.shape[1:])[:, 0]
             loss = loss + config.denoise_weight * ((own - noise) ** 2).mean()
+        if config.class_weight > 0:  # columns 0..C-1 are the real classes, the own one first
+            err = ((pred.view(b, k, -1) - noise.view(b, 1, -1)) ** 2).mean(-1)[:, :n_classes]
+            logits = -err / err_scale[t][:, None]
+            loss = loss + config.class_weight * torch.nn.functional.cross_entropy(
+                logits, torch.zeros(b, dtype=torch.long, device=device)
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
