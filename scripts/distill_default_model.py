@@ -13,10 +13,11 @@ Usage::
     python scripts/distill_default_model.py finish --cache runs/pbc_cache.npz --out runs/distill/s16
 
 ``finish`` makes the student usable by the classifier: it copies the teacher's engine settings
-(timesteps, weights, paired test) and calibration into the student's metadata (the ``fast`` /
-``accurate`` preset constants are dropped: they belong to the teacher), writes the int8 UNet and
-refits temperature, P(correct) and anomaly profile on the int8 student's errors of the calibration
-hold-out (``scripts/quantize_default_model.py --recalibrate``), which also measures PBC val.
+(timesteps, weights, paired test) into the student's metadata, refits temperature, P(correct) and
+anomaly profile on the student's own (PyTorch, float32) errors of the calibration hold-out, writes
+the int8 UNet and refits the same on the int8 student's errors (``scripts/quantize_default_model.py
+--recalibrate``), which also measures PBC val. The teacher's ``fast`` / ``accurate`` preset constants
+are not copied; fit the student's own with ``scripts/calibrate_presets.py``.
 
 ``probe`` is a quick check during a run: the calibration hold-out (256 cells, stratified) is
 classified with the full class set at six timesteps by the teacher and by the student's
@@ -105,9 +106,34 @@ def finish(cache: Path, out: Path) -> None:
         raise SystemExit(f"{out} was not distilled from the shipped default model")
     cal = copy.deepcopy(teacher.metadata.calibration)
     cal.pop("presets", None)
-    cal["copied_from_teacher"] = teacher.metadata.content_hash
     meta.calibration = cal
     write_metadata(out, meta)
+    # the float32 (PyTorch / ONNX) calibration: refitted on the student's own hold-out errors
+    import os
+
+    from napari_cytodiffusion.classify.calibration import recalibrate
+    from napari_cytodiffusion.model.folder import load_model
+    from napari_cytodiffusion.model.onnx_backend import BACKEND_ENV
+
+    before = os.environ.get(BACKEND_ENV)
+    os.environ[BACKEND_ENV] = "torch"
+    try:
+        z = np.load(cache, allow_pickle=False)
+        student = load_model(out, device="cpu")
+        remap = np.array([student.classes.index(str(c)) for c in z["classes"]])
+        t0 = time.perf_counter()
+        new, summary = recalibrate(student, z["cal_images"], remap[z["cal_labels"]])
+    finally:
+        if before is None:
+            os.environ.pop(BACKEND_ENV, None)
+        else:
+            os.environ[BACKEND_ENV] = before
+    new["engine_from_teacher"] = teacher.metadata.content_hash  # timesteps, weights, paired test
+    meta = read_metadata(out)
+    meta.calibration = new
+    meta.validation["calibration_cells"] = summary
+    write_metadata(out, meta)
+    print({"float32_calibration": summary, "seconds": round(time.perf_counter() - t0)}, flush=True)
     spec = importlib.util.spec_from_file_location(
         "quantize", Path(__file__).with_name("quantize_default_model.py")
     )

@@ -143,6 +143,12 @@ def test_train_cli_distils_a_model_folder(tiny_model, tiny_dataset, tmp_path):
     assert load_model(out, device="cpu").metadata.training["steps_done"] == 6
     assert main([*args[:4], str(tmp_path / "x"), *args[5:], "--widths", "8,a"]) == 2
     assert main([*args[:4], str(tmp_path / "y"), *args[5:], "--widths", "8,16,32"]) == 2
+    # the model's own widths with a class weight: a classifier fine-tune starting from the model
+    own = tmp_path / "own"
+    flags = ["--widths", "16,32", "--class-weight", "0.5", "--steps", "2", "--no-int8"]
+    assert main([*args[:4], str(own), *args[5:], *flags]) == 0
+    recipe = load_model(own, device="cpu").metadata.training["recipe"]["distillation"]
+    assert recipe["init_from"] == "teacher" and recipe["class_weight"] == 0.5
 
 
 def _label_deviation_gap(student_unet, teacher) -> float:
@@ -183,6 +189,13 @@ def test_a_run_can_start_from_another_runs_weights(teacher_and_data, tmp_path):
         list(distill(teacher, data, tmp_path / "c", [16, 16], _cfg(init_from=str(first))))
     with pytest.raises(InputError, match="no distillation checkpoint"):
         list(distill(teacher, data, tmp_path / "d", [8, 16], _cfg(init_from=str(tmp_path / "none"))))
+    # the teacher itself (fine-tuning it as a classifier): same widths only
+    own = tmp_path / "own"
+    list(distill(teacher, data, own, [16, 32], _cfg(steps=0, init_from="teacher")))
+    t_state = teacher.unet.state_dict()
+    assert all(torch.equal(v, t_state[k]) for k, v in load_model(own, device="cpu").unet.state_dict().items())
+    with pytest.raises(InputError, match="needs its widths"):
+        list(distill(teacher, data, tmp_path / "e", [8, 16], _cfg(init_from="teacher")))
 
 
 def test_all_labels_are_own_class_then_every_other_then_null():

@@ -48,6 +48,14 @@ def register(sub) -> None:
         help="with --distill-from: the student's channels per level (default 16,32,64: ~0.4x the "
         "cost per evaluation of the default model's 32,64,128)",
     )
+    p.add_argument(
+        "--class-weight",
+        type=float,
+        default=0.0,
+        help="with --distill-from: also train the student as a classifier (cross-entropy of its "
+        "per-class errors; every cell under every class). With the model's own --widths this "
+        "fine-tunes the model itself, starting from its weights",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -163,7 +171,11 @@ def _cmd_distill(a) -> int:
         device=device_arg(a.device),
         warmup_steps=min(200, max(1, a.steps // 10)),
         int8=not a.no_int8,
+        class_weight=a.class_weight,
     )
+    teacher_widths = teacher.metadata.training.get("recipe", {}).get("arch", {}).get("block_out_channels")
+    if teacher_widths is not None and list(teacher_widths) == widths:
+        cfg.init_from = "teacher"  # same size: fine-tune the model itself rather than start afresh
     data = prepare_training_data(a.data, teacher.size, split=a.split, classes=list(teacher.classes))
     print(f"distilling {teacher.short_id()} into widths {widths} on {len(data.labels)} cells")
     return _drive(

@@ -81,7 +81,9 @@ class DistillConfig:
     #: step costs ``batch_size * (classes + 1)`` evaluations and ``labels_per_cell`` is unused
     class_weight: float = 0.0
     #: start from the weights (student and EMA) of another distillation run's checkpoint
-    #: folder with the same teacher and widths, e.g. to continue with another loss weighting
+    #: folder with the same teacher and widths, e.g. to continue with another loss weighting;
+    #: ``"teacher"`` starts from the teacher's own weights (widths must be the teacher's): with
+    #: ``class_weight`` this fine-tunes the teacher as a classifier, anchored to its old self
     init_from: str | None = None
     seed: int = 0
     checkpoint_every: int = 250
@@ -216,7 +218,15 @@ def distill(
     gen = torch.Generator().manual_seed(config.seed)
     np_rng = np.random.default_rng(config.seed)
     init_step = state.get("init_step") if state is not None else None
-    if state is None and config.init_from:
+    if state is None and config.init_from == "teacher":
+        if config.arch != teacher_arch:
+            raise InputError(
+                f"starting from the teacher needs its widths {teacher_arch['block_out_channels']}"
+            )
+        student.load_state_dict(teacher.unet.state_dict())
+        ema.load_state_dict(teacher.unet.state_dict())
+        init_step = int(t_meta.training.get("steps_done") or 0)
+    elif state is None and config.init_from:
         init = _init_state(Path(config.init_from), t_meta.content_hash, config.arch)
         student.load_state_dict(init["unet"])
         ema.load_state_dict(init["ema"])
