@@ -97,8 +97,12 @@ def test_generate_widget(make_napari_viewer, qtbot, tiny_model):
 
     viewer = make_napari_viewer()
     w = GenerateWidget(viewer)
-    w.model_dir.value = str(tiny_model)
-    w.cls.reset_choices()
+    # the model list: bundled and cached names, then a folder; the class list follows the choice
+    assert w.model_name.value == "default" and w.model_name.choices[-1] == "folder…"
+    assert "neutrophil" in w.cls.choices
+    w.model_dir.value = str(tiny_model)  # a folder set from Python switches the list to it
+    assert w.model_name.value == "folder…"
+    assert w.cls.choices == ("all", "redcell", "violet")
     w.cls.value = "violet"
     w.count.value = 3
     w.steps.value = 3

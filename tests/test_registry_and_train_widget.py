@@ -41,12 +41,15 @@ def test_bundled_models_are_found_by_name_and_never_shadowed(tiny_model, tmp_pat
 
     monkeypatch.setenv("NAPARI_CYTODIFFUSION_CACHE", str(tmp_path / "cache"))
     bundled = registry.bundled_models()
-    assert next(iter(bundled)) == "default" and bundled["pbc32"] == DEFAULT_MODEL_DIR
+    assert next(iter(bundled)) == "default" and bundled["default"] == DEFAULT_MODEL_DIR
+    assert DEFAULT_MODEL_DIR not in list(bundled.values())[1:]  # listed once
     assert "cellpose_smear" not in bundled  # not a classifier model
-    # a cached folder with a bundled name does not replace the shipped model
+    # the default's folder name resolves to it; a cached folder of that name does not replace it
     shutil.copytree(tiny_model, tmp_path / "cache" / "models" / "pbc32")
+    shutil.copytree(tiny_model, tmp_path / "cache" / "models" / "mine")
     assert registry.resolve_model("pbc32") == DEFAULT_MODEL_DIR
-    assert registry.available_models()["pbc32"] == DEFAULT_MODEL_DIR
+    assert "pbc32" not in registry.available_models()
+    assert registry.available_models()["mine"] == tmp_path / "cache" / "models" / "mine"
     for name, path in bundled.items():
         assert registry.resolve_model(name) == path
 

@@ -328,7 +328,7 @@ def distill(
             own = pred.view(b, k, *pred.shape[1:])[:, 0]
             loss = loss + config.denoise_weight * ((own - noise) ** 2).mean()
         if config.class_weight > 0:  # columns 0..C-1 are the real classes, the own one first
-            err = ((pred.view(b, k, -1) - noise.view(b, 1, -1)) ** 2).mean(-1)[:, :n_classes]
+            err = ((pred.reshape(b, k, -1) - noise.reshape(b, 1, -1)) ** 2).mean(-1)[:, :n_classes]
             logits = -err / err_scale[t][:, None]
             loss = loss + config.class_weight * torch.nn.functional.cross_entropy(
                 logits, torch.zeros(b, dtype=torch.long, device=device)

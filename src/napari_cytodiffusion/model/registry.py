@@ -32,11 +32,14 @@ def models_cache() -> Path:
 
 
 def bundled_models() -> dict[str, Path]:
-    """Name -> folder of the classifier models shipped in the package, ``default`` first."""
+    """Name -> folder of the classifier models shipped in the package, ``default`` first.
+
+    The default model is listed once, as ``default``; its folder name (``pbc32``) resolves too.
+    """
     out = {"default": DEFAULT_MODEL_DIR}
     for p in sorted(BUNDLED_MODELS_DIR.iterdir()):
-        if (p / "cytodiffusion.json").is_file():
-            out.setdefault(p.name, p)
+        if p != DEFAULT_MODEL_DIR and (p / "cytodiffusion.json").is_file():
+            out[p.name] = p
     return out
 
 
@@ -45,13 +48,14 @@ def available_models() -> dict[str, Path]:
     out = bundled_models()
     for p in sorted(models_cache().iterdir()):
         if (p / "cytodiffusion.json").is_file() or (p / "cytodiffusion_adapter.json").is_file():
-            out.setdefault(p.name, p)  # a bundled name is never shadowed by the cache
+            if p.name != DEFAULT_MODEL_DIR.name:  # a bundled name is never shadowed by the cache
+                out.setdefault(p.name, p)
     return out
 
 
 def resolve_model(spec: str | os.PathLike | None = None) -> Path:
     """Turn a model name or folder into a model folder path."""
-    if spec is None or str(spec) in ("", "default"):
+    if spec is None or str(spec) in ("", "default", DEFAULT_MODEL_DIR.name):
         return DEFAULT_MODEL_DIR
     path = Path(spec).expanduser()
     if path.exists() or os.sep in str(spec) or str(spec).startswith("."):

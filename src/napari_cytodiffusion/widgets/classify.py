@@ -8,6 +8,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 
 from ..errors import InputError
+from ._model import model_picker, model_spec
 from ._runner import RunnerMixin, append_panel, n_cells, notify, unique_layer_name
 
 COLOUR_MODES = ("class", "uncertainty", "anomaly")
@@ -15,14 +16,14 @@ COLOUR_MODES = ("class", "uncertainty", "anomaly")
 
 class ClassifyWidget(Container, RunnerMixin):
     settings_key = "classify"
-    persisted = ("speed", "cells", "min_area", "max_flagged")
+    persisted = ("model_name", "speed", "cells", "min_area", "max_flagged")
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=lambda _: self._layers("Image"))
         self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layers("Labels"))
-        self.model_dir = FileEdit(label="model (empty = default)", mode="d", value="")
+        self.model_name, self.model_dir = model_picker()
         self.speed = ComboBox(
             label="speed", choices=["fast", "balanced", "accurate", "full"], value="balanced"
         )
@@ -43,6 +44,7 @@ class ClassifyWidget(Container, RunnerMixin):
             [
                 self.image,
                 self.labels_layer,
+                self.model_name,
                 self.model_dir,
                 self.speed,
                 self.cells,
@@ -85,7 +87,8 @@ class ClassifyWidget(Container, RunnerMixin):
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(lambda e: (self.image.reset_choices(), self.labels_layer.reset_choices()))
         self.load_settings()
-        self.model_dir.changed.connect(lambda: self.correct_to.reset_choices())
+        for w in (self.model_name, self.model_dir):
+            w.changed.connect(lambda: self.correct_to.reset_choices())
         self.result = None  # dict: table, summary, model, image layer, labels layer, points layer, params
 
     def _layers(self, kind: str):
@@ -97,8 +100,7 @@ class ClassifyWidget(Container, RunnerMixin):
     def _model(self):
         from ..model.registry import get_model
 
-        v = str(self.model_dir.value or "")
-        return get_model(None if v in ("", ".") else v)
+        return get_model(model_spec(self.model_name, self.model_dir))
 
     def _classes(self):
         result = self.__dict__.get("result")

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 
 from ..errors import InputError
+from ._model import model_picker, model_spec
 from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
 
 class GenerateWidget(Container, RunnerMixin):
     settings_key = "generate"
-    persisted = ("count", "seed", "steps", "guidance", "scheduler")
+    persisted = ("model_name", "count", "seed", "steps", "guidance", "scheduler")
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.model_dir = FileEdit(label="model (empty = default)", mode="d", value="")
+        self.model_name, self.model_dir = model_picker()
         self.cls = ComboBox(label="class", choices=self._classes)
         self.count = SpinBox(label="count", value=8, min=1, max=1024)
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
@@ -27,6 +28,7 @@ class GenerateWidget(Container, RunnerMixin):
         self.export_button = PushButton(text="Export last result…")
         self.extend(
             [
+                self.model_name,
                 self.model_dir,
                 self.cls,
                 self.count,
@@ -40,15 +42,15 @@ class GenerateWidget(Container, RunnerMixin):
         self._init_runner("Generate")
         self.append(self.export_button)
         self.export_button.changed.connect(self._export)
-        self.model_dir.changed.connect(lambda: self.cls.reset_choices())
+        for w in (self.model_name, self.model_dir):
+            w.changed.connect(lambda: self.cls.reset_choices())
         self.load_settings()
         self._last = None
 
     def _model(self):
         from ..model.registry import get_model
 
-        v = str(self.model_dir.value or "")
-        return get_model(None if v in ("", ".") else v)
+        return get_model(model_spec(self.model_name, self.model_dir))
 
     def _classes(self, _=None):
         try:
