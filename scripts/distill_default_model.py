@@ -10,14 +10,16 @@ Usage::
         [--lr 1e-3] [--min-lr 1e-5] [--contrast-weight 9] [--class-weight 0]
         [--init-from OTHER_RUN]
     python scripts/distill_default_model.py probe --cache runs/pbc_cache.npz --out runs/distill/s16
-    python scripts/distill_default_model.py finish --cache runs/pbc_cache.npz --out runs/distill/s16
+    python scripts/distill_default_model.py finish --cache runs/pbc_cache.npz --out runs/distill/s16 [--fit-engine]
 
 ``finish`` makes the student usable by the classifier: it copies the teacher's engine settings
 (timesteps, weights, paired test) into the student's metadata, refits temperature, P(correct) and
 anomaly profile on the student's own (PyTorch, float32) errors of the calibration hold-out, writes
 the int8 UNet and refits the same on the int8 student's errors (``scripts/quantize_default_model.py
 --recalibrate``), which also measures PBC val. The teacher's ``fast`` / ``accurate`` preset constants
-are not copied; fit the student's own with ``scripts/calibrate_presets.py``.
+are not copied; fit the student's own with ``scripts/calibrate_presets.py``. A student trained with a
+class weight has other error spreads than its teacher (its paired test, fed the teacher's scales,
+drops classes too early): give it ``--fit-engine``.
 
 ``probe`` is a quick check during a run: the calibration hold-out (256 cells, stratified) is
 classified with the full class set at six timesteps by the teacher and by the student's
@@ -94,11 +96,21 @@ def probe(cache: Path, out: Path, n: int = 256) -> None:
     )
 
 
-def finish(cache: Path, out: Path) -> None:
-    import copy
+def _script(name: str):
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def finish(cache: Path, out: Path, fit_engine: bool = False) -> None:
+    import copy
+    import os
+
     from napari_cytodiffusion.model.folder import read_metadata, write_metadata
+    from napari_cytodiffusion.model.onnx_backend import BACKEND_ENV
 
     teacher = get_model(None, device="cpu")
     meta = read_metadata(out)
@@ -108,38 +120,33 @@ def finish(cache: Path, out: Path) -> None:
     cal.pop("presets", None)
     meta.calibration = cal
     write_metadata(out, meta)
-    # the float32 (PyTorch / ONNX) calibration: refitted on the student's own hold-out errors
-    import os
-
-    from napari_cytodiffusion.classify.calibration import recalibrate
-    from napari_cytodiffusion.model.folder import load_model
-    from napari_cytodiffusion.model.onnx_backend import BACKEND_ENV
-
     before = os.environ.get(BACKEND_ENV)
-    os.environ[BACKEND_ENV] = "torch"
+    os.environ[BACKEND_ENV] = "torch"  # the float32 calibration is fitted on PyTorch errors
+    t0 = time.perf_counter()
     try:
-        z = np.load(cache, allow_pickle=False)
-        student = load_model(out, device="cpu")
-        remap = np.array([student.classes.index(str(c)) for c in z["classes"]])
-        t0 = time.perf_counter()
-        new, summary = recalibrate(student, z["cal_images"], remap[z["cal_labels"]])
+        if fit_engine:  # the student's own timestep order, weights, scales and test threshold
+            _script("calibrate_default_model").main(["--model", str(out), "--cache", str(cache)])
+        else:  # the teacher's engine; temperature, P(correct), anomaly refitted on the student's errors
+            from napari_cytodiffusion.classify.calibration import recalibrate
+            from napari_cytodiffusion.model.folder import load_model
+
+            z = np.load(cache, allow_pickle=False)
+            student = load_model(out, device="cpu")
+            remap = np.array([student.classes.index(str(c)) for c in z["classes"]])
+            new, summary = recalibrate(student, z["cal_images"], remap[z["cal_labels"]])
+            new["engine_from_teacher"] = teacher.metadata.content_hash
+            meta = read_metadata(out)
+            meta.calibration = new
+            meta.validation["calibration_cells"] = summary
+            write_metadata(out, meta)
+            print({"float32_calibration": summary}, flush=True)
     finally:
         if before is None:
             os.environ.pop(BACKEND_ENV, None)
         else:
             os.environ[BACKEND_ENV] = before
-    new["engine_from_teacher"] = teacher.metadata.content_hash  # timesteps, weights, paired test
-    meta = read_metadata(out)
-    meta.calibration = new
-    meta.validation["calibration_cells"] = summary
-    write_metadata(out, meta)
-    print({"float32_calibration": summary, "seconds": round(time.perf_counter() - t0)}, flush=True)
-    spec = importlib.util.spec_from_file_location(
-        "quantize", Path(__file__).with_name("quantize_default_model.py")
-    )
-    quantize = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quantize)
-    quantize.main(["--model", str(out), "--recalibrate", str(cache)])
+    print({"float32_calibration_seconds": round(time.perf_counter() - t0)}, flush=True)
+    _script("quantize_default_model").main(["--model", str(out), "--recalibrate", str(cache)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,9 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("finish")
     f.add_argument("--cache", type=Path, required=True)
     f.add_argument("--out", type=Path, required=True)
+    f.add_argument(
+        "--fit-engine",
+        action="store_true",
+        help="fit the student's own engine (timesteps, weights, scales, paired-test threshold; "
+        "scripts/calibrate_default_model.py, ~1.2 M UNet evaluations) instead of the teacher's",
+    )
     args = ap.parse_args(argv)
     if args.cmd == "finish":
-        finish(args.cache, args.out)
+        finish(args.cache, args.out, args.fit_engine)
         return 0
     if args.cmd == "probe":
         probe(args.cache, args.out, args.n)
