@@ -121,6 +121,12 @@ def test_generate_widget(make_napari_viewer, qtbot, tiny_model):
     m = load_model(tiny_model)
     same = generate(m, [m.class_index("violet")] * 3, [0, 1, 2], GenerateParams(steps=3))
     assert np.array_equal(layer.data, same)
+    # the model choice is remembered: the folder, and a later switch back to the default
+    again = GenerateWidget(viewer)
+    assert again.model_name.value == "folder…" and str(again.model_dir.value) == str(tiny_model)
+    again.model_name.value = "default"
+    again.save_settings()
+    assert GenerateWidget(viewer).model_name.value == "default"
 
 
 def test_bad_input_is_a_notification_not_a_crash(make_napari_viewer):

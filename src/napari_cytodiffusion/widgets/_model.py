@@ -19,7 +19,8 @@ def model_picker() -> tuple[ComboBox, FileEdit]:
     """A model-name list and a folder field that shows only when the list says ``folder…``.
 
     Typing or browsing a folder switches the list to ``folder…``, so a folder set from Python
-    (``widget.model_dir.value = path``) is used as well.
+    (``widget.model_dir.value = path``) is used as well. Widgets that remember the choice list
+    the folder before the name in ``persisted``, so the restored name has the last word.
     """
     name = ComboBox(
         label="model",

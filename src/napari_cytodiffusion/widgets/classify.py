@@ -16,7 +16,7 @@ COLOUR_MODES = ("class", "uncertainty", "anomaly")
 
 class ClassifyWidget(Container, RunnerMixin):
     settings_key = "classify"
-    persisted = ("model_name", "speed", "cells", "min_area", "max_flagged")
+    persisted = ("model_dir", "model_name", "speed", "cells", "min_area", "max_flagged")
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)

@@ -12,7 +12,7 @@ from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
 class GenerateWidget(Container, RunnerMixin):
     settings_key = "generate"
-    persisted = ("model_name", "count", "seed", "steps", "guidance", "scheduler")
+    persisted = ("model_dir", "model_name", "count", "seed", "steps", "guidance", "scheduler")
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
