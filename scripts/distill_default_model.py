@@ -156,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cache", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--widths", default="16,32,64")
-    r.add_argument("--steps", type=int, default=20000)
+    r.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="total steps (default 20000); with --resume the run's new total (default: the checkpoint's)",
+    )
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--labels-per-cell", type=int, default=4)
     r.add_argument("--lr", type=float, default=DistillConfig.lr)

@@ -86,6 +86,10 @@ def test_interrupted_distillation_resumes_exactly(teacher_and_data, tmp_path):
     assert resumed["steps_done"] == 22 and resumed["recipe"]["distillation"]["contrast_weight"] == 0.0
     assert resumed["recipe"]["distillation"]["min_lr"] is None
     assert events[0]["lr"] == pytest.approx(3e-3)  # constant, as that run was started
+    # a resumed run's new total cannot be below the steps it has done; None keeps its total
+    with pytest.raises(InputError, match="already done 22 steps"):
+        list(distill(teacher, data, part, [8, 16], _cfg(steps=12), resume=True))
+    assert list(distill(teacher, data, part, [8, 16], _cfg(steps=None), resume=True))[-1]["total"] == 22
     # a checkpoint made from another teacher is refused
     state = torch.load(ckpt, weights_only=False)
     torch.save({**state, "teacher": "0" * 64}, ckpt)

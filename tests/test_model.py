@@ -106,6 +106,20 @@ def test_train_cli_and_resume(tiny_dataset, tmp_path):
     assert meta.training["steps_done"] == 9
     if onnx_available():  # re-made for the new weights, not left stale
         assert meta.extra["int8"]["source_content_hash"] == meta.content_hash
+    # --steps below the steps already done is refused, and the model is left as it was
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(out), "--resume", "--steps", "5"]) == 2
+    assert read_metadata(out).content_hash == meta.content_hash
+
+
+def test_resume_without_steps_keeps_the_runs_length(tiny_dataset, tmp_path):
+    out = tmp_path / "m"
+    base = ["train", "--data", str(tiny_dataset), "--out", str(out), "--no-int8"]
+    run = [*base, "--arch", "tiny", "--steps", "7", "--batch-size", "4", "--checkpoint-every", "3"]
+    assert main([*run, "--max-seconds", "0"]) == 0  # the time limit stops it after its first step
+    assert read_metadata(out).training["steps_done"] == 1
+    # resumed without --steps: it ends at the 7 steps it was started with, not at the CLI's default
+    assert main([*base, "--resume"]) == 0
+    assert read_metadata(out).training["steps_done"] == 7
 
 
 def test_training_is_deterministic(tiny_dataset, tmp_path):

@@ -18,7 +18,13 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="model folder to create (or resume)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--split", default=None, help="with a CSV: use only rows of this split")
-    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="total training steps (default 20000); with --resume, the run's new total "
+        "(default: the checkpoint's)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument(
@@ -118,7 +124,7 @@ def cmd_train(a) -> int:
         checkpoint_every=a.checkpoint_every,
         max_seconds=a.max_seconds,
         device=device_arg(a.device),
-        warmup_steps=min(500, max(1, a.steps // 10)),
+        warmup_steps=min(500, max(1, (a.steps or TrainConfig.steps) // 10)),
         int8=not a.no_int8,
     )
     out = Path(a.out)
@@ -137,11 +143,16 @@ def cmd_train(a) -> int:
     return _drive(train(data, out, cfg, resume=a.resume), cfg.steps, "train", "model")
 
 
-def _drive(events, total: int, desc: str, what: str) -> int:
-    """Run a training generator under a progress bar; report where the model went."""
+def _drive(events, total: int | None, desc: str, what: str) -> int:
+    """Run a training generator under a progress bar; report where the model went.
+
+    ``total`` may be ``None`` (a resumed run keeping its checkpoint's length): the events say it.
+    """
     bar = progress(None, total=total, desc=desc)
     last = None
     for ev in events:
+        if ev.get("total") and bar.total != ev["total"]:
+            bar.total = ev["total"]
         bar.n = ev["step"]
         bar.set_postfix(loss=f"{ev['loss']:.4f}", **({"stage": ev["stage"]} if "stage" in ev else {}))
         bar.refresh()
@@ -169,7 +180,7 @@ def _cmd_distill(a) -> int:
         checkpoint_every=a.checkpoint_every,
         max_seconds=a.max_seconds,
         device=device_arg(a.device),
-        warmup_steps=min(200, max(1, a.steps // 10)),
+        warmup_steps=min(200, max(1, (a.steps or DistillConfig.steps) // 10)),
         int8=not a.no_int8,
         class_weight=a.class_weight,
     )

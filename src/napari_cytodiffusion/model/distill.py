@@ -47,6 +47,7 @@ from .train import (
     _resolve_device,
     _write_int8,
     load_checkpoint,
+    resumed_config,
 )
 
 
@@ -54,7 +55,8 @@ from .train import (
 class DistillConfig:
     """Hyper-parameters of a distillation run (stored in the student's metadata)."""
 
-    steps: int = 20000
+    #: total steps of the run; on resume, ``None`` keeps the checkpoint's total
+    steps: int | None = 20000
     #: cells per step; each is noised once and predicted under ``labels_per_cell`` class labels
     batch_size: int = 32
     labels_per_cell: int = 4
@@ -195,12 +197,10 @@ def distill(
         state = _run_checkpoint(ckpt_path, t_meta.content_hash)
         # older runs had neither a contrast weight nor a decaying learning rate
         saved = DistillConfig(**{"contrast_weight": 0.0, "min_lr": None, **state["config"]})
-        if config is not None:  # extend the run / change the time limit or device only
-            saved.steps = max(saved.steps, config.steps)
-            saved.max_seconds, saved.device = config.max_seconds, config.device
-        config = saved
+        config = resumed_config(saved, config, int(state["step"]))
     else:
         config = copy.deepcopy(config) if config is not None else DistillConfig()
+        config.steps = config.steps or DistillConfig.steps
         config.arch = with_widths(teacher_arch, widths)
         if out_dir.exists() and any(out_dir.iterdir()):
             raise InputError(f"{out_dir} exists and is not empty; use --resume or a new folder")

@@ -34,7 +34,8 @@ CHECKPOINT_FILE = "last.pt"
 class TrainConfig:
     """Hyper-parameters of a training run (stored in the model metadata as the recipe)."""
 
-    steps: int = 20000
+    #: total steps of the run; on resume, ``None`` keeps the checkpoint's total
+    steps: int | None = 20000
     batch_size: int = 128
     lr: float = 6e-4
     weight_decay: float = 0.01
@@ -145,6 +146,27 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
 
 
+def resumed_config(saved: Any, config: Any | None, step_done: int) -> Any:
+    """A resumed run's configuration: the checkpoint's, with what a resume may change.
+
+    Only the run's length (``config.steps``: the new total, at least the steps already done;
+    ``None`` keeps the checkpoint's), the time limit and the device come from ``config``.
+    Everything else (learning rate and its schedule, batch, seeds) stays as the run began,
+    so that a resumed run continues the same run.
+    """
+    if config is None:
+        return saved
+    if config.steps is not None:
+        if int(config.steps) < step_done:
+            raise InputError(
+                f"the run has already done {step_done} steps; --steps {config.steps} would end it "
+                f"before that (leave --steps out to keep its total of {saved.steps})"
+            )
+        saved.steps = int(config.steps)
+    saved.max_seconds, saved.device = config.max_seconds, config.device
+    return saved
+
+
 class LoopState:
     """Step counter, loss history, time limit and progress events of a training loop.
 
@@ -247,16 +269,12 @@ def train(
     state = None
     if resume:
         state = load_checkpoint(ckpt_path)
-        saved = TrainConfig(**state["config"])
-        if config is not None:  # allow extending the run / changing the time limit only
-            saved.steps = max(saved.steps, config.steps)
-            saved.max_seconds = config.max_seconds
-            saved.device = config.device
-        config = saved
+        config = resumed_config(TrainConfig(**state["config"]), config, int(state["step"]))
         if list(state["classes"]) != list(data.classes):
             raise InputError(f"checkpoint classes {state['classes']} differ from the data's {data.classes}")
     else:
-        config = config or TrainConfig()
+        config = copy.deepcopy(config) if config is not None else TrainConfig()
+        config.steps = config.steps or TrainConfig.steps
         if out_dir.exists() and any(out_dir.iterdir()):
             raise InputError(f"{out_dir} exists and is not empty; use --resume or a new folder")
     expected = store_size(config.size, config.store_margin)
