@@ -36,6 +36,12 @@ def test_finetune_writes_small_adapter_named_by_base_hash(adapter, tiny_model):
     assert meta["validation"]["calibration_cells"] == 8
     assert meta["calibration"]["source"].startswith("recalibrated")
     assert sum(f.stat().st_size for f in adapter.iterdir()) < 5 * 2**20
+    # its one-line summary (the widgets' model line, `napari-cytodiffusion models`)
+    from napari_cytodiffusion.model.card import model_summary
+
+    assert model_summary(adapter) == (
+        "lab2: LoRA adapter of tiny · 2 classes · fine-tuned on 8 cells · recalibrated on 8 held-out cells"
+    )
 
 
 def test_adapter_loads_merged_and_classifies(adapter, tiny_model, tiny_dataset):

@@ -100,9 +100,14 @@ def test_generate_widget(make_napari_viewer, qtbot, tiny_model):
     # the model list: bundled and cached names, then a folder; the class list follows the choice
     assert w.model_name.value == "default" and w.model_name.choices[-1] == "folder…"
     assert "neutrophil" in w.cls.choices
+    assert w.model_info.value.startswith("pbc32: 8 classes")  # what the chosen model is
     w.model_dir.value = str(tiny_model)  # a folder set from Python switches the list to it
     assert w.model_name.value == "folder…"
     assert w.cls.choices == ("all", "redcell", "violet")
+    assert w.model_info.value.startswith("tiny: 2 classes")
+    w.model_dir.value = str(tiny_model.parent)  # not a model: said on the line, nothing raised
+    assert w.model_info.value.startswith("cannot use this model:")
+    w.model_dir.value = str(tiny_model)
     w.cls.value = "violet"
     w.count.value = 3
     w.steps.value = 3

@@ -54,6 +54,45 @@ def test_bundled_models_are_found_by_name_and_never_shadowed(tiny_model, tmp_pat
         assert registry.resolve_model(name) == path
 
 
+def test_model_summary_and_models_command(tiny_model, tmp_path, monkeypatch, capsys):
+    import json
+
+    from napari_cytodiffusion.cli.main import main
+    from napari_cytodiffusion.model.card import model_summary, parameter_count
+    from napari_cytodiffusion.model.folder import read_metadata, write_metadata
+
+    monkeypatch.setenv("NAPARI_CYTODIFFUSION_CACHE", str(tmp_path / "cache"))
+    default = model_summary("default")
+    assert default.startswith("pbc32: 8 classes · 2.74 M parameters")
+    assert "trained on PBC (CC BY 4.0)" in default and "balanced accuracy 0.95" in default
+    # the count from the weights file's header equals the network's own
+    mine = tmp_path / "cache" / "models" / "mine"
+    shutil.copytree(tiny_model, mine)
+    import torch  # noqa: F401  (the network is built only to count its parameters)
+
+    from napari_cytodiffusion.model.folder import load_model
+
+    n = sum(p.numel() for p in load_model(mine, device="cpu").unet.parameters())
+    assert parameter_count(mine / "unet" / "diffusion_pytorch_model.safetensors") == n
+    assert model_summary("mine").endswith("not validated")
+    meta = read_metadata(mine)
+    meta.validation = {"dataset": "Lab X (2026)", "n": 1234, "balanced_accuracy": 0.81234}
+    write_metadata(mine, meta)
+    assert model_summary(mine).endswith("· Lab X: balanced accuracy 0.812, 1,234 cells")
+    with pytest.raises(ModelError, match="not found"):
+        model_summary(tmp_path / "nothing")
+    # the CLI lists every model usable offline, a broken cached folder with what is wrong
+    (tmp_path / "cache" / "models" / "broken").mkdir()
+    (tmp_path / "cache" / "models" / "broken" / "cytodiffusion.json").write_text("{")
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert next(iter(rows)) == "default" and rows["default"]["summary"] == default
+    assert rows["mine"]["summary"] == model_summary(mine)
+    assert rows["broken"]["summary"].startswith("cannot use:")
+    assert main(["models"]) == 0
+    assert "mine\t" in capsys.readouterr().out
+
+
 def test_train_widget_trains_and_cancels(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
     from napari_cytodiffusion.model.folder import read_metadata
     from napari_cytodiffusion.widgets.train import TrainWidget

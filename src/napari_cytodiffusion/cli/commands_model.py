@@ -65,6 +65,13 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
+        "models",
+        help="list the models usable offline (bundled, then cached) with what they learnt from and measured",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object: name -> {path, summary}")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
         "evaluate", help="accuracy, calibration and anomaly metrics on labelled single-cell images"
     )
     p.add_argument("--data", required=True, help="folder of class sub-folders, or CSV path,class[,split]")
@@ -106,6 +113,26 @@ def register(sub) -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate_generation)
+
+
+def cmd_models(a) -> int:
+    from ..errors import ModelError
+    from ..model.card import model_summary
+    from ..model.registry import available_models
+
+    rows = {}
+    for name, path in available_models().items():
+        try:
+            summary = model_summary(path)
+        except ModelError as exc:  # a broken cached folder is listed with what is wrong
+            summary = f"cannot use: {exc}"
+        rows[name] = {"path": str(path), "summary": summary}
+    if a.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+    else:
+        for name, row in rows.items():
+            print(f"{name}\t{row['summary']}\n\t{row['path']}")
+    return 0
 
 
 def cmd_train(a) -> int:

@@ -21,6 +21,7 @@ COMMANDS = (
     "analyze",
     "finetune",
     "agreement",
+    "models",
 )
 
 

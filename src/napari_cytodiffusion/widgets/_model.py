@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox, FileEdit
+from magicgui.widgets import ComboBox, FileEdit, Label
+
+from ..errors import ModelError
 
 #: the name-list entry that shows the folder field
 FOLDER_CHOICE = "folder…"
@@ -15,8 +17,10 @@ def model_names(_=None) -> list[str]:
     return [*available_models(), FOLDER_CHOICE]
 
 
-def model_picker() -> tuple[ComboBox, FileEdit]:
-    """A model-name list and a folder field that shows only when the list says ``folder…``.
+def model_picker() -> tuple[ComboBox, FileEdit, Label]:
+    """A model-name list, a folder field that shows only when the list says ``folder…``, and a
+    line about the chosen model (:func:`~napari_cytodiffusion.model.card.model_summary`: what it
+    learnt from and how well it measured), or why it cannot be used.
 
     Typing or browsing a folder switches the list to ``folder…``, so a folder set from Python
     (``widget.model_dir.value = path``) is used as well. Widgets that remember the choice list
@@ -30,17 +34,37 @@ def model_picker() -> tuple[ComboBox, FileEdit]:
     )
     folder = FileEdit(label="model folder", mode="d", value="")
     folder.visible = False
+    info = Label(label="about the model", value="")
+    info.native.setWordWrap(True)
+
+    def _describe() -> None:
+        info.value = model_description(model_spec(name, folder))
 
     def _name_changed(value: str) -> None:
         folder.visible = value == FOLDER_CHOICE
+        _describe()
 
     def _folder_changed(value) -> None:
         if str(value or "") not in ("", ".") and name.value != FOLDER_CHOICE:
             name.value = FOLDER_CHOICE
+        _describe()
 
     name.changed.connect(_name_changed)
     folder.changed.connect(_folder_changed)
-    return name, folder
+    _describe()
+    return name, folder, info
+
+
+def model_description(spec: str | None) -> str:
+    """The picker's line about a model: its summary, or why it cannot be used."""
+    from ..model.card import model_summary
+
+    if spec is None:
+        return "choose a model folder"
+    try:
+        return model_summary(spec)
+    except ModelError as exc:
+        return f"cannot use this model: {exc}"
 
 
 def model_spec(name: ComboBox, folder: FileEdit) -> str | None:

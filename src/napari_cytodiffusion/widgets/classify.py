@@ -23,7 +23,7 @@ class ClassifyWidget(Container, RunnerMixin):
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=lambda _: self._layers("Image"))
         self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layers("Labels"))
-        self.model_name, self.model_dir = model_picker()
+        self.model_name, self.model_dir, self.model_info = model_picker()
         self.speed = ComboBox(
             label="speed", choices=["fast", "balanced", "accurate", "full"], value="balanced"
         )
@@ -46,6 +46,7 @@ class ClassifyWidget(Container, RunnerMixin):
                 self.labels_layer,
                 self.model_name,
                 self.model_dir,
+                self.model_info,
                 self.speed,
                 self.cells,
                 self.min_area,

@@ -17,7 +17,7 @@ class GenerateWidget(Container, RunnerMixin):
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.model_name, self.model_dir = model_picker()
+        self.model_name, self.model_dir, self.model_info = model_picker()
         self.cls = ComboBox(label="class", choices=self._classes)
         self.count = SpinBox(label="count", value=8, min=1, max=1024)
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
@@ -30,6 +30,7 @@ class GenerateWidget(Container, RunnerMixin):
             [
                 self.model_name,
                 self.model_dir,
+                self.model_info,
                 self.cls,
                 self.count,
                 self.seed,
