@@ -54,6 +54,33 @@ def _validation_text(meta: Any) -> str:
     return f"{where}: balanced accuracy {float(validation['balanced_accuracy']):.3f}{cells}{network}"
 
 
+def local_folder(spec: str | os.PathLike | None = None) -> Path:
+    """The folder of ``spec`` (a folder, ``None`` / ``"default"``, or the name of a model usable
+    without a download); never downloads, unlike :func:`~.registry.resolve_model`."""
+    from .registry import DEFAULT_MODEL_DIR, available_models
+
+    local = available_models()
+    name = "default" if spec in (None, "", DEFAULT_MODEL_DIR.name) else str(spec)
+    return local[name] if name in local else Path(name).expanduser()
+
+
+def model_classes(spec: str | os.PathLike | None = None) -> list[str]:
+    """Class names of a model or adapter, from its metadata alone (no weights are read).
+
+    Raises
+    ------
+    ModelError
+        When the folder is not a readable model or adapter folder.
+    """
+    from ..adapt.adapter import is_adapter, read_adapter_metadata
+    from .folder import read_metadata
+
+    folder = local_folder(spec)
+    if is_adapter(folder):
+        return [str(c) for c in read_adapter_metadata(folder)["classes"]]
+    return list(read_metadata(folder).classes)
+
+
 def model_summary(spec: str | os.PathLike | None = None) -> str:
     """One line describing a model or LoRA adapter folder, or a model by name.
 
@@ -71,11 +98,8 @@ def model_summary(spec: str | os.PathLike | None = None) -> str:
     """
     from ..adapt.adapter import is_adapter, read_adapter_metadata
     from .folder import WEIGHTS_FILE, read_metadata
-    from .registry import DEFAULT_MODEL_DIR, available_models
 
-    local = available_models()
-    name = "default" if spec in (None, "", DEFAULT_MODEL_DIR.name) else str(spec)
-    folder = local[name] if name in local else Path(name).expanduser()
+    folder = local_folder(spec)
     if is_adapter(folder):
         meta = read_adapter_metadata(folder)
         counts = (meta.get("finetune") or {}).get("class_counts") or {}

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
+from ..model.card import model_classes
 from ._model import model_picker, model_spec
 from ._runner import RunnerMixin, append_panel, n_cells, notify, unique_layer_name
 
@@ -107,9 +108,9 @@ class ClassifyWidget(Container, RunnerMixin):
         result = self.__dict__.get("result")
         if result:
             return result["model"].classes
-        try:
-            return self._model().classes
-        except Exception:  # invalid folder typed in: no choices until it is fixed
+        try:  # from the metadata: no weights are read on the GUI thread
+            return model_classes(model_spec(self.model_name, self.model_dir))
+        except ModelError:  # not a model folder (yet): no choices until it is fixed
             return []
 
     def _work(self):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
+from ..model.card import model_classes
 from ._model import model_picker, model_spec
 from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
@@ -54,9 +55,9 @@ class GenerateWidget(Container, RunnerMixin):
         return get_model(model_spec(self.model_name, self.model_dir))
 
     def _classes(self, _=None):
-        try:
-            return ["all", *self._model().classes]
-        except Exception:  # an invalid folder while typing: offer nothing yet
+        try:  # from the metadata: no weights are read on the GUI thread
+            return ["all", *model_classes(model_spec(self.model_name, self.model_dir))]
+        except ModelError:  # not a model folder (yet): offer nothing more
             return ["all"]
 
     def _work(self):
