@@ -21,6 +21,15 @@ are not copied; fit the student's own with ``scripts/calibrate_presets.py``. A s
 class weight has other error spreads than its teacher (its paired test, fed the teacher's scales,
 drops classes too early): give it ``--fit-engine``.
 
+The shipped ``pbc32-fast`` (widths 16,32,64) came from three runs on this 2-core CPU, each
+starting from the one before (``--init-from``): ~3,000 plain steps (``--contrast-weight 0 --min-lr 0``,
+learning rate 1e-3), 2,795 contrast steps (the default contrast weight 9, constant 1e-3), and 1,996
+steps with the rate falling from 5e-4 to 1e-5 (``--lr 5e-4 --min-lr 1e-5 --steps 2000``); then
+``finish``, ``scripts/calibrate_presets.py --backend int8 --speeds accurate fast --validate`` and the
+same with ``--backend torch``, and the folder copied (without ``checkpoints/``) to
+``src/napari_cytodiffusion/data/models/pbc32-fast`` with its metadata name set to ``pbc32-fast``. On a
+GPU, one run from scratch with ``--device cuda --batch-size 256`` and the decay is the obvious recipe.
+
 ``probe`` is a quick check during a run: the calibration hold-out (256 cells, stratified) is
 classified with the full class set at six timesteps by the teacher and by the student's
 current EMA weights (from the checkpoint), with the same noise; it prints both accuracies and

@@ -7,7 +7,7 @@ from napari_cytodiffusion.classify.calibration import ece, fit_temperature, soft
 from napari_cytodiffusion.classify.classifier import classify_crops
 from napari_cytodiffusion.cli.main import main
 from napari_cytodiffusion.evaluate.metrics import auroc, sensitivity_at_specificity
-from napari_cytodiffusion.model.registry import get_model
+from napari_cytodiffusion.model.registry import bundled_models, get_model
 
 
 def _pbc_subset(shared_data, per_class=2):
@@ -18,12 +18,13 @@ def _pbc_subset(shared_data, per_class=2):
     return df
 
 
-def test_default_model_classifies_real_pbc_cells(shared_data):
+@pytest.mark.parametrize("name", list(bundled_models()))
+def test_bundled_models_classify_real_pbc_cells(shared_data, name):
     from napari_cytodiffusion.crops import single_cell_crops
     from napari_cytodiffusion.io.images import read_image
 
     df = _pbc_subset(shared_data, 2)
-    model = get_model("default")
+    model = get_model(name)
     crops = single_cell_crops(
         [read_image(shared_data / "pbc" / p) for p in df.path], model.metadata.preprocessing
     )
@@ -40,6 +41,10 @@ def test_default_model_classifies_real_pbc_cells(shared_data):
     full = classify_crops(model, crops[:4], speed="full", seed=0)
     assert full.unet_calls.mean() > again.unet_calls.mean()
     assert full.unet_calls[0] == len(model.metadata.calibration["engine"]["timesteps"]) * 8
+    # a bundled model carries constants fitted for the other speed presets, for both networks
+    assert {"fast", "accurate"} <= set(model.metadata.calibration["presets"])
+    int8 = model.metadata.extra["int8"]["classifier_calibration"]
+    assert {"fast", "accurate"} <= set(int8["presets"])
 
 
 def test_evaluate_cli_writes_metrics(shared_data, tmp_path):

@@ -151,7 +151,7 @@ def cmd_train(a) -> int:
         checkpoint_every=a.checkpoint_every,
         max_seconds=a.max_seconds,
         device=device_arg(a.device),
-        warmup_steps=min(500, max(1, (a.steps or TrainConfig.steps) // 10)),
+        warmup_steps=min(500, max(1, (TrainConfig.steps if a.steps is None else a.steps) // 10)),
         int8=not a.no_int8,
     )
     out = Path(a.out)
@@ -207,7 +207,7 @@ def _cmd_distill(a) -> int:
         checkpoint_every=a.checkpoint_every,
         max_seconds=a.max_seconds,
         device=device_arg(a.device),
-        warmup_steps=min(200, max(1, (a.steps or DistillConfig.steps) // 10)),
+        warmup_steps=min(200, max(1, (DistillConfig.steps if a.steps is None else a.steps) // 10)),
         int8=not a.no_int8,
         class_weight=a.class_weight,
     )

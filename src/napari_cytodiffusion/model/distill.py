@@ -200,7 +200,8 @@ def distill(
         config = resumed_config(saved, config, int(state["step"]))
     else:
         config = copy.deepcopy(config) if config is not None else DistillConfig()
-        config.steps = config.steps or DistillConfig.steps
+        if config.steps is None:  # a new run needs a length
+            config.steps = DistillConfig.steps
         config.arch = with_widths(teacher_arch, widths)
         if out_dir.exists() and any(out_dir.iterdir()):
             raise InputError(f"{out_dir} exists and is not empty; use --resume or a new folder")

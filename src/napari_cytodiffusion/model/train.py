@@ -274,7 +274,8 @@ def train(
             raise InputError(f"checkpoint classes {state['classes']} differ from the data's {data.classes}")
     else:
         config = copy.deepcopy(config) if config is not None else TrainConfig()
-        config.steps = config.steps or TrainConfig.steps
+        if config.steps is None:  # a new run needs a length
+            config.steps = TrainConfig.steps
         if out_dir.exists() and any(out_dir.iterdir()):
             raise InputError(f"{out_dir} exists and is not empty; use --resume or a new folder")
     expected = store_size(config.size, config.store_margin)
