@@ -107,6 +107,7 @@ def test_generate_widget(make_napari_viewer, qtbot, tiny_model):
     assert w.model_info.value.startswith("tiny: 2 classes")
     w.model_dir.value = str(tiny_model.parent)  # not a model: said on the line, nothing raised
     assert w.model_info.value.startswith("cannot use this model:")
+    assert w.cls.choices == ("all",)  # no classes offered until it is a model
     w.model_dir.value = str(tiny_model)
     w.cls.value = "violet"
     w.count.value = 3

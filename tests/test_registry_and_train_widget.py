@@ -17,9 +17,16 @@ def test_cache_dir_env_and_official_download(tiny_model, tmp_path, monkeypatch):
                 zf.write(f, f.relative_to(tiny_model))
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     monkeypatch.setitem(registry.OFFICIAL_MODELS, "tiny-official", {"url": archive.as_uri(), "sha256": sha})
+    # what must never touch the network (a widget describing the choice) does not download it
+    from napari_cytodiffusion.model.card import model_classes
+
+    with pytest.raises(ModelError, match="not downloaded yet"):
+        model_classes("tiny-official")
+    assert not (tmp_path / "cache" / "models" / "tiny-official").exists()
     path = registry.resolve_model("tiny-official")
     assert path == tmp_path / "cache" / "models" / "tiny-official"
     assert registry.get_model("tiny-official").classes == ["redcell", "violet"]
+    assert model_classes("tiny-official") == ["redcell", "violet"]  # cached now
     assert "tiny-official" in registry.available_models()
     # corrupt download → clear error, nothing left in the cache
     monkeypatch.setitem(registry.OFFICIAL_MODELS, "bad", {"url": archive.as_uri(), "sha256": "0" * 64})

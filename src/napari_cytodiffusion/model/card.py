@@ -54,16 +54,6 @@ def _validation_text(meta: Any) -> str:
     return f"{where}: balanced accuracy {float(validation['balanced_accuracy']):.3f}{cells}{network}"
 
 
-def local_folder(spec: str | os.PathLike | None = None) -> Path:
-    """The folder of ``spec`` (a folder, ``None`` / ``"default"``, or the name of a model usable
-    without a download); never downloads, unlike :func:`~.registry.resolve_model`."""
-    from .registry import DEFAULT_MODEL_DIR, available_models
-
-    local = available_models()
-    name = "default" if spec in (None, "", DEFAULT_MODEL_DIR.name) else str(spec)
-    return local[name] if name in local else Path(name).expanduser()
-
-
 def model_classes(spec: str | os.PathLike | None = None) -> list[str]:
     """Class names of a model or adapter, from its metadata alone (no weights are read).
 
@@ -74,8 +64,9 @@ def model_classes(spec: str | os.PathLike | None = None) -> list[str]:
     """
     from ..adapt.adapter import is_adapter, read_adapter_metadata
     from .folder import read_metadata
+    from .registry import resolve_model
 
-    folder = local_folder(spec)
+    folder = resolve_model(spec, download=False)
     if is_adapter(folder):
         return [str(c) for c in read_adapter_metadata(folder)["classes"]]
     return list(read_metadata(folder).classes)
@@ -87,9 +78,8 @@ def model_summary(spec: str | os.PathLike | None = None) -> str:
     Name, classes, size, training data and licence, and the validation figure stored with it
     (for an adapter: its base model, the cells it was fine-tuned on and how it was calibrated).
 
-    ``spec`` is a folder, ``None`` / ``"default"``, or the name of a model that needs no
-    download (:func:`~napari_cytodiffusion.model.registry.available_models`): this never
-    touches the network.
+    ``spec`` is what :func:`~napari_cytodiffusion.model.registry.resolve_model` takes; this
+    never downloads (an official model not cached yet is a ``ModelError``).
 
     Raises
     ------
@@ -98,8 +88,9 @@ def model_summary(spec: str | os.PathLike | None = None) -> str:
     """
     from ..adapt.adapter import is_adapter, read_adapter_metadata
     from .folder import WEIGHTS_FILE, read_metadata
+    from .registry import resolve_model
 
-    folder = local_folder(spec)
+    folder = resolve_model(spec, download=False)
     if is_adapter(folder):
         meta = read_adapter_metadata(folder)
         counts = (meta.get("finetune") or {}).get("class_counts") or {}

@@ -53,8 +53,12 @@ def available_models() -> dict[str, Path]:
     return out
 
 
-def resolve_model(spec: str | os.PathLike | None = None) -> Path:
-    """Turn a model name or folder into a model folder path."""
+def resolve_model(spec: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Turn a model name or folder into a model folder path.
+
+    With ``download=False`` an official model that is not cached yet is an error instead of a
+    download (for callers that must never touch the network, e.g. a widget describing a choice).
+    """
     if spec is None or str(spec) in ("", "default", DEFAULT_MODEL_DIR.name):
         return DEFAULT_MODEL_DIR
     path = Path(spec).expanduser()
@@ -67,6 +71,8 @@ def resolve_model(spec: str | os.PathLike | None = None) -> Path:
     if cached.is_dir():
         return cached
     if str(spec) in OFFICIAL_MODELS:
+        if not download:
+            raise ModelError(f"model {spec!r} is not downloaded yet (it would go to {cached})")
         return download_official(str(spec))
     raise ModelError(
         f"unknown model {spec!r}: give a model folder, 'default', or one of {', '.join(available_models())}"
