@@ -33,7 +33,7 @@ def main() -> int:
     run(seg)
     cls.image.reset_choices()
     cls.labels_layer.reset_choices()
-    cls.labels_layer.value = viewer.layers["synthetic smear labels"]
+    cls.labels_layer.value = viewer.layers["sample smear (generated cells) labels"]
     cls.cells.value = "stained"
     run(cls)
     for _ in range(20):

@@ -21,8 +21,10 @@ def test_widgets_and_sample_load(make_napari_viewer):
         dock, widget = viewer.window.add_plugin_dock_widget("napari-cytodiffusion", name)
         assert widget is not None
     viewer.open_sample("napari-cytodiffusion", "synthetic_smear")
-    assert viewer.layers[-1].name == "synthetic smear"
-    assert viewer.layers[-1].data.shape == (480, 640, 3)
+    image, points = viewer.layers[-2], viewer.layers[-1]
+    assert image.name == "sample smear (generated cells)" and image.data.shape == (600, 800, 3)
+    assert points.name == "generated as" and len(points.data) == 8
+    assert list(points.features["generated_as"])[:2] == ["basophil", "eosinophil"]
 
 
 def _wait(qtbot, widget, timeout=240_000):

@@ -83,7 +83,17 @@ def test_demo_writes_four_outputs(tmp_path, capsys):
     labels = tifffile.imread(out / "labels.tif")
     assert labels.max() == len(cells)
     assert (out / "generated_montage.png").stat().st_size > 5000
-    assert "segmented" in capsys.readouterr().out
+    assert (out / "smear.png").stat().st_size > 5000
+    # the sample's cells were drawn by the shipped model, one per class: each is segmented, and the
+    # classifier calls most of them the class they were generated as (7 of 8 when this was written)
+    sample = summary["sample"]
+    assert sample["generated_cells"] == 8 and sample["segmented"] == 8
+    assert sample["called_as_generated"] >= 6
+    truth = cells[cells["generated_as"].notna()]
+    assert sorted(truth["generated_as"]) == sorted(summary["counts"])
+    assert (truth["class"] == truth["generated_as"]).sum() == sample["called_as_generated"]
+    printed = capsys.readouterr().out
+    assert "segmented" in printed and f"{sample['called_as_generated']} called the class" in printed
     assert not list(out.glob(".*"))  # no temp files left behind
 
 
@@ -393,3 +403,22 @@ def test_stained_cells_are_judged_against_the_fields_own_red_cells(shared_data):
     assert stained_threshold(np.full(5, 0.3)) == STAINED_THRESHOLD  # too few cells for a median
     assert stained_threshold(np.r_[np.full(20, 0.05), 0.4]) == pytest.approx(0.13)
     assert stained_threshold(np.full(20, 0.4)) == STAINED_CAP  # a field of nucleated cells keeps them
+
+
+def test_sample_cells_were_drawn_by_the_shipped_model():
+    from napari_cytodiffusion.model.registry import get_model
+    from napari_cytodiffusion.sample_data import generated_smear, load_generated_cells
+
+    cells, classes, content_hash = load_generated_cells()
+    model = get_model("default")
+    # rerun scripts/make_sample_cells.py when the default model changes
+    assert content_hash == model.metadata.content_hash
+    assert classes == model.classes and cells.shape == (len(classes), model.size, model.size, 3)
+    a, b = generated_smear(seed=0), generated_smear(seed=0)
+    assert np.array_equal(a.image, b.image) and a.classes == classes  # deterministic
+    c = generated_smear(seed=1)
+    assert not np.allclose(a.centres, c.centres)
+    # every pasted cell lies whole inside the field, at the classifier's crop scale
+    side = 2.6 * 46.0
+    assert (a.centres >= side / 2 - 1).all()
+    assert (a.centres[:, 0] <= 600 - side / 2 + 1).all() and (a.centres[:, 1] <= 800 - side / 2 + 1).all()

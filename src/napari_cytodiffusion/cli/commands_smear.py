@@ -79,7 +79,9 @@ def _seg_params(a):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="sample smear → segmentation → classification → outputs")
+    p = sub.add_parser(
+        "demo", help="sample smear (cells drawn by the model) → segmentation → classification → outputs"
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", default="fast", choices=["fast", "balanced", "accurate", "full"])
@@ -155,27 +157,44 @@ def write_smear_outputs(res, out: Path, stem: str, model, input_path=None, image
 
 
 def cmd_demo(a) -> int:
+    from PIL import Image
+
+    from ..export import audit_trail, write_cells_csv, write_labels_tiff, write_summary_json
     from ..generate.sampling import GenerateParams, generate, montage
     from ..io.atomic import write_with
     from ..model.registry import get_model
     from ..pipeline import analyze
-    from ..sample_data import synthetic_smear
+    from ..sample_data import generated_cell_labels, generated_smear
 
     out = out_dir(a.out)
     t0 = time.perf_counter()
-    image, _ = synthetic_smear(seed=a.seed)
+    smear = generated_smear(seed=a.seed)
+    image = smear.image
     model = get_model("default")
     res = analyze(image, model=model, speed=a.speed, seed=a.seed)
-    from ..export import audit_trail, write_cells_csv, write_labels_tiff, write_summary_json
-
+    # the sample's truth: the class each pasted cell was generated as, beside the call
+    table = res.table.copy()
+    table["generated_as"] = ""
+    found = generated_cell_labels(smear, res.labels)
+    for lab, cls in zip(found, smear.classes, strict=True):
+        table.loc[table["label"] == lab, "generated_as"] = cls
+    hits = table[table["generated_as"] != ""]
+    agree = int((hits["class"] == hits["generated_as"]).sum()) if "class" in hits else 0
+    summary = dict(res.summary)
+    summary["sample"] = {
+        "generated_cells": len(smear.classes),
+        "segmented": int(len(hits)),
+        "called_as_generated": agree,
+        "flagged": int(hits["flagged"].sum()) if "flagged" in hits else 0,
+        "generator_content_hash": smear.model_hash,
+    }
     audit = audit_trail(model, res.parameters, input_array=image)
-    write_cells_csv(res.table, out / "cells.csv", audit)
+    write_with(out / "smear.png", lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+    write_cells_csv(table, out / "cells.csv", audit)
     write_labels_tiff(res.labels, out / "labels.tif", audit)
-    write_summary_json(res.summary, out / "summary.json", audit)
+    write_summary_json(summary, out / "summary.json", audit)
     ids = [c for c in range(len(model.classes)) for _ in range(4)]
     imgs = generate(model, ids, [a.seed * 1000 + i for i in range(len(ids))], GenerateParams(steps=20))
-    from PIL import Image
-
     write_with(
         out / "generated_montage.png",
         lambda tmp: Image.fromarray(montage(imgs, 4, 3)).save(tmp, format="PNG"),
@@ -187,8 +206,13 @@ def cmd_demo(a) -> int:
     )
     print("differential: " + ", ".join(f"{c} {k}" for c, k in s["counts"].items() if k))
     print(
-        f"verdict: {s['verdict']}; outputs in {out}: cells.csv, labels.tif, summary.json, generated_montage.png "
-        f"(rows 1-8 = {', '.join(model.classes)})"
+        f"the sample's {len(smear.classes)} cells were drawn by the model, one per class: "
+        f"{agree} called the class they were generated as, "
+        f"{summary['sample']['flagged']} flagged for review (cells.csv: class vs generated_as)"
+    )
+    print(
+        f"verdict: {s['verdict']}; outputs in {out}: smear.png, cells.csv, labels.tif, summary.json, "
+        f"generated_montage.png (rows 1-8 = {', '.join(model.classes)})"
     )
     return 0
 
