@@ -93,6 +93,25 @@ def test_int8_unet_is_made_checked_and_preferred(tiny_model, monkeypatch, tmp_pa
     assert out == folder / INT8_FILE and out.is_file()
     info = json.loads((folder / "cytodiffusion.json").read_text())["extra"]["int8"]
     assert info["ops"] == ["Conv"] and info["calibration"]["inputs"] == 32
+    # every convolution is int8 by default: its weights reach it through DequantizeLinear
+    import onnx
+
+    def convs(path):
+        graph = onnx.load(str(path)).graph
+        produced_by = {o: n.op_type for n in graph.node for o in n.output}
+        return {n.name: produced_by.get(n.input[1]) for n in graph.node if n.op_type == "Conv"}
+
+    assert info["kept_float"] == [] and set(convs(out).values()) == {"DequantizeLinear"}
+    # a node kept float32 has its weights as a plain float initializer
+    quantize_model(model, crops, n_batches=2, batch=16, seed=0, keep_float=["/u/conv_out/Conv"])
+    kept = convs(out)
+    assert kept.pop("/u/conv_out/Conv") is None and set(kept.values()) == {"DequantizeLinear"}
+    info = json.loads((folder / "cytodiffusion.json").read_text())["extra"]["int8"]
+    assert info["kept_float"] == ["/u/conv_out/Conv"]
+    with pytest.raises(ModelError, match="not nodes of the exported UNet: /u/nope"):
+        quantize_model(model, crops, n_batches=1, batch=4, keep_float=["/u/nope"])
+    with pytest.raises(ModelError, match="unknown activation calibration"):
+        quantize_model(model, crops, n_batches=1, batch=4, method="median")
     # the weights are untouched: the folder still loads and verifies against its content hash
     monkeypatch.setenv(BACKEND_ENV, "auto")
     q = load_model(folder)
