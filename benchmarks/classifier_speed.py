@@ -5,6 +5,12 @@ Prints UNet calls per cell, cells per second and accuracy of both, the backend t
 (folder read and checked, inference network opened).
 
     python benchmarks/classifier_speed.py [--n 64] [--threads 2] [--speeds full balanced fast] [--device cpu]
+        [--compare-decided]
+
+With ``--compare-decided``, each adaptive speed also runs with a decided cell's class evaluated at
+every remaining unit (as before the model's ``decided_band_units``), interleaved with the model's
+own setting on the same cells, so the saving is measured on the same CPU state: ``SPEED`` and
+``SPEED/every-unit`` in the output.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--speeds", nargs="+", default=["full", "balanced", "fast"])
     ap.add_argument("--model", default="default", help="model folder (default: the shipped model)")
+    ap.add_argument("--compare-decided", action="store_true", help="also run each speed without the rule")
     args = ap.parse_args()
 
     # cold model load, in a fresh interpreter as a user would see it
@@ -69,21 +76,29 @@ def main() -> int:
         "backend": backend_name(model),
         "model_ready_seconds": round(load_s, 2),
     }
-    for speed in args.speeds:
+    runs = [(speed, speed, {}) for speed in args.speeds]
+    if args.compare_decided:  # a band count never reached: every unit, as without the rule
+        runs = [
+            r
+            for speed in args.speeds
+            for r in [(speed, speed, {})]
+            + ([(f"{speed}/every-unit", speed, {"decided_band_units": 10**9})] if speed != "full" else [])
+        ]
+    for name, speed, overrides in runs:
         t0 = time.perf_counter()
-        res = classify_crops(model, crops, speed=speed, seed=0)
+        res = classify_crops(model, crops, speed=speed, seed=0, **overrides)
         dt = time.perf_counter() - t0
-        out[speed] = {
+        out[name] = {
             "unet_calls_per_cell": round(float(res.unet_calls.mean()), 1),
             "cells_per_second": round(len(truth) / dt, 2),
             "ms_per_unet_call": round(1000 * dt / res.unet_calls.sum(), 2),
             "accuracy": round(float((res.pred == truth).mean()), 4),
         }
     if "full" in out:
-        for speed in args.speeds:
-            if speed != "full":
-                out[speed]["call_reduction_vs_full"] = round(
-                    out["full"]["unet_calls_per_cell"] / out[speed]["unet_calls_per_cell"], 2
+        for name, _, _ in runs:
+            if name != "full":
+                out[name]["call_reduction_vs_full"] = round(
+                    out["full"]["unet_calls_per_cell"] / out[name]["unet_calls_per_cell"], 2
                 )
     print(json.dumps(out, indent=1))
     return 0

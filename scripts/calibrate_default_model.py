@@ -173,6 +173,8 @@ def _validate(args, model, calib, cfg, engine, dev, val_x, val_y, held_x, secs_c
     model.metadata.calibration = calib
     a = out["adaptive"]
     model.metadata.validation = {
+        # the presets' figures (``calibrate_presets.py --validate``) are not this run's to drop
+        **{k: old_val[k] for k in ("presets", "calibration_cells") if k in old_val},
         "dataset": "PBC val split (1,690 cells; never used for training or calibration)",
         **{
             k: a[k]

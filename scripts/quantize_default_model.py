@@ -43,11 +43,11 @@ def main(argv=None) -> int:
     if not args.skip_quantize:
         quantize(args)
     if args.recalibrate:
-        recalibrate_int8(args.model, args.recalibrate)
+        recalibrate_int8(args.model, args.recalibrate, keep_presets=args.skip_quantize)
     return 0
 
 
-def recalibrate_int8(folder: Path, cache: Path) -> None:
+def recalibrate_int8(folder: Path, cache: Path, keep_presets: bool = False) -> None:
     import os
 
     from napari_cytodiffusion.classify.calibration import recalibrate
@@ -66,6 +66,10 @@ def recalibrate_int8(folder: Path, cache: Path) -> None:
     new, summary = recalibrate(model, z["cal_images"][cal_y >= 0], cal_y[cal_y >= 0])
     new.pop("engine", None)
     meta = read_metadata(folder)
+    if keep_presets:  # the same network: the presets' own constants (fitted on it) stay valid
+        old_presets = meta.extra["int8"].get("classifier_calibration", {}).get("presets")
+        if old_presets:
+            new["presets"] = old_presets
     meta.extra["int8"]["classifier_calibration"] = new
     model.metadata.extra = meta.extra
     val_y = remap[z["val_labels"]]

@@ -47,6 +47,66 @@ def test_bundled_models_classify_real_pbc_cells(shared_data, name):
     assert {"fast", "accurate"} <= set(int8["presets"])
 
 
+def test_decided_cells_spend_units_only_on_the_anomaly_profile():
+    """A cell with one class left evaluates it only where a noise band is still short of units."""
+    from napari_cytodiffusion.classify.anomaly import BANDS
+    from napari_cytodiffusion.classify.engine import _round_items
+
+    unit_t = np.array([550, 450, 350, 250, 750, 560, 260, 760])
+    band = np.searchsorted(BANDS, unit_t, side="right") - 1
+    errors = np.full((2, 3, 8), np.nan)
+    errors[:, :, :2] = 1.0  # two units done, every class
+    active = np.array([[True, True, False], [False, True, False]])  # cell 1 is decided
+    # the undecided cell evaluates both its classes at every unit of the round
+    items = _round_items(active, [2, 3, 4, 5], errors, band, band_units=1)
+    assert [(c, k) for c, k, _ in items].count((0, 0)) == 4 and [c for c, _, _ in items].count(0) == 8
+    # the decided one: one unit for each band it has not seen (350 → band 1 already seen at 450)
+    assert [u for c, _, u in items if c == 1] == [3, 4]
+    assert [u for c, _, u in _round_items(active, [2, 3, 4, 5], errors, band, 2) if c == 1] == [2, 3, 4, 5]
+    # off: every unit, as before
+    assert len(_round_items(active, [2, 3, 4, 5], errors, band, None)) == 12
+
+
+def test_decided_band_units_keeps_every_call_and_probability(shared_data):
+    """Stopping a decided cell's extra units changes its calls and anomaly profile, not its call."""
+    from napari_cytodiffusion.classify.anomaly import BANDS
+    from napari_cytodiffusion.classify.classifier import engine_config
+    from napari_cytodiffusion.classify.engine import class_evidence, diffusion_errors
+    from napari_cytodiffusion.crops import single_cell_crops, to_model_tensor
+    from napari_cytodiffusion.io.images import read_image
+
+    df = _pbc_subset(shared_data, 2)
+    model = get_model("default")
+    x0 = to_model_tensor(
+        single_cell_crops(
+            [read_image(shared_data / "pbc" / p) for p in df.path], model.metadata.preprocessing
+        )
+    )
+    unet, ac = model.inference_unet(), model.alphas_cumprod()
+    runs = {}
+    for speed in ("balanced", "accurate"):
+        for k in (None, 1):
+            cfg = engine_config(model, speed, decided_band_units=k)
+            cfg.decided_band_units = k  # None is not an override: set it explicitly
+            runs[speed, k] = diffusion_errors(unet, ac, x0, model.metadata.n_classes, cfg)
+        old, new = runs[speed, None], runs[speed, 1]
+        assert np.array_equal(old.active, new.active)
+        (w_old, d_old), (w_new, d_new) = class_evidence(old), class_evidence(new)
+        assert np.array_equal(w_old, w_new) and np.allclose(d_old, d_new)
+        # the same noise for every evaluated unit: the new errors are a subset of the old ones
+        seen = np.isfinite(new.errors)
+        assert (np.isfinite(old.errors) | ~seen).all()
+        assert np.allclose(new.errors[seen], old.errors[seen], rtol=1e-4)
+        assert (new.calls <= old.calls).all() and new.calls.sum() < old.calls.sum()
+        # every band the units reach still has the winner evaluated at least once
+        band = np.searchsorted(BANDS, new.unit_timesteps, side="right") - 1
+        for i, w in enumerate(w_new):
+            assert set(band[seen[i, w]]) == set(band)
+    # the rotated view of ``accurate`` is where most of the saving is
+    saved = {s: 1 - runs[s, 1].calls.mean() / runs[s, None].calls.mean() for s in ("balanced", "accurate")}
+    assert saved["accurate"] > saved["balanced"] > 0
+
+
 def test_evaluate_cli_writes_metrics(shared_data, tmp_path):
     df = _pbc_subset(shared_data, 1)
     csv = tmp_path / "cells.csv"

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .anomaly import BANDS
+
 #: Candidate timestep grid used when a model has no calibrated one.
 DEFAULT_TIMESTEPS = [int(t) for t in np.linspace(30, 930, 31).round()]
 
@@ -35,6 +37,10 @@ class EngineConfig:
     min_units_before_drop: int = 2
     max_units: int | None = None
     tta: int = 1
+    #: once a single class is left (the call can no longer change), keep evaluating it only until
+    #: each noise band of the anomaly profile (``anomaly.BANDS``) holds this many of its units;
+    #: None evaluates it at every unit
+    decided_band_units: int | None = None
     disc_radius: float | None = None
     seed: int = 0
     #: UNet evaluations per call; None = 2048 on a GPU; on a CPU (cache-friendly sizes, 2 cores,
@@ -162,10 +168,10 @@ def diffusion_errors(
     per_cpu_batch = 64 if backend == "torch" else 32 * int(getattr(unet, "workers", 1))
     batch_size = int(config.batch_size or (2048 if dev.type != "cpu" else per_cpu_batch))
     channels_last = dev.type == "cpu" and backend == "torch"
+    unit_band = np.searchsorted(BANDS, unit_t[:n_units], side="right") - 1
     while done_units < n_units:
         units = list(range(done_units, min(n_units, done_units + per_round)))
-        cells, classes = np.nonzero(active)
-        items = [(ci, cl, u) for ci, cl in zip(cells, classes, strict=True) for u in units]
+        items = _round_items(active, units, errors, unit_band, config.decided_band_units)
         for start in range(0, len(items), batch_size):
             if should_stop is not None and should_stop():
                 raise Cancelled("classification cancelled")
@@ -198,6 +204,35 @@ def diffusion_errors(
                 errors[:, :, :done_units], active, unit_w[:done_units], unit_s[:done_units], config.drop_z
             )
     return ErrorResult(errors, active, calls, unit_t[:n_units], unit_w[:n_units], unit_s[:n_units])
+
+
+def _round_items(
+    active: np.ndarray, units: list[int], errors: np.ndarray, unit_band: np.ndarray, band_units: int | None
+) -> list[tuple[int, int, int]]:
+    """(cell, class, unit) evaluations of one round.
+
+    Every active class of every cell is evaluated at every unit of the round, except, with
+    ``band_units``, a cell whose call is decided (one class left): its class is evaluated only at
+    the units that bring a noise band still short of ``band_units`` evaluated units closer to it.
+    """
+    cells, classes = np.nonzero(active)
+    if band_units is None:
+        return [(ci, cl, u) for ci, cl in zip(cells, classes, strict=True) for u in units]
+    decided = active.sum(axis=1) == 1
+    n_bands = len(BANDS) - 1
+    items = []
+    for ci, cl in zip(cells, classes, strict=True):
+        if not decided[ci]:
+            items.extend((ci, cl, u) for u in units)
+            continue
+        done = np.isfinite(errors[ci, cl])
+        have = np.bincount(unit_band[done], minlength=n_bands)
+        for u in units:
+            b = unit_band[u]
+            if have[b] < band_units:
+                have[b] += 1
+                items.append((ci, cl, u))
+    return items
 
 
 def _drop_classes(errors: np.ndarray, active: np.ndarray, w: np.ndarray, s: np.ndarray, z: float) -> None:
