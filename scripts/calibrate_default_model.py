@@ -200,7 +200,7 @@ def _validate(args, model, calib, cfg, engine, dev, val_x, val_y, held_x, secs_c
     }
     write_metadata(args.model, model.metadata)
     out["calibration_seconds"] = secs_cal
-    out["tuning"] = calib["tuning_on_calibration"]
+    out["tuning"] = calib.get("tuning_on_calibration")
     txt = json.dumps(out, indent=1, default=float)
     print(txt)
     if args.out:
