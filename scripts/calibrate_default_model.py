@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         cfg = EngineConfig(**engine, adaptive=True)
         calib = fit_calibration(run(model, cal_x, cfg), cal_y, c)
         calib["engine"] = engine
-        for key in ("timestep_snr", "tuning_on_calibration"):
+        for key in ("timestep_snr", "tuning_on_calibration", "engine_from_teacher"):
             if key in old_cal:
                 calib[key] = old_cal[key]
         return _validate(
