@@ -49,11 +49,11 @@ def test_bundled_models_classify_real_pbc_cells(shared_data, name):
 
 def test_decided_cells_spend_units_only_on_the_anomaly_profile():
     """A cell with one class left evaluates it only where a noise band is still short of units."""
-    from napari_cytodiffusion.classify.anomaly import BANDS
+    from napari_cytodiffusion.classify.anomaly import band_index
     from napari_cytodiffusion.classify.engine import _round_items
 
-    unit_t = np.array([550, 450, 350, 250, 750, 560, 260, 760])
-    band = np.searchsorted(BANDS, unit_t, side="right") - 1
+    band = band_index([550, 450, 350, 250, 750, 560, 260, 760])
+    assert band.tolist() == [2, 1, 1, 0, 3, 2, 0, 3]
     errors = np.full((2, 3, 8), np.nan)
     errors[:, :, :2] = 1.0  # two units done, every class
     active = np.array([[True, True, False], [False, True, False]])  # cell 1 is decided
@@ -69,7 +69,7 @@ def test_decided_cells_spend_units_only_on_the_anomaly_profile():
 
 def test_decided_band_units_keeps_every_call_and_probability(shared_data):
     """Stopping a decided cell's extra units changes its calls and anomaly profile, not its call."""
-    from napari_cytodiffusion.classify.anomaly import BANDS
+    from napari_cytodiffusion.classify.anomaly import band_index
     from napari_cytodiffusion.classify.classifier import engine_config
     from napari_cytodiffusion.classify.engine import class_evidence, diffusion_errors
     from napari_cytodiffusion.crops import single_cell_crops, to_model_tensor
@@ -86,8 +86,8 @@ def test_decided_band_units_keeps_every_call_and_probability(shared_data):
     runs = {}
     for speed in ("balanced", "accurate"):
         for k in (None, 1):
-            cfg = engine_config(model, speed, decided_band_units=k)
-            cfg.decided_band_units = k  # None is not an override: set it explicitly
+            cfg = engine_config(model, speed)
+            cfg.decided_band_units = k  # set directly: an override of None would be ignored
             runs[speed, k] = diffusion_errors(unet, ac, x0, model.metadata.n_classes, cfg)
         old, new = runs[speed, None], runs[speed, 1]
         assert np.array_equal(old.active, new.active)
@@ -99,7 +99,7 @@ def test_decided_band_units_keeps_every_call_and_probability(shared_data):
         assert np.allclose(new.errors[seen], old.errors[seen], rtol=1e-4)
         assert (new.calls <= old.calls).all() and new.calls.sum() < old.calls.sum()
         # every band the units reach still has the winner evaluated at least once
-        band = np.searchsorted(BANDS, new.unit_timesteps, side="right") - 1
+        band = band_index(new.unit_timesteps)
         for i, w in enumerate(w_new):
             assert set(band[seen[i, w]]) == set(band)
     # the rotated view of ``accurate`` is where most of the saving is

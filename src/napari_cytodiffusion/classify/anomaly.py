@@ -32,6 +32,12 @@ import numpy as np
 #: Noise-level bands (timestep edges) of the profile.
 BANDS = [0, 300, 500, 700, 1001]
 
+
+def band_index(timesteps) -> np.ndarray:
+    """Noise band of each timestep (``BANDS``); -1 or ``len(BANDS) - 1`` outside them."""
+    return np.searchsorted(BANDS, np.asarray(timesteps), side="right") - 1
+
+
 #: Gap features: the runner-up class only, or every other class.
 GAP_KINDS = ("runner_up", "classes")
 
@@ -67,9 +73,9 @@ def profile_features(
     with np.errstate(divide="ignore", invalid="ignore"):
         norm = np.log(np.clip(e, 1e-12, None)) - base[None, :]
     feats = np.full((n, len(BANDS)), np.nan)
-    t = np.asarray(unit_timesteps)
-    for b, (lo, hi) in enumerate(zip(BANDS[:-1], BANDS[1:], strict=True)):
-        cols = (t >= lo) & (t < hi) & np.isfinite(base)
+    band = band_index(unit_timesteps)
+    for b in range(len(BANDS) - 1):
+        cols = (band == b) & np.isfinite(base)
         if cols.any():
             block = norm[:, cols]
             ok = np.isfinite(block).any(axis=1)

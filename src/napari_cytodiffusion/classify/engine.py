@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .anomaly import BANDS
+from .anomaly import BANDS, band_index
 
 #: Candidate timestep grid used when a model has no calibrated one.
 DEFAULT_TIMESTEPS = [int(t) for t in np.linspace(30, 930, 31).round()]
@@ -168,7 +168,7 @@ def diffusion_errors(
     per_cpu_batch = 64 if backend == "torch" else 32 * int(getattr(unet, "workers", 1))
     batch_size = int(config.batch_size or (2048 if dev.type != "cpu" else per_cpu_batch))
     channels_last = dev.type == "cpu" and backend == "torch"
-    unit_band = np.searchsorted(BANDS, unit_t[:n_units], side="right") - 1
+    unit_band = band_index(unit_t[:n_units])
     while done_units < n_units:
         units = list(range(done_units, min(n_units, done_units + per_round)))
         items = _round_items(active, units, errors, unit_band, config.decided_band_units)
