@@ -83,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--steps", type=int, default=30000)
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=6e-4)
+    t.add_argument("--min-lr", type=float, default=None, help="cosine decay to this after the warm-up")
+    t.add_argument("--warmup-steps", type=int, default=500)
+    t.add_argument("--ema-decay", type=float, default=0.9995)
+    t.add_argument(
+        "--init-from",
+        default=None,
+        help="continue this model's training (e.g. 'default' with --lr 2e-4 --min-lr 1e-6: an annealing phase)",
+    )
     t.add_argument("--max-seconds", type=float, default=None)
     t.add_argument("--device", default=None)
     t.add_argument("--exclude-class", default=None, help="train a variant without this class (anomaly test)")
@@ -127,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_steps=args.warmup_steps,
+        ema_decay=args.ema_decay,
+        init_from=args.init_from,
         max_seconds=args.max_seconds,
         device=args.device,
         checkpoint_every=1000,

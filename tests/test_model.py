@@ -122,6 +122,50 @@ def test_resume_without_steps_keeps_the_runs_length(tiny_dataset, tmp_path):
     assert read_metadata(out).training["steps_done"] == 7
 
 
+def test_init_from_continues_a_models_training_with_a_decaying_rate(tiny_model, tiny_dataset, tmp_path):
+    from napari_cytodiffusion.model.train import TrainConfig, learning_rate
+
+    base = load_model(tiny_model)
+    out = tmp_path / "cont"
+    args = ["train", "--data", str(tiny_dataset), "--out", str(out), "--init-from", str(tiny_model)]
+    opts = ["--steps", "8", "--batch-size", "4", "--lr", "1e-3", "--min-lr", "1e-5", "--no-int8"]
+    assert main([*args, *opts]) == 0
+    meta = read_metadata(out)
+    # the architecture came from the base model (the CLI's --arch default is the 32 px network)
+    assert meta.training["recipe"]["arch"] == base.metadata.training["recipe"]["arch"]
+    assert meta.training["recipe"]["min_lr"] == 1e-5
+    init = meta.training["init_from"]
+    assert init["content_hash"] == base.metadata.content_hash
+    assert init["steps_done"] == base.metadata.training["steps_done"]
+    # it started from the base's weights: after 8 small steps it is far nearer to them than a new network
+    from napari_cytodiffusion.model.architecture import build_unet
+
+    fresh = build_unet(2, base.metadata.training["recipe"]["arch"]).state_dict()
+    ref = base.unet.state_dict()
+
+    def dist(sd):
+        return sum(float((sd[k] - ref[k]).pow(2).sum()) for k in ref)
+
+    moved = dist(load_model(out).unet.state_dict())
+    assert 0 < moved < 0.01 * dist(fresh)
+    # the rate warms up, then falls on a cosine to min_lr at the last step
+    cfg = TrainConfig(steps=100, lr=1e-3, min_lr=1e-5, warmup_steps=10)
+    lrs = [learning_rate(cfg, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[-1] == pytest.approx(1e-5)
+    assert learning_rate(TrainConfig(steps=100, lr=1e-3, warmup_steps=10), 99) == 1e-3
+    # a model of other classes cannot start the run; the folder is left uncreated
+    other = tmp_path / "other_data"
+    for name in ("redcell", "blue"):
+        shutil.copytree(tiny_dataset / "redcell", other / name)
+    assert (
+        main(["train", "--data", str(other), "--out", str(tmp_path / "x"), "--init-from", str(tiny_model)])
+        == 2
+    )
+    assert not (tmp_path / "x").exists()
+
+
 def test_training_is_deterministic(tiny_dataset, tmp_path):
     from napari_cytodiffusion.model.architecture import TINY_ARCH
     from napari_cytodiffusion.model.train import TrainConfig, prepare_training_data, train

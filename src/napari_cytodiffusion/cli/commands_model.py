@@ -28,6 +28,19 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument(
+        "--min-lr",
+        type=float,
+        default=None,
+        help="after the warm-up, let the learning rate fall on a cosine to this (default: constant)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL",
+        help="start from this model's weights ('default' or a folder) and keep training it: the data "
+        "must have its classes; the architecture is the model's (--arch is ignored)",
+    )
+    p.add_argument(
         "--arch", default="default", choices=["default", "tiny"], help="tiny: 16 px, for quick tests"
     )
     p.add_argument("--checkpoint-every", type=int, default=500)
@@ -142,10 +155,21 @@ def cmd_train(a) -> int:
     from ..model.train import TrainConfig, prepare_training_data, train
 
     arch = dict(TINY_ARCH if a.arch == "tiny" else DEFAULT_ARCH)
+    classes = None
+    if a.init_from and not a.resume:
+        from ..model.registry import get_model
+
+        base = get_model(a.init_from)
+        arch = base.metadata.training.get("recipe", {}).get("arch")
+        if arch is None:
+            raise InputError(f"{a.init_from}: its metadata does not record the architecture it was trained with")
+        classes = list(base.classes)
     cfg = TrainConfig(
         steps=a.steps,
         batch_size=a.batch_size,
         lr=a.lr,
+        min_lr=a.min_lr,
+        init_from=None if a.resume else a.init_from,
         arch=arch,
         seed=a.seed,
         checkpoint_every=a.checkpoint_every,
@@ -165,7 +189,7 @@ def cmd_train(a) -> int:
         arch = saved["arch"]
         cfg.arch = arch
     size = int(arch["sample_size"])
-    data = prepare_training_data(a.data, size, store_margin=cfg.store_margin, split=a.split)
+    data = prepare_training_data(a.data, size, store_margin=cfg.store_margin, split=a.split, classes=classes)
     print(f"training on {len(data.labels)} cells of {len(data.classes)} classes: {', '.join(data.classes)}")
     return _drive(train(data, out, cfg, resume=a.resume), cfg.steps, "train", "model")
 

@@ -23,7 +23,6 @@ matching stays as the anchor that keeps the student a denoiser (generation, anom
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -46,6 +45,7 @@ from .train import (
     _hardware,
     _resolve_device,
     _write_int8,
+    learning_rate,
     load_checkpoint,
     resumed_config,
 )
@@ -134,17 +134,6 @@ def _error_scale(calibration: dict[str, Any], n_train_timesteps: int) -> np.ndar
         return np.full(n_train_timesteps, 1.7e-3)
     order = np.argsort(ts)
     return np.interp(np.arange(n_train_timesteps), np.asarray(ts)[order], np.asarray(sc)[order])
-
-
-def _learning_rate(config: DistillConfig, step: int) -> float:
-    """Linear warm-up, then constant (``min_lr`` None) or a cosine from ``lr`` down to ``min_lr``."""
-    warm = max(1, config.warmup_steps)
-    if step + 1 < warm:
-        return config.lr * (step + 1) / warm
-    if config.min_lr is None:
-        return config.lr
-    progress = min(1.0, (step + 1 - warm) / max(1, config.steps - warm))
-    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _run_checkpoint(path: Path, teacher_hash: str) -> dict[str, Any]:
@@ -314,7 +303,7 @@ def distill(
         t_k = t.repeat_interleave(k, 0)
         with torch.no_grad():
             target = teacher_unet(xt_k, t_k, class_labels=y).sample
-        lr = _learning_rate(config, loop.step)
+        lr = learning_rate(config, loop.step)
         for g in opt.param_groups:
             g["lr"] = lr
         pred = student(xt_k, t_k, class_labels=y).sample

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import platform
 import time
@@ -38,6 +39,8 @@ class TrainConfig:
     steps: int | None = 20000
     batch_size: int = 128
     lr: float = 6e-4
+    #: after the warm-up the learning rate stays at ``lr`` (None) or falls on a cosine to this
+    min_lr: float | None = None
     weight_decay: float = 0.01
     warmup_steps: int = 500
     ema_decay: float = 0.9995
@@ -54,6 +57,9 @@ class TrainConfig:
     max_seconds: float | None = None
     #: when training finishes, also write the int8 UNet for fast CPU inference (needs ``[onnx]``)
     int8: bool = True
+    #: a model (name or folder) whose UNet starts the run, as network and EMA: its classes and
+    #: architecture must match (continue a model's training, e.g. with a decaying learning rate)
+    init_from: str | None = None
 
     @property
     def size(self) -> int:
@@ -115,6 +121,46 @@ def prepare_training_data(
         classes=list(names),
         description={"source": str(source), "split": split, "n_images": len(labels)},
     )
+
+
+def learning_rate(config: Any, step: int, warm_start: int = 0) -> float:
+    """Linear warm-up, then constant (``min_lr`` None) or a cosine from ``lr`` down to ``min_lr``.
+
+    ``config`` has ``lr``, ``min_lr``, ``warmup_steps`` and ``steps``; ``warm_start`` is the step
+    the warm-up (and the cosine) starts from: a resumed run with fresh optimizer moments warms again.
+    """
+    warm = max(1, config.warmup_steps)
+    done = step + 1 - warm_start
+    if done < warm:
+        return config.lr * max(done, 0) / warm
+    if config.min_lr is None:
+        return config.lr
+    progress = min(1.0, (done - warm) / max(1, config.steps - warm_start - warm))
+    return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _init_weights(config: TrainConfig, classes: list[str]) -> tuple[dict, dict]:
+    """State dict and provenance of the model named by ``config.init_from``, checked against the run."""
+    from .registry import get_model
+
+    base = get_model(config.init_from, device="cpu")
+    if list(base.classes) != list(classes):
+        raise InputError(
+            f"cannot start from {config.init_from}: its classes {list(base.classes)} differ from the data's {classes}"
+        )
+    base_arch = base.metadata.training.get("recipe", {}).get("arch")
+    if base_arch is not None and dict(base_arch) != dict(config.arch):
+        raise InputError(f"cannot start from {config.init_from}: its architecture differs from the run's")
+    t = base.metadata.training
+    provenance = {
+        "name": base.metadata.name,
+        "content_hash": base.metadata.content_hash,
+        "steps_done": t.get("steps_done"),
+        "train_seconds": t.get("train_seconds"),
+        "hardware": t.get("hardware"),
+        "recipe": t.get("recipe"),
+    }
+    return copy.deepcopy(base.unet.state_dict()), provenance
 
 
 def _resolve_device(requested: str | None):
@@ -293,6 +339,11 @@ def train(
     dev_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     np_rng = np.random.default_rng(config.seed)
     warm_start = 0
+    init_provenance = state.get("init_from") if state is not None else None
+    if state is None and config.init_from:
+        weights, init_provenance = _init_weights(config, list(data.classes))
+        unet.load_state_dict(weights)
+        ema.load_state_dict(weights)
     if state is not None:
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
@@ -333,6 +384,7 @@ def train(
                 "config": asdict(config),
                 "classes": list(data.classes),
                 "loss_hist": loop.loss_hist,
+                "init_from": init_provenance,
             },
             tmp,
         )
@@ -351,6 +403,8 @@ def train(
             "hardware": _hardware(device),
             "final_loss": loop.mean_loss(200) if loop.loss_hist else None,
         }
+        if init_provenance is not None:  # the weights' earlier training, which these steps continue
+            training_meta["init_from"] = init_provenance
         training_meta.update(meta_extra.get("training", {}))
         meta = ModelMetadata(
             name=str(meta_extra.get("name", out_dir.name)),
@@ -380,7 +434,7 @@ def train(
         noise = torch.randn(x0.shape, generator=dev_gen, device=device)
         a = ac[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        lr = config.lr * min(1.0, (loop.step + 1 - warm_start) / max(1, config.warmup_steps))
+        lr = learning_rate(config, loop.step, warm_start)
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
