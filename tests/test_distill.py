@@ -8,9 +8,9 @@ import torch
 
 from napari_cytodiffusion.errors import Cancelled, InputError
 from napari_cytodiffusion.model.architecture import with_widths
-from napari_cytodiffusion.model.distill import DistillConfig, _all_labels, _labels, _learning_rate, distill
+from napari_cytodiffusion.model.distill import DistillConfig, _all_labels, _labels, distill
 from napari_cytodiffusion.model.folder import load_model
-from napari_cytodiffusion.model.train import prepare_training_data
+from napari_cytodiffusion.model.train import learning_rate, prepare_training_data
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +99,13 @@ def test_interrupted_distillation_resumes_exactly(teacher_and_data, tmp_path):
 
 def test_learning_rate_warms_up_then_follows_a_cosine_to_the_floor():
     cfg = DistillConfig(steps=1000, lr=1e-3, min_lr=1e-5, warmup_steps=100)
-    lrs = np.array([_learning_rate(cfg, s) for s in range(1200)])
+    lrs = np.array([learning_rate(cfg, s) for s in range(1200)])
     assert lrs[0] == pytest.approx(1e-5) and lrs[99] == pytest.approx(1e-3)
     assert np.all(np.diff(lrs[:100]) > 0) and np.all(np.diff(lrs[99:1000]) <= 0)
     assert lrs[549] == pytest.approx((1e-3 + 1e-5) / 2, rel=1e-2)  # half-way down
     assert lrs[999] == pytest.approx(1e-5) and np.all(lrs[1000:] == lrs[999])
     cfg.min_lr = None
-    assert _learning_rate(cfg, 500) == _learning_rate(cfg, 1500) == 1e-3
+    assert learning_rate(cfg, 500) == learning_rate(cfg, 1500) == 1e-3
 
 
 @pytest.mark.parametrize(("n_classes", "k"), [(8, 4), (3, 4), (2, 4)])
