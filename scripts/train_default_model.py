@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument(
         "--init-from",
         default=None,
-        help="continue this model's training (e.g. 'default' with --lr 2e-4 --min-lr 1e-6: an annealing phase)",
+        help="continue this model's training from its weights ('default' or a folder); an annealing phase "
+        "of the default made it worse (README)",
     )
     t.add_argument("--max-seconds", type=float, default=None)
     t.add_argument("--device", default=None)

@@ -164,6 +164,14 @@ def test_init_from_continues_a_models_training_with_a_decaying_rate(tiny_model, 
         == 2
     )
     assert not (tmp_path / "x").exists()
+    # from Python, a run whose architecture differs from the model's is refused before any step
+    from napari_cytodiffusion.model.architecture import DEFAULT_ARCH
+    from napari_cytodiffusion.model.train import prepare_training_data, train
+
+    data = prepare_training_data(tiny_dataset, 32)
+    wrong = TrainConfig(steps=2, batch_size=2, arch=dict(DEFAULT_ARCH), init_from=str(tiny_model), int8=False)
+    with pytest.raises(InputError, match="architecture differs"):
+        list(train(data, tmp_path / "y", wrong))
 
 
 def test_training_is_deterministic(tiny_dataset, tmp_path):
