@@ -294,6 +294,11 @@ def test_evaluate_segmentation_of_saved_labels_against_points_and_part_masks(tmp
     tifffile.imwrite(tmp_path / "pred" / "f1_labels.tif", truth)
     m = run("--masks", str(tmp_path / "masks"), "--binary-masks", "--pred", str(tmp_path / "pred"))
     assert m["n_true"] == 1 and m["mean_dice"] == 1.0 and m["recall"] == 1.0
+    assert m["reference_masks"] == {"binary": True, "connectivity": 8}
+    m = run("--masks", str(tmp_path / "masks"), "--binary-masks", "--mask-connectivity", "4",
+            "--pred", str(tmp_path / "pred"))  # fmt: skip
+    assert m["n_true"] == 1 and m["reference_masks"]["connectivity"] == 4
+    assert m["references_shared_by_predictions"] == 0 and m["pred_in_shared_reference"] == 0
     m = run("--masks", str(tmp_path / "masks"), "--pred", str(tmp_path / "pred"))
     assert m["n_true"] == 2 and m["mean_dice"] < 1.0  # cytoplasm and nucleus taken as two cells
     # masks beside their images (segmentation_WBC's NNN.png + NNN_mask.png): an image is never its own mask
@@ -422,3 +427,28 @@ def test_sample_cells_were_drawn_by_the_shipped_model():
     side = 2.6 * 46.0
     assert (a.centres >= side / 2 - 1).all()
     assert (a.centres[:, 0] <= 600 - side / 2 + 1).all() and (a.centres[:, 1] <= 800 - side / 2 + 1).all()
+
+
+def test_a_gap_that_runs_diagonally_separates_cells_only_at_4_connectivity():
+    """BBBC041Seg draws a thin gap between touching cells; where it runs diagonally, the cells on
+    either side touch at pixel corners, and 8-connected components join them."""
+    from napari_cytodiffusion.evaluate.segmentation import instances_from_mask, score_masks
+
+    mask = np.zeros((50, 50), np.uint8)
+    mask[5:45, 5:45] = 255
+    rr = np.arange(5, 45)
+    mask[rr, rr] = 0  # a one-pixel diagonal gap: two triangular cells
+    mask[4, 45] = 255  # a pixel that touches one cell at a corner only
+    eight = instances_from_mask(mask)
+    four = instances_from_mask(mask, connectivity=4)
+    assert eight.max() == 1 and four.max() == 2
+    assert (four > 0).sum() == (mask > 0).sum() - 1  # the corner pixel is dropped at 4
+    with pytest.raises(ValueError, match="4 or 8"):
+        instances_from_mask(mask, connectivity=6)
+    # the segmentation finds both cells: at 8 they share one reference, which neither matches
+    row = score_masks(eight, four)
+    assert row["tp50"] == 0 and row["references_shared_by_predictions"] == 1
+    assert row["pred_in_shared_reference"] == 2
+    row = score_masks(four, four)
+    assert row["tp50"] == 2 and row["references_shared_by_predictions"] == 0
+    assert row["pred_in_shared_reference"] == 0

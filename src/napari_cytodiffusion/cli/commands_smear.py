@@ -132,6 +132,14 @@ def register(sub) -> None:
         help="treat every non-zero mask value as cell (masks coding cell parts, e.g. 128/255)",
     )
     p.add_argument(
+        "--mask-connectivity",
+        type=int,
+        choices=(8, 4),
+        default=8,
+        help="cells of a binary mask: 8-connected components (default), or 4-connected, so that a "
+        "one-pixel gap drawn between touching cells separates them even where it runs diagonally",
+    )
+    p.add_argument(
         "--pred",
         default=None,
         help="folder of label images computed before (NAME_labels.tif from segment/analyze, NAME.tif, "
@@ -308,6 +316,7 @@ def cmd_evaluate_segmentation(a) -> int:
         params=None if a.pred else _seg_params(a),
         predictions=Path(a.pred) if a.pred else None,
         binary_masks=a.binary_masks,
+        mask_connectivity=a.mask_connectivity,
     )
     while True:
         try:

@@ -60,6 +60,7 @@ def iter_evaluate_segmentation(
     params=None,
     predictions: Path | None = None,
     binary_masks: bool = False,
+    mask_connectivity: int = 8,
 ) -> Generator[tuple[int, int, dict[str, Any]], None, dict[str, Any]]:
     """Score every image; yields ``(i, n, row)`` per image and returns the report.
 
@@ -80,9 +81,15 @@ def iter_evaluate_segmentation(
     binary_masks
         Treat every non-zero mask value as foreground and split it into connected components
         (for masks whose values code parts of a cell, e.g. cytoplasm 128 and nucleus 255).
+    mask_connectivity
+        How a binary mask is split into cells: 8 (pixels touching at a corner join) or 4 (a
+        one-pixel gap drawn between touching cells separates them even where it runs
+        diagonally; see :func:`~.segmentation.instances_from_mask`).
     """
     from ..io.images import read_image
 
+    if mask_connectivity not in (4, 8):
+        raise InputError(f"mask connectivity must be 4 or 8, got {mask_connectivity}")
     if kind not in KINDS:
         raise InputError(f"unknown reference kind {kind!r}; use one of {', '.join(KINDS)}")
     reference = Path(reference)
@@ -126,7 +133,9 @@ def iter_evaluate_segmentation(
                 if not (mask[..., :3] == mask[..., :1]).all():
                     raise InputError(f"reference {refs[path.name].name} is a colour image, not a mask")
                 mask = mask[..., 0]
-            truth = instances_from_mask((mask > 0).astype(np.uint8) if binary_masks else mask)
+            truth = instances_from_mask(
+                (mask > 0).astype(np.uint8) if binary_masks else mask, connectivity=mask_connectivity
+            )
             if truth.shape != pred.shape:
                 from skimage.transform import resize
 
@@ -153,6 +162,8 @@ def iter_evaluate_segmentation(
     report = summarise(rows, kind, names)
     report["seconds_per_image"] = float(np.mean(secs)) if secs else None
     report["skipped_without_reference"] = skipped
+    if kind == "masks":
+        report["reference_masks"] = {"binary": binary_masks, "connectivity": mask_connectivity}
     report["by_image_size"] = summarise_by_size(rows, kind, names)
     report["segmentation"] = (
         {"labels_from": str(predictions)} if predictions is not None else (params.to_dict() if params else {})
