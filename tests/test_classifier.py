@@ -65,6 +65,12 @@ def test_decided_cells_spend_units_only_on_the_anomaly_profile():
     assert [u for c, _, u in _round_items(active, [2, 3, 4, 5], errors, band, 2) if c == 1] == [2, 3, 4, 5]
     # off: every unit, as before
     assert len(_round_items(active, [2, 3, 4, 5], errors, band, None)) == 12
+    # decided_views: a decided cell skips the units of later test-time views (units 4, 5 here)
+    view = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    items = _round_items(active, [2, 3, 4, 5], errors, band, None, view, 1)
+    assert [u for c, _, u in items if c == 1] == [2, 3] and [c for c, _, _ in items].count(0) == 8
+    # both rules: first-view units that bring a band closer (350 → band 1 is already covered)
+    assert [u for c, _, u in _round_items(active, [2, 3, 4, 5], errors, band, 1, view, 1) if c == 1] == [3]
 
 
 def test_decided_band_units_keeps_every_call_and_probability(shared_data):
@@ -105,6 +111,17 @@ def test_decided_band_units_keeps_every_call_and_probability(shared_data):
     # the rotated view of ``accurate`` is where most of the saving is
     saved = {s: 1 - runs[s, 1].calls.mean() / runs[s, None].calls.mean() for s in ("balanced", "accurate")}
     assert saved["accurate"] > saved["balanced"] > 0
+    # decided_views: a decided cell keeps every unit of the first view and skips the rotated one
+    cfg = engine_config(model, "accurate", decided_views=1)
+    first = diffusion_errors(unet, ac, x0, model.metadata.n_classes, cfg)
+    old = runs["accurate", None]
+    assert np.array_equal(first.active, old.active)
+    assert np.array_equal(class_evidence(first)[0], class_evidence(old)[0])
+    seen, k = np.isfinite(first.errors), len(cfg.timesteps)
+    assert np.allclose(first.errors[seen], old.errors[seen], rtol=1e-4)
+    assert (first.calls <= old.calls).all() and first.calls.sum() < old.calls.sum()
+    for i, w in enumerate(class_evidence(first)[0]):
+        assert seen[i, w, :k].all()
 
 
 def test_evaluate_cli_writes_metrics(shared_data, tmp_path):

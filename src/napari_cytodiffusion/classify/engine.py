@@ -41,6 +41,10 @@ class EngineConfig:
     #: each noise band of the anomaly profile (``anomaly.BANDS``) holds this many of its units;
     #: None evaluates it at every unit
     decided_band_units: int | None = None
+    #: once a single class is left, evaluate it only at units of the first this many test-time
+    #: views (``VIEWS`` order; with ``tta`` > 1 the later views add evidence the call no longer
+    #: needs); None evaluates it under every view
+    decided_views: int | None = None
     disc_radius: float | None = None
     seed: int = 0
     #: UNet evaluations per call; None = 2048 on a GPU; on a CPU (cache-friendly sizes, 2 cores,
@@ -171,7 +175,9 @@ def diffusion_errors(
     unit_band = band_index(unit_t[:n_units])
     while done_units < n_units:
         units = list(range(done_units, min(n_units, done_units + per_round)))
-        items = _round_items(active, units, errors, unit_band, config.decided_band_units)
+        items = _round_items(
+            active, units, errors, unit_band, config.decided_band_units, unit_v, config.decided_views
+        )
         for start in range(0, len(items), batch_size):
             if should_stop is not None and should_stop():
                 raise Cancelled("classification cancelled")
@@ -207,27 +213,41 @@ def diffusion_errors(
 
 
 def _round_items(
-    active: np.ndarray, units: list[int], errors: np.ndarray, unit_band: np.ndarray, band_units: int | None
+    active: np.ndarray,
+    units: list[int],
+    errors: np.ndarray,
+    unit_band: np.ndarray,
+    band_units: int | None,
+    unit_view: np.ndarray | None = None,
+    decided_views: int | None = None,
 ) -> list[tuple[int, int, int]]:
     """(cell, class, unit) evaluations of one round.
 
-    Every active class of every cell is evaluated at every unit of the round, except, with
-    ``band_units``, a cell whose call is decided (one class left): its class is evaluated only at
-    the units that bring a noise band still short of ``band_units`` evaluated units closer to it.
+    Every active class of every cell is evaluated at every unit of the round, except for a cell
+    whose call is decided (one class left): with ``decided_views`` its class is evaluated only at
+    units of the first ``decided_views`` views, and with ``band_units`` only at the units that
+    bring a noise band still short of ``band_units`` evaluated units closer to it.
     """
     cells, classes = np.nonzero(active)
-    if band_units is None:
+    if band_units is None and decided_views is None:
         return [(ci, cl, u) for ci, cl in zip(cells, classes, strict=True) for u in units]
     decided = active.sum(axis=1) == 1
+    if decided_views is not None and unit_view is not None:
+        decided_units = [u for u in units if unit_view[u] < decided_views]
+    else:
+        decided_units = list(units)
     n_bands = len(BANDS) - 1
     items = []
     for ci, cl in zip(cells, classes, strict=True):
         if not decided[ci]:
             items.extend((ci, cl, u) for u in units)
             continue
+        if band_units is None:
+            items.extend((ci, cl, u) for u in decided_units)
+            continue
         done = np.isfinite(errors[ci, cl])
         have = np.bincount(unit_band[done], minlength=n_bands)
-        for u in units:
+        for u in decided_units:
             b = unit_band[u]
             if have[b] < band_units:
                 have[b] += 1

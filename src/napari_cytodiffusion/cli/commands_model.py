@@ -162,7 +162,9 @@ def cmd_train(a) -> int:
         base = get_model(a.init_from)
         arch = base.metadata.training.get("recipe", {}).get("arch")
         if arch is None:
-            raise InputError(f"{a.init_from}: its metadata does not record the architecture it was trained with")
+            raise InputError(
+                f"{a.init_from}: its metadata does not record the architecture it was trained with"
+            )
         classes = list(base.classes)
     cfg = TrainConfig(
         steps=a.steps,
