@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         rt = replay(test_e, test, cfg)
         res = finish(rt, list(meta.classes), calib, 0.0, {})
         m = classification_metrics(test_y, res.pred, res.probs, res.p_correct, list(meta.classes))
-        ro = finish(replay(ood["errors"], ood, cfg), list(meta.classes), calib, 0.0, {})
+        rood = replay(ood["errors"], ood, cfg)
+        ro = finish(rood, list(meta.classes), calib, 0.0, {})
         row = {
             "speed": speed,
             "rule": rule,
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             "coverage_p_correct_0.95": m["coverage_p_correct_0.95"],
             "unet_calls_per_cell": float(rt.calls.mean()),
             "n_ood": len(ro.pred),
-            "ood_calls_per_cell": float(ro.calls.mean()),
+            "ood_calls_per_cell": float(rood.calls.mean()),
             "anomaly_auroc": auroc(res.anomaly, ro.anomaly),
             "sensitivity_at_specificity_0.96": sensitivity_at_specificity(res.anomaly, ro.anomaly, 0.96),
         }
