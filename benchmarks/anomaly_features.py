@@ -44,46 +44,13 @@ def load_dumps(paths: list[Path]) -> dict[str, np.ndarray]:
 
 
 def replay(errors: np.ndarray, d: dict[str, np.ndarray], config):
-    """The engine's view of a run: an ErrorResult with only the units it would have evaluated.
+    """The engine's view of a run (:func:`~napari_cytodiffusion.classify.engine.replay_errors`)."""
+    from napari_cytodiffusion.classify.engine import replay_errors
 
-    Mirrors :func:`~napari_cytodiffusion.classify.engine.diffusion_errors` round by round with the
-    engine's own helpers (which items a round evaluates, the paired test), on the first
-    ``len(config.timesteps) * config.tta`` units of the dump (view-major, as the engine orders
-    them), capped at ``config.max_units``.
-    """
-    from napari_cytodiffusion.classify.anomaly import band_index
-    from napari_cytodiffusion.classify.engine import ErrorResult, _drop_classes, _round_items
-
-    k = len(config.timesteps)
-    views = max(1, int(config.tta))
-    if errors.shape[2] < k * views:
-        raise SystemExit(f"the dump holds {errors.shape[2]} units; {views} views of {k} timesteps need more")
-    total = k * views if config.max_units is None else min(k * views, int(config.max_units))
-    errors = errors[:, :, :total]
-    t = np.asarray(d["timesteps"])[:total]
-    w, s = np.asarray(d["weights"], float)[:total], np.asarray(d["scales"], float)[:total]
-    n, c, u = errors.shape
-    if not config.adaptive:
-        return ErrorResult(errors, np.ones((n, c), bool), np.full(n, c * u), t, w, s)
-    out = np.full(errors.shape, np.nan)
-    active = np.ones((n, c), dtype=bool)
-    calls = np.zeros(n, dtype=np.int64)
-    unit_view, unit_band = np.arange(u) // k, band_index(t)
-    done = 0
-    per_round = max(1, int(config.units_per_round))
-    while done < u:
-        units = list(range(done, min(u, done + per_round)))
-        items = _round_items(
-            active, units, out, unit_band, config.decided_band_units, unit_view, config.decided_views
-        )
-        if items:
-            ci, cl, uu = np.array(items).T
-            out[ci, cl, uu] = errors[ci, cl, uu]
-            np.add.at(calls, ci, 1)
-        done = units[-1] + 1
-        if done >= config.min_units_before_drop and done < u:
-            _drop_classes(out[:, :, :done], active, w[:done], s[:done], config.drop_z)
-    return ErrorResult(out, active, calls, t, w, s)
+    try:
+        return replay_errors(errors, d["timesteps"], d["weights"], d["scales"], config)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def main(argv=None) -> int:

@@ -50,6 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     from napari_cytodiffusion.model.folder import load_model, read_metadata, write_metadata
 
     z = np.load(args.cache)
+    if args.backend == "int8":  # every int8 block must come from one machine's numerics
+        from napari_cytodiffusion.model import int8_numerics
+
+        model = load_model(args.model)
+        stored = model.metadata.extra.get("int8", {}).get("numerics")
+        net = model.inference_unet()
+        if stored and not int8_numerics.matches(stored, net, model.size, model.metadata.n_classes):
+            print(f"{args.model}: its int8 constants were fitted on another machine's numerics "
+                  f"({stored.get('host')}); refit them all here: scripts/refit_int8_constants.py")  # fmt: skip
+            return 2
     for speed in args.speeds:
         t0 = time.perf_counter()
         model = load_model(args.model)

@@ -65,12 +65,22 @@ def recalibrate_int8(folder: Path, cache: Path, keep_presets: bool = False) -> N
     cal_y = remap[z["cal_labels"]]
     new, summary = recalibrate(model, z["cal_images"][cal_y >= 0], cal_y[cal_y >= 0])
     new.pop("engine", None)
+    from napari_cytodiffusion.model import int8_numerics
+
     meta = read_metadata(folder)
-    if keep_presets:  # the same network: the presets' own constants (fitted on it) stay valid
+    net = model.inference_unet()
+    here = int8_numerics.record(net, model.size, model.metadata.n_classes)
+    stored = meta.extra["int8"].get("numerics")
+    same_numerics = not stored or int8_numerics.matches(stored, net, model.size, model.metadata.n_classes)
+    if keep_presets:  # the same network: the presets' own constants (fitted on it) stay valid ...
         old_presets = meta.extra["int8"].get("classifier_calibration", {}).get("presets")
-        if old_presets:
+        if old_presets and same_numerics:
             new["presets"] = old_presets
+        elif old_presets:  # ... if they were fitted on this machine's numerics
+            print(f"dropped the int8 presets {sorted(old_presets)}: fitted on another machine's numerics; "
+                  "refit them (scripts/calibrate_presets.py --backend int8)")  # fmt: skip
     meta.extra["int8"]["classifier_calibration"] = new
+    meta.extra["int8"]["numerics"] = here
     model.metadata.extra = meta.extra
     val_y = remap[z["val_labels"]]
     val_x, val_y = z["val_images"][val_y >= 0], val_y[val_y >= 0]

@@ -156,3 +156,43 @@ def test_int8_unet_is_made_checked_and_preferred(tiny_model, monkeypatch, tmp_pa
         fh.write(b"\0")
     with pytest.raises(ModelError, match="sha256"):
         load_model(folder).inference_unet()
+
+
+def test_int8_constants_are_used_only_where_the_cpu_computes_the_int8_unet_alike(
+    tiny_model, monkeypatch, tmp_path, caplog
+):
+    """int8 constants fitted on another machine's numerics: ``auto`` falls back to float32."""
+    import json
+    import logging
+    import shutil
+
+    from napari_cytodiffusion.model import int8_numerics
+    from napari_cytodiffusion.model.onnx_backend import backend_name
+    from napari_cytodiffusion.model.quantize import quantize_model
+
+    monkeypatch.setenv("NAPARI_CYTODIFFUSION_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    model = load_model(folder)
+    quantize_model(model, _crops(model, n=16, seed=1), n_batches=2, batch=16, seed=0)
+    monkeypatch.setenv(BACKEND_ENV, "int8")
+    net = load_model(folder).inference_unet()
+    rec = int8_numerics.record(net, model.size, model.metadata.n_classes)
+    assert len(rec["values"]) == int8_numerics.N_VALUES and rec["host"]["machine"]
+    assert rec["values"] == int8_numerics.record(net, model.size, model.metadata.n_classes)["values"]
+
+    def store(values):
+        meta = json.loads((folder / "cytodiffusion.json").read_text())
+        meta["extra"]["int8"]["numerics"] = {**rec, "values": values}
+        (folder / "cytodiffusion.json").write_text(json.dumps(meta))
+
+    monkeypatch.setenv(BACKEND_ENV, "auto")
+    store(rec["values"])  # fitted here: the int8 network runs
+    assert backend_name(load_model(folder)) == "onnx-int8"
+    store([v + 0.01 for v in rec["values"]])  # fitted on a CPU that computes it differently
+    with caplog.at_level(logging.WARNING, logger="napari_cytodiffusion.model.onnx_backend"):
+        other = load_model(folder)
+        assert backend_name(other) == "onnx"
+    assert "computes the int8 UNet differently" in caplog.text and abs(other.int8_deviation - 0.01) < 1e-6
+    monkeypatch.setenv(BACKEND_ENV, "int8")  # asked for: used, with the warning
+    assert backend_name(load_model(folder)) == "onnx-int8"

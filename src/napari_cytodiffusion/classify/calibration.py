@@ -266,9 +266,16 @@ def recalibrate(
     calibration; everything fitted from errors is refitted on ``crops``. Returns the new
     ``calibration`` block and a small summary of the calibration cells (for ``validation``).
     """
+    res = error_run(model, crops, speed=speed, seed=seed, should_stop=should_stop)
+    return recalibrate_from_errors(model, res, labels, speed=speed)
+
+
+def recalibrate_from_errors(
+    model, res: ErrorResult, labels: np.ndarray, speed: str = "balanced"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`recalibrate` on errors computed before (``res``: the ``speed`` preset's run of the cells)."""
     labels = np.asarray(labels, dtype=np.int64)
     cal = model.metadata.calibration or {}
-    res = error_run(model, crops, speed=speed, seed=seed, should_stop=should_stop)
     old = cal.get("anomaly", {})
     new = fit_calibration(
         res,

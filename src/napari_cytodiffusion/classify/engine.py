@@ -212,6 +212,48 @@ def diffusion_errors(
     return ErrorResult(errors, active, calls, unit_t[:n_units], unit_w[:n_units], unit_s[:n_units])
 
 
+def replay_errors(
+    errors: np.ndarray, unit_timesteps, unit_weights, unit_scales, config: EngineConfig
+) -> ErrorResult:
+    """The run :func:`diffusion_errors` would make, on errors computed before for every unit.
+
+    ``errors`` (N, C, U) holds every class at every unit (a full grid, view-major as the engine
+    orders units, e.g. ``benchmarks/full_grid_errors.py``). A unit's error does not depend on
+    which others are evaluated (each cell and unit has its own noise), so replaying the engine's
+    rounds and paired test on it gives the engine's errors, calls and classes left exactly, for
+    the first ``len(config.timesteps) * config.tta`` units (capped at ``config.max_units``).
+    """
+    k, views = len(config.timesteps), max(1, int(config.tta))
+    if errors.shape[2] < k * views:
+        raise ValueError(f"the errors hold {errors.shape[2]} units; {views} views of {k} timesteps need more")
+    total = k * views if config.max_units is None else min(k * views, int(config.max_units))
+    errors = errors[:, :, :total]
+    t = np.asarray(unit_timesteps)[:total]
+    w, s = np.asarray(unit_weights, float)[:total], np.asarray(unit_scales, float)[:total]
+    n, c, u = errors.shape
+    if not config.adaptive:
+        return ErrorResult(errors, np.ones((n, c), bool), np.full(n, c * u), t, w, s)
+    out = np.full(errors.shape, np.nan)
+    active = np.ones((n, c), dtype=bool)
+    calls = np.zeros(n, dtype=np.int64)
+    unit_view, unit_band = np.arange(u) // k, band_index(t)
+    done = 0
+    per_round = max(1, int(config.units_per_round))
+    while done < u:
+        units = list(range(done, min(u, done + per_round)))
+        items = _round_items(
+            active, units, out, unit_band, config.decided_band_units, unit_view, config.decided_views
+        )
+        if items:
+            ci, cl, uu = np.array(items).T
+            out[ci, cl, uu] = errors[ci, cl, uu]
+            np.add.at(calls, ci, 1)
+        done = units[-1] + 1
+        if done >= config.min_units_before_drop and done < u:
+            _drop_classes(out[:, :, :done], active, w[:done], s[:done], config.drop_z)
+    return ErrorResult(out, active, calls, t, w, s)
+
+
 def _round_items(
     active: np.ndarray,
     units: list[int],

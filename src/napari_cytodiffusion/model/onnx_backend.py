@@ -12,6 +12,11 @@ A model folder may also hold an int8 version of its UNet (convolutions quantized
 evaluation costs 4.1 ms instead of 5.5 ms (classification 1.2x faster) at nearly the same accuracy,
 and ``auto`` prefers it.
 
+The int8 network's errors depend on the CPU, and so do the classifier constants fitted on them. A
+folder whose int8 constants record the machine they were fitted on (``extra["int8"]["numerics"]``,
+:mod:`.int8_numerics`) has its int8 UNet used only where this CPU computes it alike; elsewhere
+``auto`` runs the float32 network.
+
 ``NAPARI_CYTODIFFUSION_BACKEND=torch`` turns ONNX Runtime off; ``=onnx`` requires float32 ONNX
 Runtime, ``=int8`` the folder's int8 file (an error if it cannot be used); ``auto`` (default)
 uses int8, else float32 ONNX, else PyTorch, whichever it can first.
@@ -201,6 +206,35 @@ def inference_unet(model) -> Any:
     return net
 
 
+def _int8_numerics_hold(model, net, choice: str) -> bool:
+    """Whether the int8 constants of ``model`` hold on this CPU (see :mod:`.int8_numerics`).
+
+    A folder without int8 constants, or without a record of the machine that fitted them, uses
+    the int8 network as before. Where this CPU computes it differently, ``auto`` falls back to
+    float32 (whose constants hold everywhere); ``int8`` keeps it, as asked, with a warning.
+    """
+    stored = (model.metadata.extra.get("int8") or {}).get("numerics")
+    if not stored:
+        return True
+    from . import int8_numerics
+
+    dev = int8_numerics.deviation(stored, net, model.size, model.metadata.n_classes)
+    model.int8_deviation = dev
+    if dev <= float(stored.get("tolerance", int8_numerics.TOLERANCE)):
+        return True
+    host = stored.get("host", {})
+    msg = (
+        f"{model.short_id()}: this CPU computes the int8 UNet differently from the machine its int8 "
+        f"constants were fitted on ({host.get('machine', '?')}, {' '.join(host.get('cpu_flags', [])) or 'no flags'}; "
+        f"largest probe difference {dev:.2g})"
+    )
+    if choice == "int8":
+        log.warning("%s; using it as asked: probabilities and flags may be less well calibrated", msg)
+        return True
+    log.warning("%s; using the float32 network, whose constants hold here", msg)
+    return False
+
+
 def _export_key(model) -> str:
     """Name of the float32 export: the verified content hash of a model folder (no UNet needed),
     else a hash of the weights in memory (adapters, unsaved models)."""
@@ -227,7 +261,9 @@ def _choose(model, choice: str) -> Any:
 
         path = int8_file(model)
         if path is not None:
-            return OrtUNet(path, backend="onnx-int8")
+            net = OrtUNet(path, backend="onnx-int8")
+            if _int8_numerics_hold(model, net, choice):
+                return net
         if choice == "int8":
             raise ModelError(
                 f"{BACKEND_ENV}=int8, but {model.short_id()} has no int8 UNet for its weights "
