@@ -6,6 +6,7 @@ import pytest
 import tifffile
 
 from napari_cytodiffusion.cli.main import main
+from napari_cytodiffusion.errors import InputError
 from napari_cytodiffusion.sample_data import synthetic_smear
 from napari_cytodiffusion.segmentation.cellpose_seg import SegmentParams, segment
 from napari_cytodiffusion.segmentation.table import COLUMNS, cells_table
@@ -452,3 +453,49 @@ def test_a_gap_that_runs_diagonally_separates_cells_only_at_4_connectivity():
     row = score_masks(four, four)
     assert row["tp50"] == 2 and row["references_shared_by_predictions"] == 0
     assert row["pred_in_shared_reference"] == 0
+
+
+def test_border_pad_outlines_red_cells_cut_by_the_border(shared_data, tmp_path, capsys):
+    """A BCCD field of TXL-PBC val whose reference boxes include the cells cut by the border.
+
+    Without the mirrored margin the network sees slivers and leaves most of them out; with it the
+    same cells are outlined, while the field's interior cells stay as they were.
+    """
+    from skimage import io
+
+    from napari_cytodiffusion.evaluate.segmentation import read_yolo, score_boxes
+
+    name = "89ca4a46-5d44-5b5c-86aa-58b58d448315"
+    img = io.imread(shared_data / "txl_pbc" / "images" / "val" / f"{name}.jpg")
+    cls, boxes = read_yolo(shared_data / "txl_pbc" / "labels" / "val" / f"{name}.txt", *img.shape[:2])
+    plain = segment(img)
+    padded = segment(img, SegmentParams(border_pad=1.0))
+    assert padded.shape == plain.shape and padded.dtype == np.uint32
+    assert np.array_equal(np.unique(padded), np.arange(padded.max() + 1))  # numbered 1..n
+    r0, r1 = score_boxes(cls, boxes, plain), score_boxes(cls, boxes, padded)
+    red0, red1 = r0["per_class"]["1"], r1["per_class"]["1"]
+    assert red1["tp"] >= red0["tp"] + 3, (red0, red1)
+    assert red1["fp"] <= red0["fp"] + 1
+    # the extra cells are at the border; cells well inside the field are untouched
+    inner = np.zeros(img.shape[:2], bool)
+    inner[60:-60, 60:-60] = True
+    agree = (
+        np.logical_and(plain > 0, padded > 0)[inner].sum() / np.logical_or(plain > 0, padded > 0)[inner].sum()
+    )
+    assert agree > 0.97
+    with pytest.raises(InputError, match="border_pad"):
+        segment(img[:64, :64], SegmentParams(border_pad=-1.0))
+    # the CLI passes it through, and refuses a bad value in one line
+    from PIL import Image
+
+    Image.fromarray(img).save(tmp_path / "field.png")
+    assert (
+        main(["segment", str(tmp_path / "field.png"), "--out", str(tmp_path / "o"), "--border-pad", "-1"])
+        == 2
+    )
+    assert capsys.readouterr().err.strip() == "error: border_pad must be between 0 and 4 cell diameters"
+    assert (
+        main(["segment", str(tmp_path / "field.png"), "--out", str(tmp_path / "o"), "--border-pad", "1"]) == 0
+    )
+    saved = tifffile.imread(tmp_path / "o" / "field_labels.tif")
+    assert saved.max() == padded.max()

@@ -33,6 +33,13 @@ def _seg_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--exclude-border", action="store_true")
     g.add_argument(
+        "--border-pad",
+        type=float,
+        default=0.0,
+        help="mirror the image this many cell diameters beyond its edges before segmenting, so cells "
+        "cut by the border are outlined like whole ones (0 = off)",
+    )
+    g.add_argument(
         "--augment",
         action="store_true",
         help="Cellpose test-time augmentation (each network tile also seen flipped; ~2x slower)",
@@ -72,6 +79,7 @@ def _seg_params(a):
         min_size=a.min_size,
         max_size_fraction=a.max_size_fraction,
         exclude_border=a.exclude_border,
+        border_pad=a.border_pad,
         augment=a.augment,
         large_cells=a.large_cells,
         gpu=a.gpu,

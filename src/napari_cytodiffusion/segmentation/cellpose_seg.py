@@ -38,6 +38,10 @@ class SegmentParams:
     #: crop: 18 % of segmentation_WBC dataset 1 lost); no cell of a smear field comes near 0.9
     max_size_fraction: float = 0.9
     exclude_border: bool = False
+    #: the image is mirrored this many cell diameters beyond its edges before segmentation and the
+    #: masks cut back: a cell cut by the border then continues in its mirror image, so the network
+    #: sees a whole cell instead of a sliver (0 = off; see :func:`border_pad_pixels`)
+    border_pad: float = 0.0
     #: Cellpose test-time augmentation: overlapping network tiles, each also seen flipped, averaged
     augment: bool = False
     #: a second pass at twice the diameter adds cells over twice the size of the rest that the first
@@ -308,6 +312,37 @@ def _check(params: SegmentParams) -> None:
         raise InputError("diameter must be positive (or empty for automatic)")
     if not 0 < params.max_size_fraction <= 1:
         raise InputError("max_size_fraction must be in (0, 1]")
+    if not 0 <= params.border_pad <= 4:
+        raise InputError("border_pad must be between 0 and 4 cell diameters")
+
+
+def border_pad_pixels(seg: LoadedSegmenter, params: SegmentParams, diameter: float | None) -> int:
+    """Pixels of mirrored image added beyond each image edge (``params.border_pad`` diameters)."""
+    return int(round(params.border_pad * (diameter or seg.diam_mean)))
+
+
+def _pad_widths(box: tuple[int, int, int, int], shape: tuple[int, int], pad: int) -> tuple:
+    """Mirror only the tile sides that are image edges (inner sides have real neighbours)."""
+    y0, y1, x0, x1 = box
+    h, w = shape
+    ty, tx = y1 - y0, x1 - x0
+    # np.pad's reflect needs fewer pixels than the side has
+    top, bottom = (min(pad, ty - 1) if c else 0 for c in (y0 == 0, y1 == h))
+    left, right = (min(pad, tx - 1) if c else 0 for c in (x0 == 0, x1 == w))
+    return (top, bottom), (left, right)
+
+
+def _unpad(m: np.ndarray, widths: tuple, min_size: int) -> np.ndarray:
+    """Cut the mirrored margin off; drop what is left of cells that lay mostly in it."""
+    (top, bottom), (left, right) = widths
+    m = m[top : m.shape[0] - bottom, left : m.shape[1] - right]
+    if min_size > 0 and m.any():
+        counts = np.bincount(m.ravel())
+        small = np.flatnonzero((counts > 0) & (counts < min_size))
+        small = small[small > 0]
+        if len(small):
+            m = np.where(np.isin(m, small), 0, m).astype(m.dtype)
+    return m
 
 
 def iter_segment(
@@ -329,6 +364,7 @@ def iter_segment(
     seg = load_segmenter(params.model, params.gpu)
     diameter = segmentation_diameter(seg, norm, params)
     tiles = _tiles(h, w, params.tile_size, params.tile_overlap)
+    pad = border_pad_pixels(seg, params, diameter)
     labels = np.zeros((h, w), np.uint32)
     next_id = 1
     for i, (y0, y1, x0, x1) in enumerate(tiles):
@@ -338,10 +374,15 @@ def iter_segment(
         if float(tile.max() - tile.min()) < 1e-3:  # empty background: nothing to find
             m = np.zeros(tile.shape[:2], np.int32)
         else:
+            widths = _pad_widths((y0, y1, x0, x1), (h, w), pad)
+            if pad:
+                tile = np.pad(tile, (*widths, (0, 0)), mode="reflect")
             x, kw = _prepare(seg, tile)
             m = _eval(seg, x, kw, params, diameter, augment=params.augment)
             if params.large_cells:
                 m = _with_large_cells(seg, x, kw, params, diameter, m)
+            if pad:
+                m = _unpad(m, widths, params.min_size)
         del tile
         if len(tiles) == 1:
             labels = m

@@ -19,6 +19,7 @@ class SegmentWidget(Container, RunnerMixin):
         "min_size",
         "max_size_fraction",
         "exclude_border",
+        "border_pad",
         "augment",
         "large_cells",
     )
@@ -48,6 +49,15 @@ class SegmentWidget(Container, RunnerMixin):
             tooltip="masks larger than this fraction of the image are dropped as spurious",
         )
         self.exclude_border = CheckBox(text="exclude border cells", value=False)
+        self.border_pad = FloatSpinBox(
+            label="border mirror (diameters)",
+            value=0.0,
+            min=0.0,
+            max=4.0,
+            step=0.05,
+            tooltip="mirror the image this many cell diameters beyond its edges before segmenting, so "
+            "cells cut by the border are outlined like whole ones (0 = off)",
+        )
         self.augment = CheckBox(
             text="test-time augmentation",
             value=False,
@@ -69,6 +79,7 @@ class SegmentWidget(Container, RunnerMixin):
                 self.min_size,
                 self.max_size_fraction,
                 self.exclude_border,
+                self.border_pad,
                 self.augment,
                 self.large_cells,
             ]
@@ -94,6 +105,7 @@ class SegmentWidget(Container, RunnerMixin):
             min_size=self.min_size.value,
             max_size_fraction=self.max_size_fraction.value,
             exclude_border=self.exclude_border.value,
+            border_pad=self.border_pad.value,
             augment=self.augment.value,
             large_cells=self.large_cells.value,
         )
