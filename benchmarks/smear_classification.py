@@ -17,7 +17,7 @@ Results per source (the sources differ by image size: Kaggle BCCD 416², Raabin-
 640×480) and overall. Usage::
 
     python benchmarks/smear_classification.py --txl ../shared/data/txl_pbc [--every 1] [--speed balanced]
-        [--out smear_classification.json]
+        [--no-platelets] [--out smear_classification.json]
 """
 
 from __future__ import annotations
@@ -45,15 +45,16 @@ def reason_kind(reason: str) -> str:
     return reason.split(":")[0]  # an alert class, e.g. "erythroblast"
 
 
-def field(path: Path, labels_dir: Path, model, speed: str) -> dict:
+def field(path: Path, labels_dir: Path, model, speed: str, platelets: bool = True) -> dict:
     from napari_cytodiffusion.evaluate.segmentation import box_iou, match_pairs, read_yolo
     from napari_cytodiffusion.io.images import read_image
     from napari_cytodiffusion.pipeline import UNCLASSIFIED, analyze
+    from napari_cytodiffusion.segmentation.cellpose_seg import SegmentParams
 
     image = read_image(path)
     h, w = image.shape[:2]
     t0 = time.perf_counter()
-    res = analyze(image, model=model, speed=speed, seed=0)
+    res = analyze(image, model=model, speed=speed, seed=0, segment_params=SegmentParams(platelets=platelets))
     seconds = time.perf_counter() - t0
     t = res.table
     ref_cls, ref_boxes = read_yolo(labels_dir / f"{path.stem}.txt", h, w)
@@ -61,15 +62,26 @@ def field(path: Path, labels_dir: Path, model, speed: str) -> dict:
     pairs = match_pairs(box_iou(ref_boxes, pred_boxes), 0.5)
     outcome = Counter()
     matched = set()
+    # each classified cell: reference (or None), call, diameter relative to the field's median cell
+    d = t["equivalent_diameter"].to_numpy(float)
+    rel = d / float(np.median(d)) if len(d) else d
+    cells = []
     for i, j in pairs:
         matched.add(j)
         called = t["class"].iloc[j]
         outcome[(REFERENCE[int(ref_cls[i])], LEFT_OUT if called == UNCLASSIFIED else called)] += 1
+        if called != UNCLASSIFIED:
+            cells.append([REFERENCE[int(ref_cls[i])], called, round(float(rel[j]), 3)])
     for i in set(range(len(ref_cls))) - {i for i, _ in pairs}:
         outcome[(REFERENCE[int(ref_cls[i])], "not segmented")] += 1
     extra = Counter(
         t["class"].iloc[j] for j in range(len(t)) if j not in matched and bool(t["classified"].iloc[j])
     )
+    cells += [
+        [None, t["class"].iloc[j], round(float(rel[j]), 3)]
+        for j in range(len(t))
+        if j not in matched and bool(t["classified"].iloc[j])
+    ]
     s = res.summary
     return {
         "image": path.name,
@@ -77,6 +89,7 @@ def field(path: Path, labels_dir: Path, model, speed: str) -> dict:
         "seconds": seconds,
         "outcome": {f"{a}|{b}": k for (a, b), k in outcome.items()},
         "classified_without_box": dict(extra),
+        "classified_cells": cells,
         "n_classified": s["n_classified"],
         "verdict": s["verdict"],
         "reasons": [reason_kind(r) for r in s["reasons"]],
@@ -130,6 +143,9 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=1, help="use every k-th field")
     ap.add_argument("--speed", default="balanced")
     ap.add_argument("--model", default=None)
+    ap.add_argument(
+        "--no-platelets", dest="platelets", action="store_false", help="segment without the platelet pass"
+    )
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     from napari_cytodiffusion.model.registry import get_model
@@ -138,7 +154,7 @@ def main() -> int:
     images = sorted((a.txl / "images" / a.split).glob("*"))[:: a.every]
     rows = []
     for k, p in enumerate(images, 1):
-        rows.append(field(p, a.txl / "labels" / a.split, model, a.speed))
+        rows.append(field(p, a.txl / "labels" / a.split, model, a.speed, a.platelets))
         print(f"\r{k}/{len(images)} fields", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     out = {"all": report(rows)}

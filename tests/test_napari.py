@@ -51,18 +51,20 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     assert labels.metadata["napari-cytodiffusion"]["segmentation"]["augment"] is False
     assert labels.metadata["napari-cytodiffusion"]["segmentation"]["max_size_fraction"] == 0.9
     assert labels.metadata["napari-cytodiffusion"]["segmentation"]["large_cells"] is True
+    assert labels.metadata["napari-cytodiffusion"]["segmentation"]["platelets"] is True
     seg.augment.value = True  # test-time augmentation reaches the parameters and is remembered
     seg.max_size_fraction.value = 0.5
     seg.large_cells.value = False
     seg.border_pad.value = 0.15
-    assert seg.params().border_pad == 0.15
+    seg.platelets.value = False
+    assert seg.params().border_pad == 0.15 and seg.params().platelets is False
     assert seg.params().augment and seg.params().max_size_fraction == 0.5
     assert seg.params().large_cells is False
     seg.save_settings()
     again = SegmentWidget(viewer)
     assert again.augment.value is True and again.max_size_fraction.value == 0.5
     assert again.large_cells.value is False
-    assert again.border_pad.value == 0.15
+    assert again.border_pad.value == 0.15 and again.platelets.value is False
 
     cls = ClassifyWidget(viewer)
     cls.image.value = viewer.layers["smear"]

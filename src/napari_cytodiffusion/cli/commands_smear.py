@@ -51,6 +51,12 @@ def _seg_args(p: argparse.ArgumentParser) -> None:
         help="skip the second pass at twice the diameter that adds cells over twice the size of the "
         "rest missed by the first (a white cell among small red cells)",
     )
+    g.add_argument(
+        "--no-platelets",
+        dest="platelets",
+        action="store_false",
+        help="skip the stain-based look between the cells for platelets the network left out",
+    )
     g.add_argument("--gpu", action="store_true", help="use a GPU when available")
 
 
@@ -82,6 +88,7 @@ def _seg_params(a):
         border_pad=a.border_pad,
         augment=a.augment,
         large_cells=a.large_cells,
+        platelets=a.platelets,
         gpu=a.gpu,
     )
 

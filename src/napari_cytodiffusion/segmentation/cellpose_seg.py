@@ -47,6 +47,9 @@ class SegmentParams:
     #: a second pass at twice the diameter adds cells over twice the size of the rest that the first
     #: pass missed (see :mod:`.large_cells`)
     large_cells: bool = True
+    #: a stain-based look between the cells for platelets the network left out (see
+    #: :mod:`.platelets`)
+    platelets: bool = True
     tile_size: int = 2048
     tile_overlap: int = 192
     gpu: bool = False
@@ -307,6 +310,14 @@ def _with_large_cells(
     return add_large_cells(fine, coarse, big)[0]
 
 
+def _with_platelets(rgb01: np.ndarray, labels: np.ndarray, diameter: float) -> np.ndarray:
+    """``labels`` plus the platelets between its cells, sized against the cells found."""
+    from .platelets import add_platelets
+
+    found = _median_diameter(labels, interior=True, min_cells=5)
+    return add_platelets(rgb01, labels, found or diameter)[0]
+
+
 def _check(params: SegmentParams) -> None:
     if params.diameter is not None and params.diameter <= 0:
         raise InputError("diameter must be positive (or empty for automatic)")
@@ -375,14 +386,16 @@ def iter_segment(
             m = np.zeros(tile.shape[:2], np.int32)
         else:
             widths = _pad_widths((y0, y1, x0, x1), (h, w), pad)
-            if pad:
-                tile = np.pad(tile, (*widths, (0, 0)), mode="reflect")
-            x, kw = _prepare(seg, tile)
+            padded = np.pad(tile, (*widths, (0, 0)), mode="reflect") if pad else tile
+            x, kw = _prepare(seg, padded)
+            del padded
             m = _eval(seg, x, kw, params, diameter, augment=params.augment)
             if params.large_cells:
                 m = _with_large_cells(seg, x, kw, params, diameter, m)
             if pad:
                 m = _unpad(m, widths, params.min_size)
+            if params.platelets:
+                m = _with_platelets(tile, m, diameter or seg.diam_mean)
         del tile
         if len(tiles) == 1:
             labels = m

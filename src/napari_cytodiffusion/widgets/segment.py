@@ -22,6 +22,7 @@ class SegmentWidget(Container, RunnerMixin):
         "border_pad",
         "augment",
         "large_cells",
+        "platelets",
     )
 
     def __init__(self, napari_viewer) -> None:
@@ -69,6 +70,12 @@ class SegmentWidget(Container, RunnerMixin):
             tooltip="a second pass at twice the diameter adds cells over twice the size of the rest "
             "that the first pass missed (a white cell among small red cells); ~20 % slower",
         )
+        self.platelets = CheckBox(
+            text="look for platelets",
+            value=True,
+            tooltip="adds the small violet blobs between the cells that the network left out "
+            "(platelets) as cells of their own",
+        )
         self.extend(
             [
                 self.image,
@@ -82,6 +89,7 @@ class SegmentWidget(Container, RunnerMixin):
                 self.border_pad,
                 self.augment,
                 self.large_cells,
+                self.platelets,
             ]
         )
         self._init_runner("Segment")
@@ -108,6 +116,7 @@ class SegmentWidget(Container, RunnerMixin):
             border_pad=self.border_pad.value,
             augment=self.augment.value,
             large_cells=self.large_cells.value,
+            platelets=self.platelets.value,
         )
 
     def _work(self):
