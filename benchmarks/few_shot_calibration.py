@@ -14,7 +14,13 @@ each on the balanced calibration cells and on the natural-mix cells. Because the
 (119 cells), the ECE of a *perfectly* calibrated predictor with the same confidences is also
 reported (mean over simulated outcomes): the noise floor below which no measured ECE can be trusted.
 
-    python benchmarks/few_shot_calibration.py [--adapters runs/fewshot] [--out runs/fewshot_calibration.json]
+With ``--repeats R`` (adapters of ``few_shot_adaptation.py --repeats R``: seed 0 in ``ADAPTERS``,
+seed s in ``ADAPTERS/seed<s>``) every repeat's own split is replayed and each recalibration is
+also scored on the test predictions of all repeats pooled (``pooled``), where the noise floor is
+about half as high.
+
+    python benchmarks/few_shot_calibration.py [--adapters runs/fewshot] [--repeats 1]
+        [--out runs/fewshot_calibration.json]
 """
 
 from __future__ import annotations
@@ -66,6 +72,9 @@ def main() -> int:
     ap.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--speed", default="balanced")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="replay the repeats of few_shot_adaptation.py --repeats"
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/fewshot_calibration.json"))
     args = ap.parse_args()
     import torch
@@ -85,43 +94,56 @@ def main() -> int:
     ls = read_labelled(wbc_csv(1, Path(tempfile.mkdtemp())))
     y = map_classes(ls.classes, base.classes)
     x = load_single_cell_crops(ls.paths, pre["size"], pre["single_cell"]["center_crop_fraction"])
-    test = stratified_test(y, 0.4, args.seed)
-    pool = np.flatnonzero(~test)
-    rng = np.random.default_rng(args.seed)
-    report: dict = {}
-    for k in args.shots:
-        adapter = args.adapters / f"adapter_k{k}"
-        if not adapter.is_dir():
-            print(f"skip K={k}: no {adapter}")
-            continue
-        model = get_model(adapter)
-        tr_rel, cal_rel = split_shots(y[pool], k, args.seed, max_calibration_per_class=10)
-        rest = np.setdiff1d(np.arange(len(pool)), tr_rel)  # natural mix: every pool cell not a shot
-        pos = {int(c): i for i, c in enumerate(rest)}
-        res_rest = error_run(model, x[pool[rest]], speed=args.speed, seed=args.seed)
-        res_test = error_run(model, x[test], speed=args.speed, seed=args.seed)
-        y_rest, y_test = y[pool[rest]], y[test]
-        sets = {"balanced": np.array([pos[int(c)] for c in cal_rel]), "natural_mix": np.arange(len(rest))}
-        entry: dict = {
-            "n_balanced": int(len(cal_rel)),
-            "n_natural_mix": int(len(rest)),
-            "n_test": int(test.sum()),
-        }
-        for set_name, idx in sets.items():
-            res_c, y_c = subset(res_rest, idx), y_rest[idx]
-            for strength in (0.0, 3.0, 10.0, 30.0):
-                cal = fit_calibration(res_c, y_c, base.metadata.n_classes, prior_strength=strength)
+    report: dict = {"repeats": {}, "pooled": {}}
+    pooled: dict = {}  # (K, variant) -> [(p_correct, correct), ...] over repeats
+    for seed in range(args.seed, args.seed + args.repeats):
+        folder = args.adapters if seed == args.seed else args.adapters / f"seed{seed}"
+        test = stratified_test(y, 0.4, seed)
+        pool = np.flatnonzero(~test)
+        rng = np.random.default_rng(seed)
+        for k in args.shots:
+            adapter = folder / f"adapter_k{k}"
+            if not adapter.is_dir():
+                print(f"skip seed {seed} K={k}: no {adapter}")
+                continue
+            model = get_model(adapter)
+            tr_rel, cal_rel = split_shots(y[pool], k, seed, max_calibration_per_class=10)
+            rest = np.setdiff1d(np.arange(len(pool)), tr_rel)  # natural mix: every pool cell not a shot
+            pos = {int(c): i for i, c in enumerate(rest)}
+            res_rest = error_run(model, x[pool[rest]], speed=args.speed, seed=seed)
+            res_test = error_run(model, x[test], speed=args.speed, seed=seed)
+            y_rest, y_test = y[pool[rest]], y[test]
+            sets = {"balanced": np.array([pos[int(c)] for c in cal_rel]), "natural_mix": np.arange(len(rest))}
+            entry: dict = {
+                "n_balanced": int(len(cal_rel)),
+                "n_natural_mix": int(len(rest)),
+                "n_test": int(test.sum()),
+            }
+
+            variants: list[tuple[str, dict]] = []
+            for set_name, idx in sets.items():
+                res_c, y_c = subset(res_rest, idx), y_rest[idx]
+                for strength in (0.0, 3.0, 10.0, 30.0):
+                    cal = fit_calibration(res_c, y_c, base.metadata.n_classes, prior_strength=strength)
+                    variants.append(
+                        (f"{set_name}/" + ("logistic" if strength == 0 else f"shrunk_{strength:g}"), cal)
+                    )
+                cal = fit_calibration(res_c, y_c, base.metadata.n_classes)
+                cal.pop("p_correct")
+                variants.append((f"{set_name}/temperature_only", cal))
+            for name, cal in variants:
                 out = finish(res_test, model.classes, cal, 0.0, {})
-                name = "logistic" if strength == 0 else f"shrunk_{strength:g}"
-                entry[f"{set_name}/{name}"] = scores(out.p_correct, (out.pred == y_test).astype(float), rng)
-            cal = fit_calibration(res_c, y_c, base.metadata.n_classes)
-            cal.pop("p_correct")
-            out = finish(res_test, model.classes, cal, 0.0, {})
-            entry[f"{set_name}/temperature_only"] = scores(
-                out.p_correct, (out.pred == y_test).astype(float), rng
-            )
-        report[f"shots_{k}"] = entry
-        print(json.dumps({f"shots_{k}": entry}, indent=1), flush=True)
+                ok = (out.pred == y_test).astype(float)
+                entry[name] = scores(out.p_correct, ok, rng)
+                pooled.setdefault((k, name), []).append((out.p_correct, ok))
+            report["repeats"].setdefault(f"seed_{seed}", {})[f"shots_{k}"] = entry
+            print(json.dumps({f"seed_{seed}/shots_{k}": entry}, indent=1), flush=True)
+    rng = np.random.default_rng(args.seed)
+    for (k, name), runs in sorted(pooled.items()):
+        pc = np.concatenate([p for p, _ in runs])
+        ok = np.concatenate([o for _, o in runs])
+        report["pooled"].setdefault(f"shots_{k}", {})[name] = {"repeats": len(runs), **scores(pc, ok, rng)}
+    print(json.dumps({"pooled": report["pooled"]}, indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     return 0
