@@ -2,15 +2,16 @@
 
 Uses the adapters written by ``few_shot_adaptation.py`` (same split, same seed): for each K, the
 adapted model's diffusion errors are computed once for (a) the calibration cells the adapter was
-recalibrated on (up to 10 per class, balanced), (b) every pool cell not used as a shot (the lab's
-natural class mix) and (c) the dataset-1 test cells. Then several recalibrations are fitted and
+recalibrated on (up to 10 per class, balanced), (b) up to 50 per class (what ``finetune`` takes by
+default), (c) every pool cell not used as a shot (the lab's natural class mix) and (d) the
+dataset-1 test cells. Then several recalibrations are fitted and
 scored on the test cells:
 
 - ``logistic``: P(correct) = logistic(logit p_max, log margin, anomaly), unpenalised (session 2);
 - ``shrunk_L``: the same, with a Gaussian prior of strength L centred on P(correct) = p_max;
 - ``temperature_only``: P(correct) = p_max after temperature scaling;
 
-each on the balanced calibration cells and on the natural-mix cells. Because the test set is small
+each on the balanced, the up-to-50 and the natural-mix calibration cells. Because the test set is small
 (119 cells), the ECE of a *perfectly* calibrated predictor with the same confidences is also
 reported (mean over simulated outcomes): the noise floor below which no measured ECE can be trusted.
 
@@ -113,9 +114,15 @@ def main() -> int:
             res_rest = error_run(model, x[pool[rest]], speed=args.speed, seed=seed)
             res_test = error_run(model, x[test], speed=args.speed, seed=seed)
             y_rest, y_test = y[pool[rest]], y[test]
-            sets = {"balanced": np.array([pos[int(c)] for c in cal_rel]), "natural_mix": np.arange(len(rest))}
+            _, cal50 = split_shots(y[pool], k, seed, max_calibration_per_class=50)  # finetune's default
+            sets = {
+                "balanced": np.array([pos[int(c)] for c in cal_rel]),
+                "up_to_50": np.array([pos[int(c)] for c in cal50]),
+                "natural_mix": np.arange(len(rest)),
+            }
             entry: dict = {
                 "n_balanced": int(len(cal_rel)),
+                "n_up_to_50": int(len(cal50)),
                 "n_natural_mix": int(len(rest)),
                 "n_test": int(test.sum()),
             }

@@ -17,7 +17,7 @@ Results per source (the sources differ by image size: Kaggle BCCD 416², Raabin-
 640×480) and overall. Usage::
 
     python benchmarks/smear_classification.py --txl ../shared/data/txl_pbc [--every 1] [--speed balanced]
-        [--no-platelets] [--out smear_classification.json]
+        [--no-platelets] [--no-size-check] [--out smear_classification.json]
 """
 
 from __future__ import annotations
@@ -42,10 +42,29 @@ def reason_kind(reason: str) -> str:
         return "flagged share"
     if "unlike the model's training cells" in reason:
         return "domain check"
+    if "whose size rules out" in reason:
+        return "size check"
     return reason.split(":")[0]  # an alert class, e.g. "erythroblast"
 
 
-def field(path: Path, labels_dir: Path, model, speed: str, platelets: bool = True) -> dict:
+def _cell(t, j: int, reference: str | None, rel: float, classes: list[str]) -> dict:
+    """One classified cell: its reference (None: no box), call, relative size, flags, probabilities."""
+    r = t.iloc[j]
+    return {
+        "reference": reference,
+        "called": r["class"],
+        "by_appearance": r.get("class_by_appearance", r["class"]),
+        "size_implausible": bool(r.get("size_implausible", False)),
+        "size": round(float(rel), 3),
+        "flagged": bool(r["flagged"]),
+        "p_correct": round(float(r["p_correct"]), 4),
+        "probs": [round(float(r[f"p_{c}"]), 4) for c in classes],
+    }
+
+
+def field(
+    path: Path, labels_dir: Path, model, speed: str, platelets: bool = True, size_check: bool = True
+) -> dict:
     from napari_cytodiffusion.evaluate.segmentation import box_iou, match_pairs, read_yolo
     from napari_cytodiffusion.io.images import read_image
     from napari_cytodiffusion.pipeline import UNCLASSIFIED, analyze
@@ -54,7 +73,14 @@ def field(path: Path, labels_dir: Path, model, speed: str, platelets: bool = Tru
     image = read_image(path)
     h, w = image.shape[:2]
     t0 = time.perf_counter()
-    res = analyze(image, model=model, speed=speed, seed=0, segment_params=SegmentParams(platelets=platelets))
+    res = analyze(
+        image,
+        model=model,
+        speed=speed,
+        seed=0,
+        segment_params=SegmentParams(platelets=platelets),
+        size_check=size_check,
+    )
     seconds = time.perf_counter() - t0
     t = res.table
     ref_cls, ref_boxes = read_yolo(labels_dir / f"{path.stem}.txt", h, w)
@@ -62,7 +88,7 @@ def field(path: Path, labels_dir: Path, model, speed: str, platelets: bool = Tru
     pairs = match_pairs(box_iou(ref_boxes, pred_boxes), 0.5)
     outcome = Counter()
     matched = set()
-    # each classified cell: reference (or None), call, diameter relative to the field's median cell
+    # each classified cell, with its diameter relative to the field's median cell
     d = t["equivalent_diameter"].to_numpy(float)
     rel = d / float(np.median(d)) if len(d) else d
     cells = []
@@ -71,14 +97,14 @@ def field(path: Path, labels_dir: Path, model, speed: str, platelets: bool = Tru
         called = t["class"].iloc[j]
         outcome[(REFERENCE[int(ref_cls[i])], LEFT_OUT if called == UNCLASSIFIED else called)] += 1
         if called != UNCLASSIFIED:
-            cells.append([REFERENCE[int(ref_cls[i])], called, round(float(rel[j]), 3)])
+            cells.append(_cell(t, j, REFERENCE[int(ref_cls[i])], rel[j], model.classes))
     for i in set(range(len(ref_cls))) - {i for i, _ in pairs}:
         outcome[(REFERENCE[int(ref_cls[i])], "not segmented")] += 1
     extra = Counter(
         t["class"].iloc[j] for j in range(len(t)) if j not in matched and bool(t["classified"].iloc[j])
     )
     cells += [
-        [None, t["class"].iloc[j], round(float(rel[j]), 3)]
+        _cell(t, j, None, rel[j], model.classes)
         for j in range(len(t))
         if j not in matched and bool(t["classified"].iloc[j])
     ]
@@ -130,6 +156,15 @@ def report(rows: list[dict]) -> dict:
         "red_left_out": share(rbc, [LEFT_OUT]),
         "red_classes": {k: v for k, v in rbc.items() if k not in (LEFT_OUT,)},
         "classified_without_box": dict(extra),
+        # cells whose size ruled out the class their appearance picked: reference|appearance -> call
+        "size_recalled": dict(
+            Counter(
+                f"{c['reference'] or 'no box'}|{c['by_appearance']} -> {c['called']}"
+                for r in rows
+                for c in r.get("classified_cells", [])
+                if c.get("size_implausible")
+            ).most_common()
+        ),
         "needs_review_share": sum(r["verdict"] == "needs review" for r in rows) / n if n else None,
         "review_reason_share": {k: v / n for k, v in reasons.most_common()},
         "seconds_per_field": float(np.mean([r["seconds"] for r in rows])) if rows else None,
@@ -146,6 +181,9 @@ def main() -> int:
     ap.add_argument(
         "--no-platelets", dest="platelets", action="store_false", help="segment without the platelet pass"
     )
+    ap.add_argument(
+        "--no-size-check", dest="size_check", action="store_false", help="classify without the size prior"
+    )
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     from napari_cytodiffusion.model.registry import get_model
@@ -154,7 +192,7 @@ def main() -> int:
     images = sorted((a.txl / "images" / a.split).glob("*"))[:: a.every]
     rows = []
     for k, p in enumerate(images, 1):
-        rows.append(field(p, a.txl / "labels" / a.split, model, a.speed, a.platelets))
+        rows.append(field(p, a.txl / "labels" / a.split, model, a.speed, a.platelets, a.size_check))
         print(f"\r{k}/{len(images)} fields", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     out = {"all": report(rows)}

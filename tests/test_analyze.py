@@ -77,3 +77,18 @@ def test_pooled_domain_check_sees_what_single_fields_cannot():
     calm = pooled_domain_check([dict(field, n_scored=30, image=f"f{i}") for i in range(10)])
     assert not calm["shifted"]  # 10 of 300 cells: what 4 % predicts
     assert pooled_domain_check([{"status": "error"}]) is None
+
+
+def test_analyze_passes_every_option_to_the_pipeline(shared_data, tmp_path):
+    """--no-platelets, --border-pad, --no-large-cells and --no-size-check reach each image's run."""
+    field = sorted((shared_data / "txl_pbc" / "images" / "val").glob("*"))[0]
+    out = tmp_path / "out"
+    args = ["analyze", str(field), "--out", str(out), "--speed", "fast", "--no-platelets"]
+    assert main([*args, "--border-pad", "0.15", "--no-large-cells", "--no-size-check"]) == 0
+    audit = json.loads((out / f"{field.stem}_summary.json").read_text())["audit"]["parameters"]
+    assert audit["size_check"] is False
+    seg = audit["segmentation"]
+    assert seg["platelets"] is False and seg["large_cells"] is False and seg["border_pad"] == 0.15
+    table = pd.read_csv(out / f"{field.stem}_cells.csv")
+    assert {"size", "size_implausible", "class_by_appearance"} <= set(table.columns)
+    assert not table["size_implausible"].any()  # the check was off

@@ -50,6 +50,7 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
             cells=options.get("cells", "stained"),
             min_area=options.get("min_area", 0),
             seed=options.get("seed", 0),
+            size_check=options.get("size_check", True),
         )
         write_smear_outputs(res, o, p.stem, model, input_path=p)
         s = res.summary
@@ -119,6 +120,7 @@ def _options(args) -> dict[str, Any]:
         "cells": args.cells,
         "min_area": args.min_area,
         "seed": args.seed,
+        "size_check": getattr(args, "size_check", True),
         "segmentation": {
             "model": args.seg_model,
             "diameter": args.diameter,
@@ -127,7 +129,10 @@ def _options(args) -> dict[str, Any]:
             "min_size": args.min_size,
             "max_size_fraction": args.max_size_fraction,
             "exclude_border": args.exclude_border,
+            "border_pad": args.border_pad,
             "augment": args.augment,
+            "large_cells": args.large_cells,
+            "platelets": args.platelets,
             "gpu": args.gpu,
         },
     }

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,10 +132,32 @@ def summarize(
         reasons.append(
             f"{n_flag / n:.0%} of classified cells flagged (> {triage['max_flagged_fraction']:.0%})"
         )
+    off_size = (
+        classified["size_implausible"].to_numpy(dtype=bool)
+        if "size_implausible" in classified
+        else np.zeros(n, bool)
+    )
+    by_look = (
+        classified["class_by_appearance"] if "class_by_appearance" in classified else classified["class"]
+    )
+    stuck = off_size & (by_look == classified["class"]).to_numpy(dtype=bool)  # no class fits its size
+    plausible_counts = Counter(classified["class"][~stuck]) if n else Counter()
     for cls, limit in triage["alert_classes"].items():
-        if cls in counts and n and counts[cls] / n > limit:
-            k = counts[cls]
-            reasons.append(f"{cls}: {k} cell{'' if k == 1 else 's'} ({pct[cls]:.1f}%)")
+        if cls in counts and n and plausible_counts[cls] / n > limit:
+            k = plausible_counts[cls]
+            reasons.append(f"{cls}: {k} cell{'' if k == 1 else 's'} ({100.0 * k / n:.1f}%)")
+    n_off = int(off_size.sum())
+    if n_off:
+        moves = Counter(
+            f"{a} → {b}" if a != b else f"{a}, no class fits"
+            for a, b in zip(by_look[off_size], classified["class"][off_size], strict=True)
+        )
+        reasons.append(
+            f"{n_off} cell{'' if n_off == 1 else 's'} whose size rules out the class "
+            f"{'its' if n_off == 1 else 'their'} appearance suggests ("
+            + ", ".join(f"{m} {k}" for m, k in moves.most_common())
+            + ")"
+        )
     domain = None
     if n and "anomaly" in classified:
         from .classify.anomaly import domain_check_against, shift_warning
@@ -149,6 +172,7 @@ def summarize(
         "counts": counts,
         "percent": pct,
         "n_flagged": n_flag,
+        "n_size_implausible": n_off,
         "percent_flagged": 100.0 * n_flag / n if n else 0.0,
         "verdict": "needs review" if reasons else "routine",
         "reasons": reasons,
@@ -169,9 +193,15 @@ def iter_analyze(
     seed: int = 0,
     triage: dict[str, Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    size_check: bool = True,
 ) -> Iterator[Stage | SmearResult]:
-    """Segment (unless ``labels`` are given) and classify one smear."""
+    """Segment (unless ``labels`` are given) and classify one smear.
+
+    With ``size_check`` (and size ranges in the model's metadata, :mod:`.classify.size`) each
+    cell is called the best class its size allows; see :func:`mark_sizes`.
+    """
     from .classify.classifier import Classification, Progress, calibration_for, iter_classify
+    from .classify.size import allowed_classes, class_ranges, size_ratio
     from .crops import crops_from_labels
     from .io.images import to_rgb_float
     from .model.registry import get_model
@@ -185,6 +215,7 @@ def iter_analyze(
         "cells": cells,
         "min_area": min_area,
         "seed": seed,
+        "size_check": size_check,
         "only_labels": None if only_labels is None else sorted(int(v) for v in only_labels),
     }
     if labels is None:
@@ -204,22 +235,28 @@ def iter_analyze(
     model = model if model is not None and not isinstance(model, str) else get_model(model)
     table = cells_table(labels, rgb)
     sel = select_cells(table, rgb, labels, cells, min_area, only_labels)
+    diameters = table["equivalent_diameter"].to_numpy(dtype=float)
+    reference = float(np.median(diameters)) if len(table) else None
     crops, _ = crops_from_labels(
         rgb,
         labels,
         model.metadata.preprocessing,
         table["label"].to_numpy()[sel],
         table[["centroid_y", "centroid_x"]].to_numpy()[sel],
-        table["equivalent_diameter"].to_numpy()[sel],
-        reference_diameter=float(np.median(table["equivalent_diameter"])) if len(table) else None,
+        diameters[sel],
+        reference_diameter=reference,
     )
+    sizes = size_ratio(diameters, reference)
+    ranges = class_ranges(model.metadata.extra) if size_check else {}
+    allowed = allowed_classes(sizes[sel], model.classes, ranges) if ranges else None
     result = None
-    for item in iter_classify(model, crops, speed=speed, seed=seed, should_stop=should_stop):
+    for item in iter_classify(model, crops, speed=speed, seed=seed, should_stop=should_stop, allowed=allowed):
         if isinstance(item, Progress):
             yield Stage("classifying", item.done, item.total)
         elif isinstance(item, Classification):
             result = item
     table = attach_classification(table, sel, result, model.classes)
+    table = mark_sizes(table, sizes, ranges)
     summary = summarize(table, model.classes, triage, calibration_for(model, speed).get("anomaly"))
     summary["seconds"] = {
         "segmentation": t_seg,
@@ -242,6 +279,7 @@ def attach_classification(table, sel: np.ndarray, result, classes: list[str]):
     n = len(table)
     table["classified"] = sel
     table["class"] = UNCLASSIFIED
+    table["class_by_appearance"] = UNCLASSIFIED
     for col in ("certainty", "p_correct", "anomaly"):
         table[col] = np.nan
     table["flagged"] = False
@@ -250,6 +288,8 @@ def attach_classification(table, sel: np.ndarray, result, classes: list[str]):
     if result is not None and len(result):
         idx = np.flatnonzero(sel)
         table.loc[idx, "class"] = result.pred_names
+        seen = result.pred if result.by_appearance is None else result.by_appearance
+        table.loc[idx, "class_by_appearance"] = [classes[i] for i in seen]
         table.loc[idx, "certainty"] = result.certainty
         table.loc[idx, "p_correct"] = result.p_correct
         table.loc[idx, "anomaly"] = result.anomaly
@@ -258,6 +298,27 @@ def attach_classification(table, sel: np.ndarray, result, classes: list[str]):
             table.loc[idx, f"p_{c}"] = result.probs[:, j]
     table["corrected_class"] = ""
     assert len(table) == n
+    return table
+
+
+def mark_sizes(table, sizes: np.ndarray, ranges: dict[str, tuple[float, float]]):
+    """Add ``size`` (in typical cells of the smear) and ``size_implausible``; flag those cells.
+
+    ``size_implausible``: the class the cell's appearance alone picks (``class_by_appearance``)
+    lies outside that class's size range on the model's training smears. Such a cell is called
+    the best class its size allows (done by the classifier, :func:`~.classify.classifier.finish`),
+    and flagged: appearance and size disagree, so a person should look. A cell that no class
+    fits keeps its appearance call and counts towards no alert class in :func:`summarize` (a
+    platelet-sized blob is not an erythroblast alert).
+    """
+    from .classify.size import implausible
+
+    table = table.copy()
+    table["size"] = np.asarray(sizes, dtype=float)
+    classified = table["classified"].to_numpy(dtype=bool)
+    bad = implausible(table["class_by_appearance"].tolist(), table["size"].to_numpy(), ranges)
+    table["size_implausible"] = bad & classified
+    table["flagged"] = table["flagged"].to_numpy(dtype=bool) | table["size_implausible"].to_numpy()
     return table
 
 

@@ -52,6 +52,8 @@ class Classification:
     unet_calls: np.ndarray
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    #: the class the errors alone pick, where a prior (``allowed``) made ``pred`` another one
+    by_appearance: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.pred)
@@ -129,9 +131,15 @@ def iter_classify(
     seed: int = 0,
     batch_cells: int = 64,
     should_stop: Callable[[], bool] | None = None,
+    allowed: np.ndarray | None = None,
     **engine_overrides: Any,
 ) -> Iterator[Progress | Classification]:
-    """Classify uint8 crops (N, S, S, 3); yields :class:`Progress`, then the :class:`Classification`."""
+    """Classify uint8 crops (N, S, S, 3); yields :class:`Progress`, then the :class:`Classification`.
+
+    ``allowed`` (N, C bool), e.g. the classes a smear cell's size permits
+    (:mod:`.size`), restricts each cell's call and probabilities to those classes; a cell that
+    allows none keeps every class. See :func:`finish`.
+    """
     import torch
 
     from ..crops import to_model_tensor
@@ -165,13 +173,26 @@ def iter_classify(
         cal,
         time.perf_counter() - t0,
         {"speed": speed, "seed": seed, **cfg.__dict__},
+        allowed=allowed,
     )
 
 
 def finish(
-    res, classes: list[str], cal: dict[str, Any], seconds: float, settings: dict[str, Any]
+    res,
+    classes: list[str],
+    cal: dict[str, Any],
+    seconds: float,
+    settings: dict[str, Any],
+    allowed: np.ndarray | None = None,
 ) -> Classification:
-    """Errors → probabilities, certainty, P(correct), anomaly, flags."""
+    """Errors → probabilities, certainty, P(correct), anomaly, flags.
+
+    With ``allowed`` (N, C bool; rows with no allowed class are left free) the winner is the
+    allowed class with the least evidence against it, evidence is measured against that winner,
+    disallowed classes get probability 0, and the anomaly score and P(correct) follow the new
+    winner; ``by_appearance`` keeps the unrestricted winner. This is Bayes' rule with a prior that
+    is 0 outside the allowed classes and flat inside.
+    """
     n, c = res.active.shape
     if n == 0:
         z = np.zeros(0)
@@ -189,8 +210,19 @@ def finish(
             settings,
         )
     winner, evidence = class_evidence(res)
+    by_appearance = None
+    mask = None
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (n, c):
+            raise ValueError(f"allowed must be ({n}, {c}), got {allowed.shape}")
+        mask = allowed | ~allowed.any(axis=1, keepdims=True)
+        by_appearance = winner
+        if not mask[np.arange(n), winner].all():
+            winner = np.argmin(np.where(mask, evidence, np.inf), axis=1)
+            _, evidence = class_evidence(res, winner)
     temperature = float(cal.get("temperature", 1.0))
-    probs = softmax_neg(evidence, temperature)
+    probs = softmax_neg(evidence if mask is None else np.where(mask, evidence, np.inf), temperature)
     if "anomaly" in cal:
         anomaly = score_anomaly(res, winner, evidence, cal["anomaly"])
         threshold = float(cal["anomaly"]["threshold"])
@@ -213,6 +245,7 @@ def finish(
         unet_calls=res.calls,
         seconds=seconds,
         settings=settings,
+        by_appearance=by_appearance,
     )
 
 

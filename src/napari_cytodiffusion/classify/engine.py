@@ -325,14 +325,17 @@ def weighted_score(errors: np.ndarray, w: np.ndarray) -> np.ndarray:
     )
 
 
-def class_evidence(result: ErrorResult) -> tuple[np.ndarray, np.ndarray]:
+def class_evidence(result: ErrorResult, winner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Winner and per-class evidence D (N, C) ≥ 0: weighted mean paired error gap to the winner.
 
-    Each class is compared with the winner on the units where both were evaluated.
+    Each class is compared with the winner on the units where both were evaluated. A given
+    ``winner`` (e.g. the best class a prior allows) replaces the lowest-error class; classes
+    better than it get evidence 0.
     """
     e, w = result.errors, result.unit_weights
-    score = np.where(result.active, weighted_score(e, w), np.inf)
-    winner = np.argmin(score, axis=1)
+    if winner is None:
+        score = np.where(result.active, weighted_score(e, w), np.inf)
+        winner = np.argmin(score, axis=1)
     n = e.shape[0]
     diff = e - e[np.arange(n), winner][:, None, :]
     gap = weighted_score(diff, w)

@@ -72,6 +72,12 @@ def _cls_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--min-area", type=int, default=0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--no-size-check",
+        dest="size_check",
+        action="store_false",
+        help="on a smear, do not restrict each call to the classes its size allows",
+    )
 
 
 def _seg_params(a):
@@ -284,7 +290,14 @@ def cmd_classify(a) -> int:
             else (read_image(a.labels), {})
         )
         res = analyze(
-            image, model=model, labels=labels, speed=a.speed, cells=a.cells, min_area=a.min_area, seed=a.seed
+            image,
+            model=model,
+            labels=labels,
+            speed=a.speed,
+            cells=a.cells,
+            min_area=a.min_area,
+            seed=a.seed,
+            size_check=a.size_check,
         )
         write_smear_outputs(res, out, path.stem, model, input_path=path)
         print(

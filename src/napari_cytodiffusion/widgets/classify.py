@@ -17,7 +17,7 @@ COLOUR_MODES = ("class", "uncertainty", "anomaly")
 
 class ClassifyWidget(Container, RunnerMixin):
     settings_key = "classify"
-    persisted = ("model_dir", "model_name", "speed", "cells", "min_area", "max_flagged")
+    persisted = ("model_dir", "model_name", "speed", "cells", "min_area", "size_check", "max_flagged")
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
@@ -40,6 +40,12 @@ class ClassifyWidget(Container, RunnerMixin):
             tooltip="cells selected in the last result's points layer, else the label selected in the labels layer",
         )
         self.min_area = SpinBox(label="min area (px)", value=0, min=0, max=10**7)
+        self.size_check = CheckBox(
+            text="size check",
+            value=True,
+            tooltip="call each cell the best class its size allows (a platelet-sized blob is no "
+            "erythroblast); cells whose appearance and size disagree are flagged",
+        )
         self.max_flagged = FloatSpinBox(label="review if flagged >", value=0.10, min=0.0, max=1.0, step=0.01)
         self.extend(
             [
@@ -51,6 +57,7 @@ class ClassifyWidget(Container, RunnerMixin):
                 self.speed,
                 self.cells,
                 self.min_area,
+                self.size_check,
                 self.only_selected,
                 self.max_flagged,
             ]
@@ -124,7 +131,12 @@ class ClassifyWidget(Container, RunnerMixin):
         if labels.shape != image.shape[: labels.ndim] or labels.ndim != 2:
             raise InputError(f"labels {labels.shape} must be 2D and match the image {image.shape[:2]}")
         model = self._model()
-        opts = {"speed": self.speed.value, "cells": self.cells.value, "min_area": self.min_area.value}
+        opts = {
+            "speed": self.speed.value,
+            "cells": self.cells.value,
+            "min_area": self.min_area.value,
+            "size_check": bool(self.size_check.value),
+        }
         if self.only_selected.value:
             opts["only_labels"] = self.selected_labels(labels_layer)
         triage = {**DEFAULT_TRIAGE, "max_flagged_fraction": float(self.max_flagged.value)}

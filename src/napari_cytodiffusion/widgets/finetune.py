@@ -72,6 +72,7 @@ class FinetunePanel(Container, RunnerMixin):
             "speed": params.get("speed", "balanced"),
             "cells": params.get("cells", "stained"),
             "min_area": int(params.get("min_area", 0)),
+            "size_check": bool(params.get("size_check", True)),
         }
         triage = r["summary"]["triage_thresholds"]
 

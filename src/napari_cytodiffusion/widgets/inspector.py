@@ -76,6 +76,11 @@ class CellInspector(Container):
             f"cell {int(row['label'])}: {row['class']} — certainty {row['certainty']:.2f}, "
             f"P(correct) {row['p_correct']:.2f}, anomaly {row['anomaly']:.2f}"
             + (" — FLAGGED" if row["flagged"] else "")
+            + (
+                f" (size {row['size']:.2f} typical cells: too small or large for {row['class']})"
+                if bool(row.get("size_implausible", False))
+                else ""
+            )
         )
         probs = {c: float(row.get(f"p_{c}", np.nan)) for c in classes}
         self.bars.value = probability_bars({c: p for c, p in probs.items() if np.isfinite(p)}, colours)

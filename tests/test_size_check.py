@@ -1,0 +1,117 @@
+"""The size check: calls a class's training sizes rule out are flagged and raise no alert."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_cytodiffusion.classify.size import class_ranges, implausible, ranges_from_percentiles, size_ratio
+from napari_cytodiffusion.model.registry import get_model
+from napari_cytodiffusion.pipeline import UNCLASSIFIED, mark_sizes, summarize
+
+EXTRA = {
+    "class_sizes": {
+        "unit": "typical cells",
+        "range": {"erythroblast": [0.7, 1.9], "neutrophil": [1.3, 2.8], "platelet": [None, 1.6]},
+    }
+}
+
+
+def test_ranges_and_implausible_calls():
+    ranges = class_ranges(EXTRA)
+    assert ranges["platelet"] == (0.0, 1.6) and ranges["erythroblast"] == (0.7, 1.9)
+    assert class_ranges({}) == {} and class_ranges(None) == {}
+    r = size_ratio(np.array([4.0, 10.0, 20.0, 40.0]), 10.0)
+    np.testing.assert_allclose(r, [0.4, 1.0, 2.0, 4.0])
+    assert np.isnan(size_ratio(np.array([3.0]), None)).all()
+    called = ["erythroblast", "erythroblast", "platelet", "monocyte"]
+    # a 0.4-cell erythroblast and a 2-cell platelet are ruled out; a class without a range never is
+    assert implausible(called, r, ranges).tolist() == [True, False, True, False]
+    assert not implausible(["platelet"], np.array([np.nan]), ranges).any()
+    widened = ranges_from_percentiles({"a": 1.0}, {"a": 2.0}, margin=1.25)
+    assert widened == {"a": [0.8, 2.5]}
+
+
+def _table(diameters, classes, by_appearance=None):
+    n = len(diameters)
+    return pd.DataFrame(
+        {
+            "label": np.arange(1, n + 1),
+            "equivalent_diameter": np.asarray(diameters, float),
+            "classified": [c != UNCLASSIFIED for c in classes],
+            "class": classes,
+            "class_by_appearance": by_appearance or classes,
+            "flagged": [False] * n,
+            "anomaly": [0.1] * n,
+        }
+    )
+
+
+def test_appearance_and_size_disagree_is_flagged_not_an_alert():
+    ranges = class_ranges(EXTRA)
+    names = ["erythroblast", "neutrophil", "platelet"]
+    # ten red cells of 10 px; a 4 px blob that looks like an erythroblast, re-called platelet by
+    # the size prior; a 20 px neutrophil; a 45 px blob no class fits, left as it looked
+    looks = [UNCLASSIFIED] * 10 + ["erythroblast", "neutrophil", "erythroblast"]
+    calls = [UNCLASSIFIED] * 10 + ["platelet", "neutrophil", "erythroblast"]
+    d = [10] * 10 + [4, 20, 45]
+    table = mark_sizes(_table(d, calls, looks), size_ratio(np.array(d, float), 10.0), ranges)
+    assert table["size"].iloc[-3:].tolist() == pytest.approx([0.4, 2.0, 4.5])
+    assert table["size_implausible"].tolist() == [False] * 10 + [True, False, True]
+    assert table["flagged"].tolist() == [False] * 10 + [True, False, True]
+    s = summarize(table, names)
+    assert s["n_size_implausible"] == 2 and s["counts"] == {"erythroblast": 1, "neutrophil": 1, "platelet": 1}
+    assert not any(r.startswith("erythroblast:") for r in s["reasons"])  # no class fits: no alert
+    assert any(
+        "erythroblast → platelet 1" in r and "erythroblast, no class fits 1" in r for r in s["reasons"]
+    )
+    assert s["verdict"] == "needs review"
+    # an erythroblast of a red cell's size is an alert, as before
+    calls[-3] = looks[-3] = "erythroblast"
+    d[-3], d[-1] = 11, 20
+    table = mark_sizes(_table(d, [*calls[:-1], "neutrophil"]), size_ratio(np.array(d, float), 10.0), ranges)
+    s = summarize(table, names)
+    assert s["n_size_implausible"] == 0 and any(r.startswith("erythroblast: 1 cell") for r in s["reasons"])
+    # without ranges (a model without sizes, or the check off) nothing is ruled out
+    assert not mark_sizes(_table(d, calls), size_ratio(np.array(d, float), 10.0), {})[
+        "size_implausible"
+    ].any()
+
+
+def test_classifier_takes_the_best_allowed_class(shared_data):
+    from napari_cytodiffusion.classify.classifier import classify_crops
+    from napari_cytodiffusion.crops import single_cell_crops
+    from napari_cytodiffusion.io.images import read_image
+
+    model = get_model("default")
+    rows = pd.read_csv(shared_data / "pbc" / "labels.csv")
+    rows = rows[rows.split == "val"].groupby("class").head(1).iloc[:4]
+    crops = single_cell_crops(
+        [read_image(shared_data / "pbc" / p) for p in rows.path], model.metadata.preprocessing
+    )
+    free = classify_crops(model, crops, speed="fast", seed=0)
+    allowed = np.ones((4, model.metadata.n_classes), bool)
+    allowed[np.arange(3), free.pred[:3]] = False  # rule out the first three cells' calls
+    allowed[3] = False  # the last allows nothing: left free
+    held = classify_crops(model, crops, speed="fast", seed=0, allowed=allowed)
+    assert (held.by_appearance == free.pred).all() and free.by_appearance is None
+    assert (held.pred[:3] != free.pred[:3]).all() and held.pred[3] == free.pred[3]
+    for i in range(3):
+        assert held.probs[i, free.pred[i]] == 0.0 and held.probs[i].sum() == pytest.approx(1.0)
+        # the new call is the allowed class the free run ranked highest
+        order = [j for j in np.argsort(-free.probs[i]) if allowed[i, j]]
+        assert held.pred[i] == order[0]
+    np.testing.assert_allclose(held.probs[3], free.probs[3])
+    assert held.unet_calls.tolist() == free.unet_calls.tolist()  # the prior costs no UNet call
+
+
+def test_shipped_models_carry_class_sizes():
+    for name in ("pbc32", "pbc32-fast"):
+        ranges = class_ranges(get_model(name).metadata.extra)
+        model_classes = set(get_model(name).classes)
+        assert set(ranges) == model_classes
+        lo, hi = ranges["erythroblast"]
+        assert 0.5 < lo < 1.0 < hi  # an erythroblast is about one red cell across
+        assert ranges["platelet"][0] == 0.0 and ranges["platelet"][1] < ranges["neutrophil"][1]
+        assert ranges["neutrophil"][0] > 1.0
