@@ -115,3 +115,49 @@ def test_shipped_models_carry_class_sizes():
         assert 0.5 < lo < 1.0 < hi  # an erythroblast is about one red cell across
         assert ranges["platelet"][0] == 0.0 and ranges["platelet"][1] < ranges["neutrophil"][1]
         assert ranges["neutrophil"][0] > 1.0
+
+
+def test_no_size_check_without_a_red_cell_reference(shared_data):
+    """A field of a few cells, or one whose cells are mostly stained, has no red-cell size to compare with."""
+    from napari_cytodiffusion.io.images import read_image, to_rgb_float
+    from napari_cytodiffusion.layers import legend_html
+    from napari_cytodiffusion.pipeline import analyze, size_reference_problem
+    from napari_cytodiffusion.segmentation.table import cells_table
+
+    field = sorted((shared_data / "txl_pbc" / "images" / "val").glob("*"))[0]
+    image = read_image(field)
+    res = analyze(image, speed="fast", seed=0)
+    assert res.summary["size_check"] == "applied"
+    rgb = to_rgb_float(image)
+    assert size_reference_problem(res.table, rgb, res.labels) is None
+    # keep only the classified (stained) cells and two red cells: too few, and mostly stained
+    keep = (
+        res.table["label"][res.table["classified"]].tolist()
+        + res.table["label"][~res.table["classified"]].tolist()[:2]
+    )
+    labels = np.where(np.isin(res.labels, keep), res.labels, 0)
+    assert "needs 8 or more" in size_reference_problem(cells_table(labels, rgb), rgb, labels)
+    few = analyze(image, labels=labels, speed="fast", seed=0)
+    assert few.summary["size_check"].startswith("not applied:") and not few.table["size_implausible"].any()
+    assert "size check not applied" in legend_html(
+        few.summary, get_model("default").classes, get_model("default").metadata.colours
+    )
+    assert (
+        analyze(image, labels=labels, speed="fast", seed=0, size_check=False).summary["size_check"] == "off"
+    )
+
+
+def test_mostly_stained_field_has_no_red_cell_reference():
+    from napari_cytodiffusion.pipeline import size_reference_problem
+    from napari_cytodiffusion.segmentation.table import cells_table
+
+    rgb = np.full((60, 120, 3), 0.9, np.float32)
+    labels = np.zeros((60, 120), np.int32)
+    for i in range(10):  # ten cells; seven violet (blue above green), three pink
+        y, x = 5 + 25 * (i // 5), 5 + 22 * (i % 5)
+        labels[y : y + 15, x : x + 15] = i + 1
+        rgb[y : y + 15, x : x + 15] = (0.5, 0.3, 0.7) if i < 7 else (0.85, 0.6, 0.6)
+    problem = size_reference_problem(cells_table(labels, rgb), rgb, labels)
+    assert problem == "70% of the cells are stained, so the typical cell is not a red cell"
+    labels[labels <= 4] = 0  # now 3 violet of 6: too few cells
+    assert "6 cells" in size_reference_problem(cells_table(labels, rgb), rgb, labels)

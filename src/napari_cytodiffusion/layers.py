@@ -68,4 +68,6 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
             f"<span style='color:{col}'>&#9632;</span> {c}: {k} ({summary['percent'].get(c, 0):.1f}%)"
         )
     rows += [f"<i>{r}</i>" for r in summary.get("reasons", [])]
+    if str(summary.get("size_check", "")).startswith("not applied"):
+        rows.append(f"size check {summary['size_check']}")
     return "<br>".join(rows)

@@ -80,6 +80,28 @@ def stained_threshold(scores: np.ndarray) -> float:
     return min(float(np.median(scores)) + STAINED_ABOVE_MEDIAN, STAINED_CAP)
 
 
+#: The size check needs the smear's typical cell to be a red cell: at least this many cells ...
+MIN_CELLS_FOR_SIZE = MIN_CELLS_FOR_MEDIAN
+#: ... of which at most this share is stained (a field of hand-painted white cells, a crop
+#: around one cell, a marrow aspirate has no red-cell reference)
+MAX_STAINED_SHARE_FOR_SIZE = 0.5
+
+
+def size_reference_problem(table, image_rgb01: np.ndarray, labels: np.ndarray) -> str | None:
+    """Why this field's median cell cannot serve as the size check's red-cell reference, or None."""
+    n = len(table)
+    if n < MIN_CELLS_FOR_SIZE:
+        return (
+            f"{n} cell{'' if n == 1 else 's'} (needs {MIN_CELLS_FOR_SIZE} or more to know a red cell's size)"
+        )
+    score = stained_score(image_rgb01, labels, table["label"].to_numpy())
+    # the same rule that picks the cells to classify; its cap keeps a field of white cells stained
+    share = float(np.mean(score > stained_threshold(score)))
+    if share > MAX_STAINED_SHARE_FOR_SIZE:
+        return f"{share:.0%} of the cells are stained, so the typical cell is not a red cell"
+    return None
+
+
 def select_cells(
     table,
     image_rgb01: np.ndarray,
@@ -248,6 +270,9 @@ def iter_analyze(
     )
     sizes = size_ratio(diameters, reference)
     ranges = class_ranges(model.metadata.extra) if size_check else {}
+    size_problem = size_reference_problem(table, rgb, labels) if ranges else None
+    if size_problem:
+        ranges = {}
     allowed = allowed_classes(sizes[sel], model.classes, ranges) if ranges else None
     result = None
     for item in iter_classify(model, crops, speed=speed, seed=seed, should_stop=should_stop, allowed=allowed):
@@ -258,6 +283,15 @@ def iter_analyze(
     table = attach_classification(table, sel, result, model.classes)
     table = mark_sizes(table, sizes, ranges)
     summary = summarize(table, model.classes, triage, calibration_for(model, speed).get("anomaly"))
+    summary["size_check"] = (
+        "off"
+        if not size_check
+        else "no class sizes in the model"
+        if not class_ranges(model.metadata.extra)
+        else f"not applied: {size_problem}"
+        if size_problem
+        else "applied"
+    )
     summary["seconds"] = {
         "segmentation": t_seg,
         "classification": result.seconds if result else 0.0,
