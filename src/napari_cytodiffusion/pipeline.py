@@ -87,14 +87,20 @@ MIN_CELLS_FOR_SIZE = MIN_CELLS_FOR_MEDIAN
 MAX_STAINED_SHARE_FOR_SIZE = 0.5
 
 
-def size_reference_problem(table, image_rgb01: np.ndarray, labels: np.ndarray) -> str | None:
-    """Why this field's median cell cannot serve as the size check's red-cell reference, or None."""
+def size_reference_problem(
+    table, image_rgb01: np.ndarray, labels: np.ndarray, score: np.ndarray | None = None
+) -> str | None:
+    """Why this field's median cell cannot serve as the size check's red-cell reference, or None.
+
+    ``score``: the cells' :func:`stained_score`, when already computed.
+    """
     n = len(table)
     if n < MIN_CELLS_FOR_SIZE:
         return (
             f"{n} cell{'' if n == 1 else 's'} (needs {MIN_CELLS_FOR_SIZE} or more to know a red cell's size)"
         )
-    score = stained_score(image_rgb01, labels, table["label"].to_numpy())
+    if score is None:
+        score = stained_score(image_rgb01, labels, table["label"].to_numpy())
     # the same rule that picks the cells to classify; its cap keeps a field of white cells stained
     share = float(np.mean(score > stained_threshold(score)))
     if share > MAX_STAINED_SHARE_FOR_SIZE:
@@ -109,12 +115,14 @@ def select_cells(
     which: str = "stained",
     min_area: int = 0,
     only_labels: list[int] | None = None,
+    score: np.ndarray | None = None,
 ) -> np.ndarray:
     """Boolean mask over the table's rows: which cells go to the classifier.
 
     ``which`` is "stained" (nucleated cells and platelets, judged against the field's own red
     cells: :func:`stained_threshold`) or "all"; ``min_area`` drops small
-    cells; ``only_labels`` restricts the choice to these label ids (a user's selection).
+    cells; ``only_labels`` restricts the choice to these label ids (a user's selection);
+    ``score``: the cells' :func:`stained_score`, when already computed.
     """
     if which not in ("stained", "all"):
         raise InputError(f"cells must be 'stained' or 'all', not {which!r}")
@@ -125,7 +133,8 @@ def select_cells(
             raise InputError("none of the selected labels exists in the labels layer")
         sel &= wanted
     if which == "stained":
-        score = stained_score(image_rgb01, labels, table["label"].to_numpy())
+        if score is None:
+            score = stained_score(image_rgb01, labels, table["label"].to_numpy())
         sel &= score > stained_threshold(score)
     return sel
 
@@ -256,7 +265,12 @@ def iter_analyze(
     t_seg = time.perf_counter() - t0
     model = model if model is not None and not isinstance(model, str) else get_model(model)
     table = cells_table(labels, rgb)
-    sel = select_cells(table, rgb, labels, cells, min_area, only_labels)
+    model_ranges = class_ranges(model.metadata.extra)
+    want_sizes = size_check and bool(model_ranges)
+    score = (
+        stained_score(rgb, labels, table["label"].to_numpy()) if cells == "stained" or want_sizes else None
+    )
+    sel = select_cells(table, rgb, labels, cells, min_area, only_labels, score=score)
     diameters = table["equivalent_diameter"].to_numpy(dtype=float)
     reference = float(np.median(diameters)) if len(table) else None
     crops, _ = crops_from_labels(
@@ -269,10 +283,8 @@ def iter_analyze(
         reference_diameter=reference,
     )
     sizes = size_ratio(diameters, reference)
-    ranges = class_ranges(model.metadata.extra) if size_check else {}
-    size_problem = size_reference_problem(table, rgb, labels) if ranges else None
-    if size_problem:
-        ranges = {}
+    size_problem = size_reference_problem(table, rgb, labels, score) if want_sizes else None
+    ranges = model_ranges if want_sizes and not size_problem else {}
     allowed = allowed_classes(sizes[sel], model.classes, ranges) if ranges else None
     result = None
     for item in iter_classify(model, crops, speed=speed, seed=seed, should_stop=should_stop, allowed=allowed):
@@ -283,15 +295,12 @@ def iter_analyze(
     table = attach_classification(table, sel, result, model.classes)
     table = mark_sizes(table, sizes, ranges)
     summary = summarize(table, model.classes, triage, calibration_for(model, speed).get("anomaly"))
-    summary["size_check"] = (
-        "off"
-        if not size_check
-        else "no class sizes in the model"
-        if not class_ranges(model.metadata.extra)
-        else f"not applied: {size_problem}"
-        if size_problem
-        else "applied"
-    )
+    if not size_check:
+        summary["size_check"] = "off"
+    elif not model_ranges:
+        summary["size_check"] = "no class sizes in the model"
+    else:
+        summary["size_check"] = f"not applied: {size_problem}" if size_problem else "applied"
     summary["seconds"] = {
         "segmentation": t_seg,
         "classification": result.seconds if result else 0.0,

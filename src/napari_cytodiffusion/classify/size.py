@@ -57,11 +57,14 @@ def implausible(
     Cells without a size (NaN) or called a class without a range are never implausible.
     """
     ratios = np.asarray(ratios, dtype=np.float64)
+    called = np.asarray(called, dtype=object)
+    if called.shape != ratios.shape:
+        raise ValueError(f"{called.shape[0]} calls but {ratios.shape[0]} sizes")
     out = np.zeros(ratios.shape, dtype=bool)
-    for i, (cls, r) in enumerate(zip(called, ratios, strict=True)):
-        if cls in ranges and np.isfinite(r):
-            lo, hi = ranges[cls]
-            out[i] = r < lo or r > hi
+    known = np.isfinite(ratios)
+    for cls, (lo, hi) in ranges.items():
+        m = known & (called == cls)
+        out[m] = (ratios[m] < lo) | (ratios[m] > hi)
     return out
 
 
