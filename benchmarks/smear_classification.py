@@ -63,8 +63,15 @@ def _cell(t, j: int, reference: str | None, rel: float, classes: list[str]) -> d
 
 
 def field(
-    path: Path, labels_dir: Path, model, speed: str, platelets: bool = True, size_check: bool = True
+    path: Path,
+    labels_dir: Path,
+    model,
+    speed: str,
+    platelets: bool = True,
+    size_check: bool = True,
+    labels: np.ndarray | None = None,
 ) -> dict:
+    """One field through the pipeline (``labels``: a segmentation to reuse instead of segmenting)."""
     from napari_cytodiffusion.evaluate.segmentation import box_iou, match_pairs, read_yolo
     from napari_cytodiffusion.io.images import read_image
     from napari_cytodiffusion.pipeline import UNCLASSIFIED, analyze
@@ -80,6 +87,7 @@ def field(
         seed=0,
         segment_params=SegmentParams(platelets=platelets),
         size_check=size_check,
+        labels=labels,
     )
     seconds = time.perf_counter() - t0
     t = res.table
@@ -88,9 +96,8 @@ def field(
     pairs = match_pairs(box_iou(ref_boxes, pred_boxes), 0.5)
     outcome = Counter()
     matched = set()
-    # each classified cell, with its diameter relative to the field's median cell
-    d = t["equivalent_diameter"].to_numpy(float)
-    rel = d / float(np.median(d)) if len(d) else d
+    # each classified cell, with its size in the field's reference cells (pipeline.reference_diameter)
+    rel = t["size"].to_numpy(float)
     cells = []
     for i, j in pairs:
         matched.add(j)

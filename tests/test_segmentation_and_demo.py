@@ -413,7 +413,7 @@ def test_stained_cells_are_judged_against_the_fields_own_red_cells(shared_data):
 
 def test_sample_cells_were_drawn_by_the_shipped_model():
     from napari_cytodiffusion.model.registry import get_model
-    from napari_cytodiffusion.sample_data import generated_smear, load_generated_cells
+    from napari_cytodiffusion.sample_data import FIELD_RBC_DIAMETERS, generated_smear, load_generated_cells
 
     cells, classes, content_hash = load_generated_cells()
     model = get_model("default")
@@ -425,7 +425,8 @@ def test_sample_cells_were_drawn_by_the_shipped_model():
     c = generated_smear(seed=1)
     assert not np.allclose(a.centres, c.centres)
     # every pasted cell lies whole inside the field, at the classifier's crop scale
-    side = 2.6 * 46.0
+    assert FIELD_RBC_DIAMETERS == model.metadata.preprocessing["smear"]["field_rbc_diameters"]
+    side = FIELD_RBC_DIAMETERS * 46.0
     assert (a.centres >= side / 2 - 1).all()
     assert (a.centres[:, 0] <= 600 - side / 2 + 1).all() and (a.centres[:, 1] <= 800 - side / 2 + 1).all()
 

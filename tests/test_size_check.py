@@ -161,3 +161,63 @@ def test_mostly_stained_field_has_no_red_cell_reference():
     assert problem == "70% of the cells are stained, so the typical cell is not a red cell"
     labels[labels <= 4] = 0  # now 3 violet of 6: too few cells
     assert "6 cells" in size_reference_problem(cells_table(labels, rgb), rgb, labels)
+
+
+def _field_with_cut_and_stained_cells():
+    """Six whole pink red cells (14 px), ten cut by the border, three large violet cells."""
+    rgb = np.full((100, 160, 3), 0.92, np.float32)
+    labels = np.zeros((100, 160), np.int32)
+    k = 0
+
+    def cell(y, x, side, colour):
+        nonlocal k
+        k += 1
+        labels[y : y + side, x : x + side] = k
+        rgb[y : y + side, x : x + side] = colour
+
+    for i in range(6):
+        cell(25, 10 + 24 * i, 14, (0.85, 0.6, 0.6))
+    for y in (0, 92):  # cut by the border: 8 px of them show
+        for i in range(5):
+            cell(y, 10 + 30 * i, 8, (0.85, 0.6, 0.6))
+    for x in (20, 60, 100):
+        cell(55, x, 30, (0.5, 0.3, 0.7))
+    return rgb, labels
+
+
+def test_reference_is_the_median_whole_red_cell():
+    """Cells cut by the border look small and stained cells are not red cells: neither sets the scale."""
+    from napari_cytodiffusion.pipeline import reference_diameter, stained_score
+    from napari_cytodiffusion.segmentation.table import cells_table
+
+    rgb, labels = _field_with_cut_and_stained_cells()
+    table = cells_table(labels, rgb)
+    score = stained_score(rgb, labels, table["label"].to_numpy())
+    whole_red = np.sqrt(4 * 14 * 14 / np.pi)
+    assert np.median(table["equivalent_diameter"]) != pytest.approx(whole_red)  # what the median of all gave
+    assert reference_diameter(table, score) == (pytest.approx(whole_red), "whole red cells")
+    # the score can come from the table, as the pipeline stores it
+    assert reference_diameter(table.assign(stain_score=score))[0] == pytest.approx(whole_red)
+    # fewer than three whole red cells: the whole cells of any kind, then all cells
+    few = np.where(np.isin(labels, [3, 4, 5, 6]), 0, labels)
+    t = cells_table(few, rgb)
+    ref, how = reference_diameter(t, stained_score(rgb, few, t["label"].to_numpy()))
+    assert how == "whole cells" and ref == pytest.approx(np.sqrt(4 * 30 * 30 / np.pi))
+    cut = np.where(np.isin(labels, np.arange(7, 17)), labels, 0)
+    t = cells_table(cut, rgb)
+    assert reference_diameter(t, stained_score(rgb, cut, t["label"].to_numpy()))[1] == "all cells"
+    assert reference_diameter(t.iloc[0:0]) == (None, "no cells")
+
+
+def test_smear_sizes_and_crops_use_the_whole_red_cells():
+    from napari_cytodiffusion.pipeline import analyze
+
+    rgb, labels = _field_with_cut_and_stained_cells()
+    res = analyze(rgb, labels=labels, speed="fast", seed=0)
+    assert res.summary["reference_diameter"] == {
+        "pixels": pytest.approx(np.sqrt(4 * 14 * 14 / np.pi), abs=0.01),
+        "cells": "whole red cells",
+    }
+    t = res.table
+    assert t["classified"].sum() == 3 and "stain_score" in t
+    np.testing.assert_allclose(t["size"], t["equivalent_diameter"] / np.sqrt(4 * 14 * 14 / np.pi))

@@ -63,8 +63,9 @@ def smear_crop_side(
 ) -> np.ndarray:
     """Crop side (pixels) for each cell of a smear, from the cells' equivalent diameters.
 
-    The field of view is ``field_rbc_diameters`` times the median cell diameter of the
-    smear (red cells dominate), i.e. the physical scale of the training crops; a cell larger
+    The field of view is ``field_rbc_diameters`` times ``reference``, the smear's red-cell
+    diameter (:func:`napari_cytodiffusion.pipeline.reference_diameter`; the median of
+    ``diameters`` when not given), i.e. the physical scale of the training crops; a cell larger
     than ``max_cell_fraction`` of that field gets a larger crop.
     """
     smear = preprocessing["smear"]
@@ -99,7 +100,8 @@ def crops_from_labels(
     label_ids, centroids, diameters
         Optional precomputed cell table columns (all cells if omitted).
     reference_diameter
-        Typical (red) cell diameter of the whole smear; defaults to the median of ``diameters``.
+        Red-cell diameter of the whole smear (:func:`napari_cytodiffusion.pipeline.reference_diameter`);
+        defaults to the median of ``diameters``.
 
     Returns
     -------

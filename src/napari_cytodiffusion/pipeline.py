@@ -80,6 +80,38 @@ def stained_threshold(scores: np.ndarray) -> float:
     return min(float(np.median(scores)) + STAINED_ABOVE_MEDIAN, STAINED_CAP)
 
 
+#: The field's scale is set by at least this many whole red cells (else whole cells, else all cells).
+MIN_REFERENCE_CELLS = 3
+
+
+def reference_diameter(table, score: np.ndarray | None = None) -> tuple[float | None, str]:
+    """The field's typical red-cell diameter in pixels, and which cells gave it.
+
+    ``score``: the cells' :func:`stained_score` (default: the table's ``stain_score`` column,
+    which :func:`iter_analyze` adds; without either, red and white cells are not told apart).
+
+    It sets the physical scale of every crop (:func:`~napari_cytodiffusion.crops.smear_crop_side`)
+    and the unit of cell sizes (:mod:`~napari_cytodiffusion.classify.size`). It is the median
+    equivalent diameter of the whole red cells: cells not cut by the image border (a cut cell looks
+    smaller than it is) and not stained (``score`` against :func:`stained_threshold`). With fewer
+    than :data:`MIN_REFERENCE_CELLS` of those, the whole cells of any kind, then all cells.
+    """
+    if not len(table):
+        return None, "no cells"
+    if score is None and "stain_score" in table:
+        score = table["stain_score"].to_numpy(dtype=float)
+    d = table["equivalent_diameter"].to_numpy(dtype=float)
+    whole = ~table["touches_border"].to_numpy(dtype=bool)
+    if score is not None:
+        score = np.asarray(score, dtype=float)
+        red = whole & (score <= stained_threshold(score))
+        if red.sum() >= MIN_REFERENCE_CELLS:
+            return float(np.median(d[red])), "whole red cells"
+    if whole.sum() >= MIN_REFERENCE_CELLS:
+        return float(np.median(d[whole])), "whole cells"
+    return float(np.median(d)), "all cells"
+
+
 #: The size check needs the smear's typical cell to be a red cell: at least this many cells ...
 MIN_CELLS_FOR_SIZE = MIN_CELLS_FOR_MEDIAN
 #: ... of which at most this share is stained (a field of hand-painted white cells, a crop
@@ -90,7 +122,7 @@ MAX_STAINED_SHARE_FOR_SIZE = 0.5
 def size_reference_problem(
     table, image_rgb01: np.ndarray, labels: np.ndarray, score: np.ndarray | None = None
 ) -> str | None:
-    """Why this field's median cell cannot serve as the size check's red-cell reference, or None.
+    """Why this field has no red cells to measure the size check's sizes against, or None.
 
     ``score``: the cells' :func:`stained_score`, when already computed.
     """
@@ -267,12 +299,11 @@ def iter_analyze(
     table = cells_table(labels, rgb)
     model_ranges = class_ranges(model.metadata.extra)
     want_sizes = size_check and bool(model_ranges)
-    score = (
-        stained_score(rgb, labels, table["label"].to_numpy()) if cells == "stained" or want_sizes else None
-    )
+    score = stained_score(rgb, labels, table["label"].to_numpy())
+    table["stain_score"] = score
     sel = select_cells(table, rgb, labels, cells, min_area, only_labels, score=score)
     diameters = table["equivalent_diameter"].to_numpy(dtype=float)
-    reference = float(np.median(diameters)) if len(table) else None
+    reference, reference_cells = reference_diameter(table, score)
     crops, _ = crops_from_labels(
         rgb,
         labels,
@@ -295,6 +326,10 @@ def iter_analyze(
     table = attach_classification(table, sel, result, model.classes)
     table = mark_sizes(table, sizes, ranges)
     summary = summarize(table, model.classes, triage, calibration_for(model, speed).get("anomaly"))
+    summary["reference_diameter"] = {
+        "pixels": None if reference is None else round(reference, 2),
+        "cells": reference_cells,
+    }
     if not size_check:
         summary["size_check"] = "off"
     elif not model_ranges:
@@ -345,7 +380,7 @@ def attach_classification(table, sel: np.ndarray, result, classes: list[str]):
 
 
 def mark_sizes(table, sizes: np.ndarray, ranges: dict[str, tuple[float, float]]):
-    """Add ``size`` (in typical cells of the smear) and ``size_implausible``; flag those cells.
+    """Add ``size`` (in the smear's reference red cells) and ``size_implausible``; flag those cells.
 
     ``size_implausible``: the class the cell's appearance alone picks (``class_by_appearance``)
     lies outside that class's size range on the model's training smears. Such a cell is called

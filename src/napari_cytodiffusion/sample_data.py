@@ -21,9 +21,9 @@ import numpy as np
 
 #: cells drawn by the shipped default model, one per class (see ``scripts/make_sample_cells.py``)
 GENERATED_CELLS = Path(__file__).parent / "data" / "sample" / "generated_cells.npz"
-#: the model crop's field of view in red-cell diameters (as in the model metadata's ``smear``
+#: the model crop's field of view in red-cell diameters (as in the shipped models' ``smear``
 #: preprocessing), used to paste generated crops at the scale the classifier will cut them
-FIELD_RBC_DIAMETERS = 2.6
+FIELD_RBC_DIAMETERS = 2.865
 
 
 def synthetic_smear(

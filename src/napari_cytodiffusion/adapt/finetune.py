@@ -361,6 +361,7 @@ def smear_finetune_data(
     train and the base calibration is kept.
     """
     from ..crops import crops_from_labels, training_preprocessing
+    from ..pipeline import reference_diameter
 
     if "corrected_class" not in table:
         raise InputError("no corrected cells: set the true class of some cells first")
@@ -380,7 +381,7 @@ def smear_finetune_data(
             cal[idx[: int(len(idx) * calibration_fraction)]] = True
     if cal.sum() < min_calibration:
         cal[:] = False
-    ref = float(np.median(table["equivalent_diameter"]))
+    ref, _ = reference_diameter(table)  # the crop scale the cells were classified at
     args = (
         rows["label"].to_numpy(),
         rows[["centroid_y", "centroid_x"]].to_numpy(),

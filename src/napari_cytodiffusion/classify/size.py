@@ -6,9 +6,9 @@ at the smear's physical scale, but on a stain or camera it was not trained on it
 platelet-sized blob an erythroblast. This module compares each call with the sizes the class has
 on the training smears.
 
-Sizes are equivalent diameters in units of the smear's typical cell (the median equivalent
-diameter of all its cells, mostly red cells): the same reference that scales smear crops
-(:func:`napari_cytodiffusion.crops.smear_crop_side`). A model's metadata may hold, under
+Sizes are equivalent diameters in units of the smear's reference red cell (the median equivalent
+diameter of its whole red cells, :func:`napari_cytodiffusion.pipeline.reference_diameter`): the
+same reference that scales smear crops (:func:`napari_cytodiffusion.crops.smear_crop_side`). A model's metadata may hold, under
 ``extra["class_sizes"]``, the range of each class in those units (written by
 ``benchmarks/class_size.py --write-model``)::
 
@@ -32,7 +32,7 @@ MARGIN = 1.15
 
 
 def size_ratio(diameters: np.ndarray, reference: float | None) -> np.ndarray:
-    """Diameters in units of the smear's typical cell (NaN where there is no reference)."""
+    """Diameters in units of the smear's reference red cell (NaN where there is no reference)."""
     d = np.asarray(diameters, dtype=np.float64)
     if not reference or reference <= 0:
         return np.full(d.shape, np.nan)

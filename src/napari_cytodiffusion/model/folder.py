@@ -68,11 +68,12 @@ def default_preprocessing(size: int) -> dict[str, Any]:
         "smear": {
             "method": (
                 "square crop centred on the cell's centroid; side = field_rbc_diameters x the "
-                "median equivalent diameter of the smear's cells (mostly red cells), so crops "
-                "have the physical scale of the training images; at least cell diameter / "
-                "max_cell_fraction; pixels outside the image are reflected"
+                "median equivalent diameter of the smear's whole red cells (not cut by the image "
+                "border, not stained), so crops have the physical scale of the training images; at "
+                "least cell diameter / max_cell_fraction; pixels outside the image are reflected"
             ),
-            "field_rbc_diameters": 2.6,
+            # the training crops' side in those red cells on PBC's images (benchmarks/crop_scale.py)
+            "field_rbc_diameters": 2.865,
             "max_cell_fraction": 0.85,
         },
     }

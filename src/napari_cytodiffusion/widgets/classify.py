@@ -289,6 +289,7 @@ class ClassifyWidget(Container, RunnerMixin):
 
     def _crop(self, row) -> np.ndarray:
         from ..crops import crops_from_labels
+        from ..pipeline import reference_diameter
 
         r = self.result
         table = r["points"].features
@@ -299,7 +300,7 @@ class ClassifyWidget(Container, RunnerMixin):
             np.array([row["label"]]),
             np.array([[row["centroid_y"], row["centroid_x"]]]),
             np.array([row["equivalent_diameter"]]),
-            reference_diameter=float(np.median(table["equivalent_diameter"])),
+            reference_diameter=reference_diameter(table)[0],
         )[0][0]
 
     def _on_select(self, event=None) -> None:
@@ -380,7 +381,7 @@ class ClassifyWidget(Container, RunnerMixin):
         from ..crops import crops_from_labels
         from ..export import audit_trail, write_cells_csv, write_labels_tiff, write_summary_json
         from ..io.atomic import write_with
-        from ..pipeline import summarize
+        from ..pipeline import reference_diameter, summarize
 
         if not self.result:
             notify("warning", "nothing to export yet")
@@ -393,12 +394,15 @@ class ClassifyWidget(Container, RunnerMixin):
         table = r["points"].features.drop(columns=["uncertainty"], errors="ignore")
         model = r["model"]
         stem = r["image_layer"].name.replace("/", "_")
-        summary = summarize(
-            table,
-            model.classes,
-            r["summary"]["triage_thresholds"],
-            calibration_for(model, r["params"].get("speed", "balanced")).get("anomaly"),
-        )
+        summary = {  # recounted with the user's corrections; the run's other entries kept
+            **r["summary"],
+            **summarize(
+                table,
+                model.classes,
+                r["summary"]["triage_thresholds"],
+                calibration_for(model, r["params"].get("speed", "balanced")).get("anomaly"),
+            ),
+        }
         src = getattr(r["image_layer"], "source", None)
         audit = audit_trail(model, r["params"], input_path=getattr(src, "path", None), input_array=r["image"])
         out = {
@@ -417,7 +421,7 @@ class ClassifyWidget(Container, RunnerMixin):
                 corrected["label"].to_numpy(),
                 corrected[["centroid_y", "centroid_x"]].to_numpy(),
                 corrected["equivalent_diameter"].to_numpy(),
-                reference_diameter=float(np.median(table["equivalent_diameter"])),
+                reference_diameter=reference_diameter(table)[0],
             )
             rows = []
             for crop, (_, row) in zip(crops, corrected.iterrows(), strict=True):

@@ -77,7 +77,8 @@ class CellInspector(Container):
             f"P(correct) {row['p_correct']:.2f}, anomaly {row['anomaly']:.2f}"
             + (" — FLAGGED" if row["flagged"] else "")
             + (
-                f" (size {row['size']:.2f} typical cells: too small or large for {row['class']})"
+                f" (size {row['size']:.2f} red-cell diameters: too small or large for "
+                f"{row.get('class_by_appearance', row['class'])}, the class it looks like)"
                 if bool(row.get("size_implausible", False))
                 else ""
             )
