@@ -218,6 +218,16 @@ def test_smear_sizes_and_crops_use_the_whole_red_cells():
         "pixels": pytest.approx(np.sqrt(4 * 14 * 14 / np.pi), abs=0.01),
         "cells": "whole red cells",
     }
+    from napari_cytodiffusion.layers import legend_html
+
+    model = get_model("default")
+    assert "scale: a red cell is 15.8 px across" in legend_html(
+        res.summary, model.classes, model.metadata.colours
+    )
+    few = analyze(rgb, labels=np.where(np.isin(labels, [3, 4, 5, 6]), 0, labels), speed="fast", seed=0)
+    assert "px, from whole cells (fewer than 3 whole red cells)" in legend_html(
+        few.summary, model.classes, model.metadata.colours
+    )
     t = res.table
     assert t["classified"].sum() == 3 and "stain_score" in t
     np.testing.assert_allclose(t["size"], t["equivalent_diameter"] / np.sqrt(4 * 14 * 14 / np.pi))

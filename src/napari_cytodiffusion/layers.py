@@ -70,4 +70,12 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
     rows += [f"<i>{r}</i>" for r in summary.get("reasons", [])]
     if str(summary.get("size_check", "")).startswith("not applied"):
         rows.append(f"size check {summary['size_check']}")
+    ref = summary.get("reference_diameter") or {}
+    if ref.get("pixels"):  # the scale every crop and size of this field rests on
+        how = ref.get("cells", "")
+        rows.append(
+            f"scale: a red cell is {ref['pixels']:.1f} px across"
+            if how == "whole red cells"
+            else f"scale: {ref['pixels']:.1f} px, from {how} (fewer than 3 whole red cells)"
+        )
     return "<br>".join(rows)
