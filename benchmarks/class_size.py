@@ -6,8 +6,7 @@ settings, platelet pass on); the cell under the image centre is the labelled cel
 equivalent diameter is divided by the image's reference diameter, the one the smear pipeline uses
 (the median whole red cell; at least ``--min-others`` cells besides the centre one). Prints the
 percentiles of that ratio per class: what size a cell of each class has on a smear, in red-cell
-diameters. (The shipped ranges were measured against the median of the other whole cells, within 1 %
-of the whole red cells on PBC val.) Usage::
+diameters. Usage::
 
     python benchmarks/class_size.py --pbc ../shared/data/pbc [--split val] [--per-class 60] [--out sizes.json]
 
@@ -134,10 +133,11 @@ def write_model(a, ratios: dict[str, list[float]]) -> None:
     if "platelet" in ranges:
         ranges["platelet"][0] = None
     entry = {
-        "unit": "equivalent diameter / median equivalent diameter of the smear's cells (mostly red cells)",
+        "unit": "equivalent diameter / median equivalent diameter of the smear's whole red cells",
         "source": (
             f"PBC {a.split} split, {sum(len(v) for v in ratios.values())} images segmented with the shipped "
-            f"smear model (benchmarks/class_size.py); 1st-99th percentile widened by {MARGIN}; platelets "
+            f"smear model, against pipeline.reference_diameter (benchmarks/class_size.py); 1st-99th "
+            f"percentile widened by {MARGIN}; platelets "
             "without a lower bound (PBC shows mostly large platelets and clumps)"
         ),
         "n": {c: len(v) for c, v in ratios.items()},
