@@ -95,6 +95,11 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     out = cls.export(tmp_path / "export")
     for key in ("cells", "summary", "labels", "corrections"):
         assert out[key].exists()
+    import json
+
+    exported = json.loads(out["summary"].read_text())  # recounted, with the run's other entries kept
+    for key in ("size_check", "reference_diameter", "seconds", "verdict", "audit"):
+        assert key in exported
     from napari_cytodiffusion.io.datasets import read_labelled
 
     corrections = read_labelled(out["corrections"])  # what Train model / `train --data` read
@@ -182,6 +187,15 @@ def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
         lambda: w.inspector.image.value.shape[1] == 2 * w.inspector.image.value.shape[0], timeout=60_000
     )
     assert "cell 3" in w.inspector.title.value
+    # a cell re-called by its size names the class it looked like, which the size rules out
+    row = w.result["points"].features.iloc[2].copy()
+    row["class_by_appearance"], row["size"], row["size_implausible"] = "violet", 0.4, True
+    crop = np.zeros((w.result["model"].size,) * 2 + (3,), np.uint8)
+    w.inspector.show(row, crop, w.result["model"], None)
+    assert "size 0.40 red-cell diameters: too small or large for violet, the class it looks like" in (
+        w.inspector.title.value
+    )
+    w.inspector.show(w.result["points"].features.iloc[2], crop, w.result["model"], None)
     for panel in (w.inspector, w.finetune):  # sub-panels span the dock: no empty, indenting label column
         assert not panel._labeled_widget()._label_widget.visible
     assert "%" in w.inspector.bars.value
