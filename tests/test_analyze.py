@@ -80,13 +80,18 @@ def test_pooled_domain_check_sees_what_single_fields_cannot():
 
 
 def test_analyze_passes_every_option_to_the_pipeline(shared_data, tmp_path):
-    """--no-platelets, --border-pad, --no-large-cells and --no-size-check reach each image's run."""
+    """--no-platelets, --border-pad, --no-large-cells, --no-size-check and --red-cell-px reach each image's run."""
     field = sorted((shared_data / "txl_pbc" / "images" / "val").glob("*"))[0]
     out = tmp_path / "out"
     args = ["analyze", str(field), "--out", str(out), "--speed", "fast", "--no-platelets"]
-    assert main([*args, "--border-pad", "0.15", "--no-large-cells", "--no-size-check"]) == 0
-    audit = json.loads((out / f"{field.stem}_summary.json").read_text())["audit"]["parameters"]
-    assert audit["size_check"] is False
+    assert (
+        main([*args, "--border-pad", "0.15", "--no-large-cells", "--no-size-check", "--red-cell-px", "41"])
+        == 0
+    )
+    summary = json.loads((out / f"{field.stem}_summary.json").read_text())
+    assert summary["reference_diameter"] == {"pixels": 41.0, "cells": "given"}
+    audit = summary["audit"]["parameters"]
+    assert audit["size_check"] is False and audit["red_cell_px"] == 41.0
     seg = audit["segmentation"]
     assert seg["platelets"] is False and seg["large_cells"] is False and seg["border_pad"] == 0.15
     table = pd.read_csv(out / f"{field.stem}_cells.csv")

@@ -73,6 +73,7 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     cls.cells.value = "all"
     cls.speed.value = "fast"
     cls.size_check.value = False
+    cls.red_cell_px.value = 12.5
     viewer.layers.selection.active = viewer.layers["smear"]  # change selection meanwhile
     cls.run_button.clicked()
     _wait(qtbot, cls)
@@ -80,6 +81,7 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     assert len(pts.data) == labels.data.max()
     assert {"class", "p_correct", "anomaly", "flagged", "p_redcell", "p_violet"} <= set(pts.features.columns)
     assert cls.result["params"]["size_check"] is False and cls.result["summary"]["size_check"] == "off"
+    assert cls.result["summary"]["reference_diameter"] == {"pixels": 12.5, "cells": "given"}
     # fill colour follows class colour from the model metadata
     md = cls.result["model"].metadata
     first = pts.features["class"].iloc[0]

@@ -231,3 +231,32 @@ def test_smear_sizes_and_crops_use_the_whole_red_cells():
     t = res.table
     assert t["classified"].sum() == 3 and "stain_score" in t
     np.testing.assert_allclose(t["size"], t["equivalent_diameter"] / np.sqrt(4 * 14 * 14 / np.pi))
+
+
+def test_a_given_red_cell_size_sets_the_scale_and_allows_the_size_check():
+    """A user who knows a red cell's size in pixels gets crops and sizes at that scale, even on a field
+    with too few cells to measure it (a crop around one cell)."""
+    from napari_cytodiffusion.crops import crops_from_labels
+    from napari_cytodiffusion.errors import InputError
+    from napari_cytodiffusion.layers import legend_html
+    from napari_cytodiffusion.pipeline import analyze
+
+    rgb, labels = _field_with_cut_and_stained_cells()
+    one = np.where(labels == 17, labels, 0)  # one violet cell: no red cell to measure
+    estimated = analyze(rgb, labels=one, speed="fast", seed=0)
+    assert estimated.summary["size_check"].startswith("not applied")
+    given = analyze(rgb, labels=one, speed="fast", seed=0, red_cell_px=20.0)
+    assert given.summary["reference_diameter"] == {"pixels": 20.0, "cells": "given"}
+    assert given.summary["size_check"] == "applied" and given.parameters["red_cell_px"] == 20.0
+    assert given.table["size"].iloc[0] == pytest.approx(np.sqrt(4 * 30 * 30 / np.pi) / 20.0)
+    model = get_model("default")
+    assert "a red cell is 20.0 px across (given)" in legend_html(
+        given.summary, model.classes, model.metadata.colours
+    )
+    # the crop the classifier saw is the one cut at that scale
+    crop, _ = crops_from_labels(rgb, one, model.metadata.preprocessing, reference_diameter=20.0)
+    other, _ = crops_from_labels(rgb, one, model.metadata.preprocessing, reference_diameter=40.0)
+    assert not np.array_equal(crop, other)
+    for bad in (0.0, -5.0, float("nan")):
+        with pytest.raises(InputError, match="positive number of pixels"):
+            analyze(rgb, labels=one, speed="fast", red_cell_px=bad)

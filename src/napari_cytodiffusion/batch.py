@@ -51,6 +51,7 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
             min_area=options.get("min_area", 0),
             seed=options.get("seed", 0),
             size_check=options.get("size_check", True),
+            red_cell_px=options.get("red_cell_px"),
         )
         write_smear_outputs(res, o, p.stem, model, input_path=p)
         s = res.summary
@@ -121,6 +122,7 @@ def _options(args) -> dict[str, Any]:
         "min_area": args.min_area,
         "seed": args.seed,
         "size_check": getattr(args, "size_check", True),
+        "red_cell_px": getattr(args, "red_cell_px", None),
         "segmentation": {
             "model": args.seg_model,
             "diameter": args.diameter,

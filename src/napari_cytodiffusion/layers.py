@@ -74,8 +74,8 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
     if ref.get("pixels"):  # the scale every crop and size of this field rests on
         how = ref.get("cells", "")
         rows.append(
-            f"scale: a red cell is {ref['pixels']:.1f} px across"
-            if how == "whole red cells"
+            f"scale: a red cell is {ref['pixels']:.1f} px across" + (" (given)" if how == "given" else "")
+            if how in ("whole red cells", "given")
             else f"scale: {ref['pixels']:.1f} px, from {how} (fewer than 3 whole red cells)"
         )
     return "<br>".join(rows)

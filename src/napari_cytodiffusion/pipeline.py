@@ -112,6 +112,12 @@ def reference_diameter(table, score: np.ndarray | None = None) -> tuple[float | 
     return float(np.median(d)), "all cells"
 
 
+def run_reference(summary: dict[str, Any] | None, table) -> float | None:
+    """The scale a finished run used (its summary's, which may have been given), else the table's estimate."""
+    given = ((summary or {}).get("reference_diameter") or {}).get("pixels")
+    return float(given) if given else reference_diameter(table)[0]
+
+
 #: The size check needs the smear's typical cell to be a red cell: at least this many cells ...
 MIN_CELLS_FOR_SIZE = MIN_CELLS_FOR_MEDIAN
 #: ... of which at most this share is stained (a field of hand-painted white cells, a crop
@@ -257,11 +263,17 @@ def iter_analyze(
     triage: dict[str, Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
     size_check: bool = True,
+    red_cell_px: float | None = None,
 ) -> Iterator[Stage | SmearResult]:
     """Segment (unless ``labels`` are given) and classify one smear.
 
     With ``size_check`` (and size ranges in the model's metadata, :mod:`.classify.size`) each
     cell is called the best class its size allows; see :func:`mark_sizes`.
+
+    ``red_cell_px``: a red cell's diameter in pixels, when the user knows it (from the camera's
+    pixel size, ~7.5 µm per red cell). It replaces the field's estimate
+    (:func:`reference_diameter`) as the scale of crops and sizes, and lets the size check run on
+    fields with too few red cells to measure one (a crop around a single cell).
     """
     from .classify.classifier import Classification, Progress, calibration_for, iter_classify
     from .classify.size import allowed_classes, class_ranges, size_ratio
@@ -271,6 +283,8 @@ def iter_analyze(
     from .segmentation.cellpose_seg import SegmentParams, iter_segment
     from .segmentation.table import cells_table
 
+    if red_cell_px is not None and not (np.isfinite(red_cell_px) and red_cell_px > 0):
+        raise InputError(f"a red cell's diameter must be a positive number of pixels, not {red_cell_px}")
     t0 = time.perf_counter()
     rgb = to_rgb_float(image)
     params: dict[str, Any] = {
@@ -279,6 +293,7 @@ def iter_analyze(
         "min_area": min_area,
         "seed": seed,
         "size_check": size_check,
+        "red_cell_px": None if red_cell_px is None else float(red_cell_px),
         "only_labels": None if only_labels is None else sorted(int(v) for v in only_labels),
     }
     if labels is None:
@@ -303,7 +318,10 @@ def iter_analyze(
     table["stain_score"] = score
     sel = select_cells(table, rgb, labels, cells, min_area, only_labels, score=score)
     diameters = table["equivalent_diameter"].to_numpy(dtype=float)
-    reference, reference_cells = reference_diameter(table, score)
+    if red_cell_px is not None:
+        reference, reference_cells = float(red_cell_px), "given"
+    else:
+        reference, reference_cells = reference_diameter(table, score)
     crops, _ = crops_from_labels(
         rgb,
         labels,
@@ -314,7 +332,9 @@ def iter_analyze(
         reference_diameter=reference,
     )
     sizes = size_ratio(diameters, reference)
-    size_problem = size_reference_problem(table, rgb, labels, score) if want_sizes else None
+    size_problem = (
+        size_reference_problem(table, rgb, labels, score) if want_sizes and red_cell_px is None else None
+    )
     ranges = model_ranges if want_sizes and not size_problem else {}
     allowed = allowed_classes(sizes[sel], model.classes, ranges) if ranges else None
     result = None

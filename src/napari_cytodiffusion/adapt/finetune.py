@@ -353,8 +353,12 @@ def smear_finetune_data(
     calibration_fraction: float = 0.3,
     min_calibration: int = 10,
     seed: int = 0,
+    reference: float | None = None,
 ) -> FinetuneData:
     """The cells a user corrected on a smear (``corrected_class``) as fine-tuning data.
+
+    ``reference``: the red-cell diameter the smear was classified at (default: estimated from the
+    table, :func:`~napari_cytodiffusion.pipeline.reference_diameter`), so that crops match.
 
     Per class, ``calibration_fraction`` of the corrected cells (classes with at least 4) is held
     out for recalibration; if fewer than ``min_calibration`` cells would be held out, all cells
@@ -381,7 +385,7 @@ def smear_finetune_data(
             cal[idx[: int(len(idx) * calibration_fraction)]] = True
     if cal.sum() < min_calibration:
         cal[:] = False
-    ref, _ = reference_diameter(table)  # the crop scale the cells were classified at
+    ref = reference if reference else reference_diameter(table)[0]
     args = (
         rows["label"].to_numpy(),
         rows[["centroid_y", "centroid_x"]].to_numpy(),

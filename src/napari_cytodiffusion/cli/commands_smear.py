@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -77,6 +78,13 @@ def _cls_args(p: argparse.ArgumentParser) -> None:
         dest="size_check",
         action="store_false",
         help="on a smear, do not restrict each call to the classes its size allows",
+    )
+    g.add_argument(
+        "--red-cell-px",
+        type=float,
+        default=None,
+        help="a red cell's diameter in pixels, if known (about 7.5 µm / the camera's µm per pixel): the "
+        "scale of crops and sizes, instead of measuring each field's red cells",
     )
 
 
@@ -266,6 +274,12 @@ def cmd_segment(a) -> int:
     return 0
 
 
+def _check_red_cell_px(a) -> None:
+    px = getattr(a, "red_cell_px", None)
+    if px is not None and not (math.isfinite(px) and px > 0):
+        raise InputError(f"--red-cell-px must be a positive number of pixels, got {px:g}")
+
+
 def cmd_classify(a) -> int:
     from ..classify.anomaly import domain_check_against, shift_warning
     from ..classify.classifier import calibration_for, classify_crops
@@ -275,6 +289,7 @@ def cmd_classify(a) -> int:
     from ..model.registry import get_model
     from ..pipeline import analyze
 
+    _check_red_cell_px(a)
     out = out_dir(a.out)
     model = get_model(a.model)
     if a.labels:
@@ -298,6 +313,7 @@ def cmd_classify(a) -> int:
             min_area=a.min_area,
             seed=a.seed,
             size_check=a.size_check,
+            red_cell_px=a.red_cell_px,
         )
         write_smear_outputs(res, out, path.stem, model, input_path=path)
         print(
@@ -328,6 +344,7 @@ def cmd_analyze(a) -> int:
         raise InputError(f"--workers must be at least 1, got {a.workers}")
     if a.timeout < 0:
         raise InputError(f"--timeout must be 0 (no limit) or positive, got {a.timeout:g}")
+    _check_red_cell_px(a)
     return run_analysis(expand_inputs(a.inputs), out_dir(a.out), a)
 
 

@@ -17,7 +17,16 @@ COLOUR_MODES = ("class", "uncertainty", "anomaly")
 
 class ClassifyWidget(Container, RunnerMixin):
     settings_key = "classify"
-    persisted = ("model_dir", "model_name", "speed", "cells", "min_area", "size_check", "max_flagged")
+    persisted = (
+        "model_dir",
+        "model_name",
+        "speed",
+        "cells",
+        "min_area",
+        "size_check",
+        "red_cell_px",
+        "max_flagged",
+    )
 
     def __init__(self, napari_viewer) -> None:
         super().__init__(labels=True)
@@ -46,6 +55,15 @@ class ClassifyWidget(Container, RunnerMixin):
             tooltip="call each cell the best class its size allows (a platelet-sized blob is no "
             "erythroblast); cells whose appearance and size disagree are flagged",
         )
+        self.red_cell_px = FloatSpinBox(
+            label="red cell (px, 0 = auto)",
+            value=0.0,
+            min=0.0,
+            max=10_000.0,
+            step=0.5,
+            tooltip="a red cell's diameter in pixels, if you know it (about 7.5 µm / your camera's µm per "
+            "pixel); sets the scale of every crop and size instead of measuring the field's red cells",
+        )
         self.max_flagged = FloatSpinBox(label="review if flagged >", value=0.10, min=0.0, max=1.0, step=0.01)
         self.extend(
             [
@@ -58,6 +76,7 @@ class ClassifyWidget(Container, RunnerMixin):
                 self.cells,
                 self.min_area,
                 self.size_check,
+                self.red_cell_px,
                 self.only_selected,
                 self.max_flagged,
             ]
@@ -136,6 +155,7 @@ class ClassifyWidget(Container, RunnerMixin):
             "cells": self.cells.value,
             "min_area": self.min_area.value,
             "size_check": bool(self.size_check.value),
+            "red_cell_px": float(self.red_cell_px.value) or None,
         }
         if self.only_selected.value:
             opts["only_labels"] = self.selected_labels(labels_layer)
@@ -289,7 +309,7 @@ class ClassifyWidget(Container, RunnerMixin):
 
     def _crop(self, row) -> np.ndarray:
         from ..crops import crops_from_labels
-        from ..pipeline import reference_diameter
+        from ..pipeline import run_reference
 
         r = self.result
         table = r["points"].features
@@ -300,7 +320,7 @@ class ClassifyWidget(Container, RunnerMixin):
             np.array([row["label"]]),
             np.array([[row["centroid_y"], row["centroid_x"]]]),
             np.array([row["equivalent_diameter"]]),
-            reference_diameter=reference_diameter(table)[0],
+            reference_diameter=run_reference(r["summary"], table),
         )[0][0]
 
     def _on_select(self, event=None) -> None:
@@ -381,7 +401,7 @@ class ClassifyWidget(Container, RunnerMixin):
         from ..crops import crops_from_labels
         from ..export import audit_trail, write_cells_csv, write_labels_tiff, write_summary_json
         from ..io.atomic import write_with
-        from ..pipeline import reference_diameter, summarize
+        from ..pipeline import run_reference, summarize
 
         if not self.result:
             notify("warning", "nothing to export yet")
@@ -421,7 +441,7 @@ class ClassifyWidget(Container, RunnerMixin):
                 corrected["label"].to_numpy(),
                 corrected[["centroid_y", "centroid_x"]].to_numpy(),
                 corrected["equivalent_diameter"].to_numpy(),
-                reference_diameter=reference_diameter(table)[0],
+                reference_diameter=run_reference(r["summary"], table),
             )
             rows = []
             for crop, (_, row) in zip(crops, corrected.iterrows(), strict=True):

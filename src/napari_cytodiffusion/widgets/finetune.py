@@ -50,14 +50,14 @@ class FinetunePanel(Container, RunnerMixin):
     def _work(self):
         from ..adapt.finetune import FinetuneConfig, iter_finetune_data, smear_finetune_data
         from ..model.registry import get_model
-        from ..pipeline import Stage, iter_analyze
+        from ..pipeline import Stage, iter_analyze, run_reference
 
         r = self._get_result()
         if not r:
             raise InputError("classify a smear and correct some cells first")
         table = r["points"].features
         model, image, labels = r["model"], r["image"], r["labels"]
-        data = smear_finetune_data(model, image, labels, table)
+        data = smear_finetune_data(model, image, labels, table, reference=run_reference(r["summary"], table))
         out = self._target(r["image_layer"].name)
         if out.exists() and any(out.iterdir()):
             raise InputError(f"{out} exists and is not empty; choose a new adapter folder")
@@ -73,6 +73,7 @@ class FinetunePanel(Container, RunnerMixin):
             "cells": params.get("cells", "stained"),
             "min_area": int(params.get("min_area", 0)),
             "size_check": bool(params.get("size_check", True)),
+            "red_cell_px": params.get("red_cell_px"),
         }
         triage = r["summary"]["triage_thresholds"]
 
