@@ -92,6 +92,8 @@ def test_analyze_passes_every_option_to_the_pipeline(shared_data, tmp_path):
     assert summary["reference_diameter"] == {"pixels": 41.0, "cells": "given"}
     audit = summary["audit"]["parameters"]
     assert audit["size_check"] is False and audit["red_cell_px"] == 41.0
+    cohort = pd.read_csv(out / "cohort.csv")  # each image's scale, to compare across one camera's images
+    assert cohort["red_cell_px"].tolist() == [41.0] and cohort["red_cell_from"].tolist() == ["given"]
     seg = audit["segmentation"]
     assert seg["platelets"] is False and seg["large_cells"] is False and seg["border_pad"] == 0.15
     table = pd.read_csv(out / f"{field.stem}_cells.csv")

@@ -91,8 +91,12 @@ def _row_from_summary(path: Path, out: Path) -> dict[str, Any] | None:
 def _summary_fields(s: dict[str, Any]) -> dict[str, Any]:
     """The cohort columns taken from one image's summary."""
     domain = s.get("domain_check") or {}
+    scale = s.get("reference_diameter") or {}
     return {
         "n_cells": s.get("n_cells"),
+        # one camera gives one red-cell size: an image far from the others' needs a look at its segmentation
+        "red_cell_px": scale.get("pixels"),
+        "red_cell_from": scale.get("cells"),
         "n_classified": s.get("n_classified"),
         **{f"n_{c}": k for c, k in s.get("counts", {}).items()},
         "percent_flagged": s.get("percent_flagged"),
