@@ -260,3 +260,24 @@ def test_a_given_red_cell_size_sets_the_scale_and_allows_the_size_check():
     for bad in (0.0, -5.0, float("nan")):
         with pytest.raises(InputError, match="positive number of pixels"):
             analyze(rgb, labels=one, speed="fast", red_cell_px=bad)
+
+
+def test_smear_finetuning_crops_cells_at_the_runs_scale():
+    """Corrected cells become training crops at the scale the smear was classified at (a given one too)."""
+    from napari_cytodiffusion.adapt.finetune import smear_finetune_data
+    from napari_cytodiffusion.pipeline import analyze, reference_diameter, run_reference
+
+    rgb, labels = _field_with_cut_and_stained_cells()
+    res = analyze(rgb, labels=labels, speed="fast", seed=0, red_cell_px=25.0)
+    table = res.table.copy()
+    table["corrected_class"] = ""
+    table.loc[table["classified"], "corrected_class"] = "lymphocyte"
+    model = get_model("default")
+    assert run_reference(res.summary, table) == 25.0  # the run's own scale, not the estimate
+    assert run_reference({}, table) == reference_diameter(table)[0]
+    at_run = smear_finetune_data(model, rgb, labels, table, reference=run_reference(res.summary, table))
+    estimated = smear_finetune_data(model, rgb, labels, table)
+    again = smear_finetune_data(model, rgb, labels, table, reference=reference_diameter(table)[0])
+    assert at_run.train_images.shape == estimated.train_images.shape and len(at_run.train_labels) == 3
+    assert not np.array_equal(at_run.train_images, estimated.train_images)
+    assert np.array_equal(estimated.train_images, again.train_images)

@@ -112,6 +112,12 @@ def reference_diameter(table, score: np.ndarray | None = None) -> tuple[float | 
     return float(np.median(d)), "all cells"
 
 
+def check_red_cell_px(value: float | None, name: str = "a red cell's diameter") -> None:
+    """Raise :class:`InputError` unless ``value`` (a given red-cell diameter) is None or positive pixels."""
+    if value is not None and not (np.isfinite(value) and value > 0):
+        raise InputError(f"{name} must be a positive number of pixels, not {value:g}")
+
+
 def run_reference(summary: dict[str, Any] | None, table) -> float | None:
     """The scale a finished run used (its summary's, which may have been given), else the table's estimate."""
     given = ((summary or {}).get("reference_diameter") or {}).get("pixels")
@@ -283,8 +289,7 @@ def iter_analyze(
     from .segmentation.cellpose_seg import SegmentParams, iter_segment
     from .segmentation.table import cells_table
 
-    if red_cell_px is not None and not (np.isfinite(red_cell_px) and red_cell_px > 0):
-        raise InputError(f"a red cell's diameter must be a positive number of pixels, not {red_cell_px}")
+    check_red_cell_px(red_cell_px)
     t0 = time.perf_counter()
     rgb = to_rgb_float(image)
     params: dict[str, Any] = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -275,9 +274,10 @@ def cmd_segment(a) -> int:
 
 
 def _check_red_cell_px(a) -> None:
-    px = getattr(a, "red_cell_px", None)
-    if px is not None and not (math.isfinite(px) and px > 0):
-        raise InputError(f"--red-cell-px must be a positive number of pixels, got {px:g}")
+    """Refuse a bad --red-cell-px before any image is read (a batch would fail on every image)."""
+    from ..pipeline import check_red_cell_px
+
+    check_red_cell_px(getattr(a, "red_cell_px", None), "--red-cell-px")
 
 
 def cmd_classify(a) -> int:
