@@ -4,9 +4,13 @@ Each PBC val image (one labelled cell at the centre, red cells around it) goes t
 smear pipeline (segment, pick stained cells, classify with the size check). The centre cell's call
 with the size check (``class``) and without it (``class_by_appearance``: the same crop, the same
 errors, no prior) are both compared with the label, so the difference is the size check alone.
-Usage::
 
-    python benchmarks/size_check_pbc.py --pbc ../shared/data/pbc [--per-class 100] [--out runs/size_check_pbc.json]
+The scale of crops and sizes comes from each image's own red cells (``own``, the default of
+``analyze``) and, from the same segmentations, from the red cells of all the images pooled
+(``pooled``, ``analyze --pool-scale``). Usage::
+
+    python benchmarks/size_check_pbc.py --pbc ../shared/data/pbc [--per-class 100] [--scale own,pooled]
+        [--out runs/size_check_pbc.json]
 """
 
 from __future__ import annotations
@@ -38,6 +42,30 @@ def balanced(pairs: list[tuple[str, str]]) -> float:
     return float(np.mean([np.mean(v) for v in per.values()]))
 
 
+def _scores(rows: list[dict], skipped: Counter) -> dict:
+    w = [(x["true"], x["with"]) for x in rows]
+    wo = [(x["true"], x["without"]) for x in rows]
+    changed = [x for x in rows if x["with"] != x["without"]]
+    return {
+        "n": len(rows),
+        "skipped": dict(skipped),
+        "size_check_applied": sum(x["size_check"] == "applied" for x in rows),
+        "balanced_accuracy_without": balanced(wo),
+        "balanced_accuracy_with": balanced(w),
+        "accuracy_without": float(np.mean([t == c for t, c in wo])),
+        "accuracy_with": float(np.mean([t == c for t, c in w])),
+        "red_cell_px_quartiles": [
+            float(q) for q in np.percentile([x["red_cell_px"] for x in rows], [25, 50, 75])
+        ],
+        "changed": len(changed),
+        "fixed": sum(x["with"] == x["true"] for x in changed),
+        "broken": sum(x["without"] == x["true"] for x in changed),
+        "changes": dict(
+            Counter(f"{x['true']}: {x['without']} -> {x['with']}" for x in changed).most_common()
+        ),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pbc", type=Path, required=True)
@@ -45,11 +73,14 @@ def main() -> int:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--speed", default="balanced")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", default="own,pooled", help="own, pooled or both (comma-separated)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
-    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.io.images import read_image, to_rgb_float
     from napari_cytodiffusion.model.registry import get_model
-    from napari_cytodiffusion.pipeline import analyze
+    from napari_cytodiffusion.pipeline import analyze, pooled_reference, stained_score, whole_red_cells
+    from napari_cytodiffusion.segmentation.cellpose_seg import SegmentParams, segment
+    from napari_cytodiffusion.segmentation.table import cells_table
 
     model = get_model("default")
     by_class: dict[str, list[str]] = defaultdict(list)
@@ -58,52 +89,53 @@ def main() -> int:
             if row["split"] == a.split:
                 by_class[row["class"]].append(row["path"])
     rng = np.random.default_rng(a.seed)
-    rows, skipped = [], Counter()
     todo = [
         (c, p)
         for c in sorted(by_class)
         for p in np.array(sorted(by_class[c]))[rng.permutation(len(by_class[c]))[: a.per_class]]
     ]
-    for k, (cls, rel) in enumerate(todo, 1):
+    images, labels, diameters = [], [], {}
+    for k, (_cls, rel) in enumerate(todo, 1):
         image = read_image(a.pbc / rel)
-        res = analyze(image, model=model, speed=a.speed, seed=a.seed)
-        r = centre_row(res.table, image.shape[:2])
-        if r is None or not bool(r["classified"]):
-            skipped[cls] += 1
-        else:
-            rows.append(
-                {
-                    "path": rel,
-                    "true": cls,
-                    "with": r["class"],
-                    "without": r["class_by_appearance"],
-                    "size": float(r["size"]),
-                    "size_check": res.summary["size_check"],
-                }
-            )
-        print(f"\r{k}/{len(todo)}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    w = [(x["true"], x["with"]) for x in rows]
-    wo = [(x["true"], x["without"]) for x in rows]
-    changed = [x for x in rows if x["with"] != x["without"]]
-    out = {
-        "n": len(rows),
-        "skipped": dict(skipped),
-        "size_check_applied": sum(x["size_check"] == "applied" for x in rows),
-        "balanced_accuracy_without": balanced(wo),
-        "balanced_accuracy_with": balanced(w),
-        "accuracy_without": float(np.mean([t == c for t, c in wo])),
-        "accuracy_with": float(np.mean([t == c for t, c in w])),
-        "changed": len(changed),
-        "fixed": sum(x["with"] == x["true"] for x in changed),
-        "broken": sum(x["without"] == x["true"] for x in changed),
-        "changes": dict(
-            Counter(f"{x['true']}: {x['without']} -> {x['with']}" for x in changed).most_common()
-        ),
-    }
+        lab = segment(image, SegmentParams())
+        rgb = to_rgb_float(image)
+        table = cells_table(lab, rgb)
+        red = whole_red_cells(table, stained_score(rgb, lab, table["label"].to_numpy()))
+        diameters[rel] = table["equivalent_diameter"].to_numpy()[red]
+        images.append(image)
+        labels.append(lab.astype(np.uint16))
+        print(f"\rsegmented {k}/{len(todo)}", end="", file=sys.stderr, flush=True)
+    pooled = pooled_reference(diameters)
+    print(f"\npooled scale: {pooled}", file=sys.stderr)
+    out: dict = {"pooled_scale": pooled}
+    cells: dict = {}
+    for scale in a.scale.split(","):
+        given = {"own": None, "pooled": pooled["pixels"]}[scale]
+        rows, skipped = [], Counter()
+        for k, ((cls, rel), image, lab) in enumerate(zip(todo, images, labels, strict=True), 1):
+            res = analyze(image, model=model, labels=lab, speed=a.speed, seed=a.seed, red_cell_px=given)
+            r = centre_row(res.table, image.shape[:2])
+            if r is None or not bool(r["classified"]):
+                skipped[cls] += 1
+            else:
+                rows.append(
+                    {
+                        "path": rel,
+                        "true": cls,
+                        "with": r["class"],
+                        "without": r["class_by_appearance"],
+                        "size": float(r["size"]),
+                        "size_check": res.summary["size_check"],
+                        "red_cell_px": res.summary["reference_diameter"]["pixels"],
+                    }
+                )
+            print(f"\r{scale}: {k}/{len(todo)}", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        out[scale] = _scores(rows, skipped)
+        cells[scale] = rows
     print(json.dumps(out, indent=1))
     if a.out:
-        a.out.write_text(json.dumps({"summary": out, "cells": rows}, indent=1))
+        a.out.write_text(json.dumps({"summary": out, "cells": cells}, indent=1))
     return 0
 
 

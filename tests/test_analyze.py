@@ -14,14 +14,17 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path, capsys):
         Image.fromarray(synthetic_smear(seed=s)[0]).save(inp / f"smear{s}.png")
     (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
     out = tmp_path / "out"
-    code = main(["analyze", str(inp), "--out", str(out), "--workers", "2", "--speed", "fast"])
-    assert code == 1  # one bad file fails alone
+    code = main(["analyze", str(inp), "--out", str(out), "--workers", "2", "--speed", "fast", "--pool-scale"])
+    assert code == 1  # one bad file fails alone (here in the first pass, measuring the scale on the workers)
+    scale = json.loads((out / "cohort_scale.json").read_text())
+    assert scale["images"] == 2 and scale["of_images"] == 2
     cohort = pd.read_csv(out / "cohort.csv").set_index("image")
     assert cohort.loc["broken.png", "status"] == "error"
     assert "cannot read" in cohort.loc["broken.png", "error"]
     for s in (1, 2):
         assert cohort.loc[f"smear{s}.png", "status"] == "ok"
         assert cohort.loc[f"smear{s}.png", "n_cells"] >= 40
+        assert cohort.loc[f"smear{s}.png", "red_cell_px"] == scale["pixels"]
         for suffix in ("_cells.csv", "_labels.tif", "_summary.json"):
             assert (out / f"smear{s}{suffix}").is_file()
     pooled = json.loads((out / "cohort_domain_check.json").read_text())  # the cells of both smears, pooled
@@ -99,3 +102,82 @@ def test_analyze_passes_every_option_to_the_pipeline(shared_data, tmp_path):
     table = pd.read_csv(out / f"{field.stem}_cells.csv")
     assert {"size", "size_implausible", "class_by_appearance"} <= set(table.columns)
     assert not table["size_implausible"].any()  # the check was off
+
+
+def test_pooled_reference_is_the_median_of_every_images_red_cells():
+    import numpy as np
+
+    from napari_cytodiffusion.pipeline import pooled_reference
+
+    # three cell-centred images of one camera with 2-3 red cells each: too few for any one image
+    cells = {"a.png": [40.0, 42.0], "b.png": [41.0, 43.0, 44.0], "c.png": [], "d.png": [39.0]}
+    pooled = pooled_reference(cells)
+    assert pooled["pixels"] == 41.5 and pooled["cells"] == 6
+    assert pooled["images"] == 3 and pooled["of_images"] == 4 and pooled["off_scale"] == []
+    # an image of another magnification stands out once it has enough red cells of its own
+    pooled = pooled_reference(
+        {**cells, "g.png": [41.0] * 20, "e.png": list(np.full(12, 60.0)), "f.png": [60.0] * 5}
+    )
+    assert pooled["off_scale"] == ["e.png"]
+    assert pooled_reference({"a.png": [40.0, 41.0], "b.png": []}) is None
+
+
+def test_analyze_pool_scale_classifies_every_image_at_one_measured_scale(tmp_path, capsys):
+    import numpy as np
+
+    from napari_cytodiffusion.export import read_labels_tiff
+    from napari_cytodiffusion.io.images import read_image, to_rgb_float
+    from napari_cytodiffusion.pipeline import stained_score, whole_red_cells
+    from napari_cytodiffusion.segmentation.table import cells_table
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(synthetic_smear(seed=1)[0]).save(inp / "a.png")
+    Image.fromarray(synthetic_smear(seed=2)[0]).save(inp / "b.png")
+    # another magnification: red cells 2/3 the size, more than 20 % off the pool
+    Image.fromarray(synthetic_smear(240, 320, seed=3, rbc_diameter=30, n_rbc=40)[0]).save(inp / "c.png")
+    (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    out = tmp_path / "out"
+    assert main(["analyze", str(inp), "--out", str(out), "--speed", "fast", "--pool-scale"]) == 1
+    scale = json.loads((out / "cohort_scale.json").read_text())
+    # the pool is every image's whole red cells, as the pipeline picks them
+    pool = []
+    for name in ("a", "b", "c"):
+        labels, _ = read_labels_tiff(out / f"{name}_labels.tif")
+        rgb = to_rgb_float(read_image(inp / f"{name}.png"))
+        table = cells_table(labels, rgb)
+        red = whole_red_cells(table, stained_score(rgb, labels, table["label"].to_numpy()))
+        pool += list(table["equivalent_diameter"].to_numpy()[red])
+    assert scale["cells"] == len(pool) > 60 and scale["images"] == 3
+    assert abs(scale["pixels"] - np.median(pool)) < 0.01
+    assert scale["off_scale"] == ["c.png"]
+    said = capsys.readouterr().out
+    assert f"a red cell is {scale['pixels']:.1f} px across" in said and "more than 20% off" in said
+    cohort = pd.read_csv(out / "cohort.csv").set_index("image")
+    assert "cannot read" in cohort.loc["broken.png", "error"]  # failed in the first pass, alone
+    for name in ("a", "b", "c"):
+        summary = json.loads((out / f"{name}_summary.json").read_text())
+        assert summary["reference_diameter"]["pixels"] == scale["pixels"]
+        assert summary["reference_diameter"]["cells"].startswith(f"pooled: {scale['cells']} whole red cells")
+        assert summary["size_check"] == "applied"
+        audit = summary["audit"]["parameters"]
+        assert audit["red_cell_px_from"] == "pooled" and audit["segmentation"]["model"] == "smear"
+        assert cohort.loc[f"{name}.png", "red_cell_px"] == scale["pixels"]
+    # resumed: finished images keep their outputs, their labels are reused for the pool, so an
+    # image classified again gets the same scale without segmenting anything again
+    (out / "b_summary.json").unlink()
+    stamps = {f.name: f.stat().st_mtime_ns for f in out.glob("*_labels.tif")}
+    assert main(["analyze", str(inp), "--out", str(out), "--speed", "fast", "--pool-scale"]) == 1
+    assert json.loads((out / "cohort_scale.json").read_text())["pixels"] == scale["pixels"]
+    assert json.loads((out / "b_summary.json").read_text())["reference_diameter"]["pixels"] == scale["pixels"]
+    assert (out / "a_labels.tif").stat().st_mtime_ns == stamps["a_labels.tif"]
+    assert "4 images, 2 already done" in (out / "analyze.log").read_text()
+    # an image edited since, and a labels file cut short by a killed run, are segmented again
+    Image.fromarray(synthetic_smear(seed=4)[0]).save(inp / "a.png")
+    (out / "a_summary.json").unlink()
+    (out / "c_summary.json").unlink()
+    (out / "c_labels.tif").write_bytes((out / "c_labels.tif").read_bytes()[:100])
+    assert main(["analyze", str(inp), "--out", str(out), "--speed", "fast", "--pool-scale"]) == 1
+    assert (out / "a_labels.tif").stat().st_mtime_ns != stamps["a_labels.tif"]
+    assert read_labels_tiff(out / "c_labels.tif")[0].max() > 0
+    assert pd.read_csv(out / "cohort.csv").set_index("image").loc["c.png", "status"] == "ok"

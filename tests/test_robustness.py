@@ -66,6 +66,10 @@ def test_segment_cli_unreadable_files_exit_2(tmp_path, capsys, content, suffix, 
         (["analyze", "{empty_dir}"], "no input images"),
         (["analyze", "{empty_dir}", "--red-cell-px", "-3"], "--red-cell-px must be a positive"),
         (["classify", "{empty_dir}", "--red-cell-px", "nan"], "--red-cell-px must be a positive"),
+        (
+            ["analyze", "{empty_dir}", "--red-cell-px", "30", "--pool-scale"],
+            "either --red-cell-px or --pool-scale",
+        ),
         (["evaluate", "--data", "{csv_no_class}", "--model", "{no_model}"], "model"),
     ],
 )

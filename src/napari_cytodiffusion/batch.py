@@ -9,10 +9,13 @@ worker restarted).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +24,7 @@ import numpy as np
 from .errors import CytoDiffusionError
 
 
-def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Segment + classify one image and write its outputs; returns a cohort row."""
-    from .cli.commands_smear import write_smear_outputs
-    from .io.images import read_image
-    from .model.registry import get_model
-    from .pipeline import analyze
-    from .segmentation.cellpose_seg import SegmentParams
-
-    p, o = Path(path), Path(out)
-    t0 = time.perf_counter()
+def _set_threads(options: dict[str, Any]) -> None:
     if options.get("threads"):
         import torch
 
@@ -38,21 +32,48 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
         # were measured 2-7x slower per image than one process (spin-waiting threads)
         if torch.get_num_threads() != int(options["threads"]):  # once per worker process, not per task
             torch.set_num_threads(int(options["threads"]))
+
+
+def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Segment + classify one image and write its outputs; returns a cohort row.
+
+    With a pooled scale (``options["pooled_scale"]``, from :func:`measure_one` over the run's
+    images) the labels that :func:`measure_one` wrote are classified at that scale.
+    """
+    from .cli.commands_smear import write_smear_outputs
+    from .export import read_labels_tiff
+    from .io.images import read_image
+    from .model.registry import get_model
+    from .pipeline import analyze
+    from .segmentation.cellpose_seg import SegmentParams
+
+    p, o = Path(path), Path(out)
+    t0 = time.perf_counter()
+    _set_threads(options)
     row: dict[str, Any] = {"image": p.name, "path": str(p)}
+    pooled = options.get("pooled_scale")
     try:
         image = read_image(p)
         model = get_model(options.get("model", "default"))  # cached: loaded once per worker process
+        seg = SegmentParams(**options["segmentation"])
         res = analyze(
             image,
             model=model,
-            segment_params=SegmentParams(**options["segmentation"]),
+            segment_params=seg,
+            labels=read_labels_tiff(o / f"{p.stem}_labels.tif")[0] if pooled else None,
             speed=options.get("speed", "balanced"),
             cells=options.get("cells", "stained"),
             min_area=options.get("min_area", 0),
             seed=options.get("seed", 0),
             size_check=options.get("size_check", True),
-            red_cell_px=options.get("red_cell_px"),
+            red_cell_px=pooled["pixels"] if pooled else options.get("red_cell_px"),
         )
+        if pooled:
+            res.parameters["segmentation"] = seg.to_dict()  # the labels measure_one made
+            res.parameters["red_cell_px_from"] = "pooled"
+            res.summary["reference_diameter"]["cells"] = (
+                f"pooled: {pooled['cells']} whole red cells of {pooled['images']} images"
+            )
         write_smear_outputs(res, o, p.stem, model, input_path=p)
         s = res.summary
         row.update({"status": "ok", **_summary_fields(s)})
@@ -68,10 +89,63 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def measure_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
+    """First pass of a pooled-scale run: one image's labels and the diameters of its whole red cells.
+
+    The labels TIFF is written to ``out`` (with its audit trail) for :func:`analyze_one`. A labels
+    TIFF already there is reused when its audit says it was made from this very file (sha256)
+    with the same segmentation parameters and software version, so an interrupted run does not
+    segment again; any other is replaced.
+    """
+    from . import __version__
+    from .export import audit_trail, file_sha256, read_labels_tiff, write_labels_tiff
+    from .io.images import read_image, to_rgb_float
+    from .pipeline import stained_score, whole_red_cells
+    from .segmentation.cellpose_seg import SegmentParams, segment
+    from .segmentation.table import cells_table
+
+    p, o = Path(path), Path(out)
+    t0 = time.perf_counter()
+    _set_threads(options)
+    row: dict[str, Any] = {"image": p.name, "path": str(p)}
+    try:
+        image = read_image(p)
+        seg = SegmentParams(**options["segmentation"])
+        f = o / f"{p.stem}_labels.tif"
+        labels = None
+        if f.is_file():
+            try:
+                old, audit = read_labels_tiff(f)
+            except (OSError, ValueError):  # a truncated file from a killed run: segment again
+                old, audit = np.zeros(0), {}
+            same = (
+                audit.get("input", {}).get("sha256") == file_sha256(p)
+                and audit.get("parameters", {}).get("segmentation") == json.loads(json.dumps(seg.to_dict()))
+                and audit.get("software", {}).get("napari-cytodiffusion") == __version__
+                and old.shape == image.shape[:2]
+            )
+            labels = old if same else None
+        if labels is None:
+            labels = segment(image, seg)
+            write_labels_tiff(labels, f, audit_trail(None, {"segmentation": seg.to_dict()}, input_path=p))
+        rgb = to_rgb_float(image)
+        table = cells_table(labels, rgb)
+        score = stained_score(rgb, labels, table["label"].to_numpy())
+        red = whole_red_cells(table, score)
+        d = table["equivalent_diameter"].to_numpy(dtype=float)
+        row.update({"status": "ok", "diameters": [round(float(v), 3) for v in d[red]]})
+    except CytoDiffusionError as exc:
+        row.update({"status": "error", "error": str(exc)})
+    except Exception as exc:  # as in analyze_one: this image fails alone
+        row.update(
+            {"status": "error", "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+        )
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
 def _row_from_summary(path: Path, out: Path) -> dict[str, Any] | None:
     """A cohort row from an image's summary JSON (for outputs written by an interrupted run)."""
-    import json
-
     f = out / f"{path.stem}_summary.json"
     if not f.is_file():
         return None
@@ -127,6 +201,7 @@ def _options(args) -> dict[str, Any]:
         "seed": args.seed,
         "size_check": getattr(args, "size_check", True),
         "red_cell_px": getattr(args, "red_cell_px", None),
+        "pool_scale": getattr(args, "pool_scale", False),
         "segmentation": {
             "model": args.seg_model,
             "diameter": args.diameter,
@@ -228,9 +303,9 @@ def _error_row(path: Path, message: str, seconds: float) -> dict[str, Any]:
 
 
 def _run_on_dask(
-    client, todo: list[Path], out: Path, options: dict, timeout: float | None, done, log
+    client, fn, todo: list[Path], out: Path, options: dict, timeout: float | None, done, log
 ) -> None:
-    """Run ``analyze_one`` for every image on the cluster of ``client``.
+    """Run ``fn`` (:func:`analyze_one`, :func:`measure_one`) for every image on the cluster of ``client``.
 
     At most one task per worker thread is in flight, so the time since submission is the time
     a task has been running (plus the model load of a fresh worker). A task that runs past
@@ -246,7 +321,7 @@ def _run_on_dask(
     def submit_next() -> None:
         p = next(queue, None)
         if p is not None:
-            fut = client.submit(analyze_one, str(p), str(out), options, pure=False)
+            fut = client.submit(fn, str(p), str(out), options, pure=False)
             running[fut] = (p, time.perf_counter())
 
     for _ in range(slots):
@@ -286,6 +361,81 @@ def _run_on_dask(
             submit_next()
 
 
+@contextmanager
+def _executor(args, options: dict[str, Any], out: Path, timeout: float | None, log) -> Iterator:
+    """``run(fn, paths, options, done)``: in this process, or on dask workers (one cluster for every pass)."""
+    if not (args.scheduler or args.workers > 1):
+        yield lambda fn, paths, opts, done: [done(fn(str(p), str(out), opts)) for p in paths]
+        return
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise CytoDiffusionError(
+            "dask.distributed is not installed: pip install 'napari-cytodiffusion[distributed]'"
+        ) from exc
+    cluster = None
+    if not args.scheduler:
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
+        options["threads"] = max(1, (os.cpu_count() or 1) // args.workers)
+    try:
+        with Client(args.scheduler or cluster) as client:
+            yield lambda fn, paths, opts, done: _run_on_dask(client, fn, paths, out, opts, timeout, done, log)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _measure_scale(run, paths: list[Path], todo: list[Path], out: Path, options, done, log) -> list[Path]:
+    """First pass of ``--pool-scale``: segment every image, pool their whole red cells into one scale.
+
+    Every image of the run is measured, finished ones too (their labels are reused), so that a
+    resumed run pools the same cells. Sets ``options["pooled_scale"]`` and writes
+    ``cohort_scale.json``; returns the images still to classify (those whose measuring failed are
+    recorded as failed). Too few red cells in all: each image keeps its own estimate.
+    """
+    from .io.atomic import write_json
+    from .pipeline import OFF_SCALE_TOLERANCE, pooled_reference
+
+    diameters: dict[str, list[float]] = {}
+    failed: set[str] = set()
+    waiting = {p.name for p in todo}
+
+    def measured(row: dict[str, Any]) -> None:
+        if row["status"] == "ok":
+            diameters[row["image"]] = row["diameters"]
+            print(f"[scale {len(diameters) + len(failed)}/{len(paths)}] {row['image']}", flush=True)
+            return
+        failed.add(row["image"])
+        if row["image"] in waiting:
+            done(row)
+        else:  # finished before; its outputs stand
+            log(f"{row['image']}: measuring its red cells failed: {row['error']}")
+
+    run(measure_one, paths, options, measured)
+    pooled = pooled_reference(diameters)
+    if pooled is None:
+        line = (
+            f"too few whole red cells over {len(diameters)} images to pool a scale: "
+            "each image is measured on its own"
+        )
+    else:
+        write_json(out / "cohort_scale.json", pooled)
+        options["pooled_scale"] = {k: pooled[k] for k in ("pixels", "cells", "images")}
+        line = (
+            f"scale pooled over {pooled['cells']} whole red cells of {pooled['images']} images: "
+            f"a red cell is {pooled['pixels']:.1f} px across"
+        )
+        if pooled["off_scale"]:
+            line += (
+                f"; warning: the red cells of {len(pooled['off_scale'])} images are more than "
+                f"{OFF_SCALE_TOLERANCE:.0%} off that size (another camera or magnification? see "
+                "cohort_scale.json): " + ", ".join(pooled["off_scale"][:5])
+            )
+    log(line)
+    print(line)
+    return [p for p in todo if p.name not in failed]
+
+
 def run_analysis(paths: list[Path], out: Path, args) -> int:
     options = _options(args)
     timeout = getattr(args, "timeout", None)
@@ -296,6 +446,7 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
     if cohort.recovered:
         log(f"{cohort.recovered} cohort rows rebuilt from summaries of an interrupted run")
     rows: list[dict[str, Any]] = []
+    n_todo = len(todo)  # an image failing in the first pass of --pool-scale counts as done
 
     def done(row: dict[str, Any]) -> None:
         rows.append(row)
@@ -303,29 +454,13 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
         log(f"{row['image']}: {row['status']} {row.get('error', '')} ({row['seconds']:.1f} s)")
         if row.get("trace"):
             log(row["trace"])
-        print(f"[{len(rows)}/{len(todo)}] {row['image']}: {row['status']}", flush=True)
+        print(f"[{len(rows)}/{n_todo}] {row['image']}: {row['status']}", flush=True)
 
     t0 = time.perf_counter()
-    if args.scheduler or args.workers > 1:
-        try:
-            from dask.distributed import Client, LocalCluster
-        except ImportError as exc:
-            raise CytoDiffusionError(
-                "dask.distributed is not installed: pip install 'napari-cytodiffusion[distributed]'"
-            ) from exc
-        cluster = None
-        if not args.scheduler:
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
-            options["threads"] = max(1, (os.cpu_count() or 1) // args.workers)
-        try:
-            with Client(args.scheduler or cluster) as client:
-                _run_on_dask(client, todo, out, options, timeout, done, log)
-        finally:
-            if cluster is not None:
-                cluster.close()
-    else:
-        for p in todo:
-            done(analyze_one(str(p), str(out), options))
+    with _executor(args, options, out, timeout, log) as run:
+        if options.get("pool_scale") and todo:
+            todo = _measure_scale(run, paths, todo, out, options, done, log)
+        run(analyze_one, todo, options, done)
     elapsed = time.perf_counter() - t0
     n_ok = sum(r["status"] == "ok" for r in rows)
     peaks: dict[int, float] = {}

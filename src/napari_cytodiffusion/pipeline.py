@@ -84,6 +84,21 @@ def stained_threshold(scores: np.ndarray) -> float:
 MIN_REFERENCE_CELLS = 3
 
 
+def whole_red_cells(table, score: np.ndarray | None = None) -> np.ndarray | None:
+    """Which cells of the table are whole red cells (a boolean mask), ``None`` without stain scores.
+
+    Whole: not cut by the image border (a cut cell looks smaller than it is). Red: not stained
+    (``score``, default the table's ``stain_score`` column, against :func:`stained_threshold`).
+    """
+    if score is None and "stain_score" in table:
+        score = table["stain_score"].to_numpy(dtype=float)
+    if score is None:
+        return None
+    score = np.asarray(score, dtype=float)
+    whole = ~table["touches_border"].to_numpy(dtype=bool)
+    return whole & (score <= stained_threshold(score)) if len(score) else whole
+
+
 def reference_diameter(table, score: np.ndarray | None = None) -> tuple[float | None, str]:
     """The field's typical red-cell diameter in pixels, and which cells gave it.
 
@@ -92,24 +107,52 @@ def reference_diameter(table, score: np.ndarray | None = None) -> tuple[float | 
 
     It sets the physical scale of every crop (:func:`~napari_cytodiffusion.crops.smear_crop_side`)
     and the unit of cell sizes (:mod:`~napari_cytodiffusion.classify.size`). It is the median
-    equivalent diameter of the whole red cells: cells not cut by the image border (a cut cell looks
-    smaller than it is) and not stained (``score`` against :func:`stained_threshold`). With fewer
-    than :data:`MIN_REFERENCE_CELLS` of those, the whole cells of any kind, then all cells.
+    equivalent diameter of the :func:`whole_red_cells`. With fewer than
+    :data:`MIN_REFERENCE_CELLS` of those, the whole cells of any kind, then all cells.
     """
     if not len(table):
         return None, "no cells"
-    if score is None and "stain_score" in table:
-        score = table["stain_score"].to_numpy(dtype=float)
     d = table["equivalent_diameter"].to_numpy(dtype=float)
+    red = whole_red_cells(table, score)
+    if red is not None and red.sum() >= MIN_REFERENCE_CELLS:
+        return float(np.median(d[red])), "whole red cells"
     whole = ~table["touches_border"].to_numpy(dtype=bool)
-    if score is not None:
-        score = np.asarray(score, dtype=float)
-        red = whole & (score <= stained_threshold(score))
-        if red.sum() >= MIN_REFERENCE_CELLS:
-            return float(np.median(d[red])), "whole red cells"
     if whole.sum() >= MIN_REFERENCE_CELLS:
         return float(np.median(d[whole])), "whole cells"
     return float(np.median(d)), "all cells"
+
+
+#: an image's own red cells say its scale differs from the pooled one when at least this many ...
+OWN_SCALE_CELLS = 10
+#: ... have a median diameter more than this share away from it (macrocytes are ~10 % larger)
+OFF_SCALE_TOLERANCE = 0.2
+
+
+def pooled_reference(diameters: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """One red-cell diameter for many images of one camera: the median over all their whole red cells.
+
+    ``diameters``: each image's :func:`whole_red_cells` diameters (pixels). For cell-centred images
+    (one white cell and a few red cells each, as an analyser exports them) a field's own estimate
+    rests on a handful of red cells, often cut by the border; pooled, the scale is as steady as the
+    camera's. ``None`` with fewer than :data:`MIN_REFERENCE_CELLS` cells in all.
+    """
+    per = {k: np.asarray(v, dtype=float) for k, v in diameters.items()}
+    pool = np.concatenate(list(per.values())) if per else np.zeros(0)
+    if pool.size < MIN_REFERENCE_CELLS:
+        return None
+    pixels = float(np.median(pool))
+    return {
+        "pixels": round(pixels, 2),
+        "cells": int(pool.size),
+        "images": int(sum(v.size > 0 for v in per.values())),
+        "of_images": len(per),
+        # an image of another camera or magnification stands out by its own red cells' size
+        "off_scale": sorted(
+            k
+            for k, v in per.items()
+            if v.size >= OWN_SCALE_CELLS and abs(np.median(v) / pixels - 1) > OFF_SCALE_TOLERANCE
+        ),
+    }
 
 
 def check_red_cell_px(value: float | None, name: str = "a red cell's diameter") -> None:

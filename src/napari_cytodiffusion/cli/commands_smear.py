@@ -22,16 +22,26 @@ def _seg_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--diameter", type=float, default=None, help="cell diameter in pixels (default: automatic)"
     )
-    g.add_argument("--flow-threshold", type=float, default=0.4)
-    g.add_argument("--cellprob-threshold", type=float, default=0.0)
-    g.add_argument("--min-size", type=int, default=15)
+    g.add_argument(
+        "--flow-threshold",
+        type=float,
+        default=0.4,
+        help="Cellpose's flow error threshold: higher keeps more (and less regular) masks (default 0.4)",
+    )
+    g.add_argument(
+        "--cellprob-threshold",
+        type=float,
+        default=0.0,
+        help="Cellpose's cell-probability threshold: lower finds fainter cells (default 0)",
+    )
+    g.add_argument("--min-size", type=int, default=15, help="drop masks under this many pixels (default 15)")
     g.add_argument(
         "--max-size-fraction",
         type=float,
         default=0.9,
         help="drop masks larger than this fraction of the image as spurious (Cellpose's default: 0.4)",
     )
-    g.add_argument("--exclude-border", action="store_true")
+    g.add_argument("--exclude-border", action="store_true", help="drop every cell touching the image border")
     g.add_argument(
         "--border-pad",
         type=float,
@@ -63,15 +73,23 @@ def _seg_args(p: argparse.ArgumentParser) -> None:
 def _cls_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("classification")
     g.add_argument("--model", default="default", help="model folder or name (default: bundled pbc32)")
-    g.add_argument("--speed", default="balanced", choices=["fast", "balanced", "accurate", "full"])
+    g.add_argument(
+        "--speed",
+        default="balanced",
+        choices=["fast", "balanced", "accurate", "full"],
+        help="classifier preset: adaptive with fewer UNet calls (fast), adaptive (balanced, default), "
+        "adaptive with a rotated view (accurate), every class at every timestep (full)",
+    )
     g.add_argument(
         "--cells",
         default="stained",
         choices=["stained", "all"],
         help="classify nucleated cells and platelets only (stained) or every cell",
     )
-    g.add_argument("--min-area", type=int, default=0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--min-area", type=int, default=0, help="do not classify cells under this many pixels")
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of the classifier's noise (same seed, same calls)"
+    )
     g.add_argument(
         "--no-size-check",
         dest="size_check",
@@ -117,7 +135,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("segment", help="segment smear images into labels TIFF + cells CSV")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder")
     _seg_args(p)
     p.set_defaults(func=cmd_segment)
 
@@ -126,13 +144,13 @@ def register(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", help="single-cell images/folders, or one smear image with --labels")
     p.add_argument("--labels", default=None, help="labels TIFF of the smear (from 'segment' or napari)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder")
     _cls_args(p)
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("analyze", help="segment + classify + summarise many smears")
     p.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (a re-run skips the images finished there)")
     p.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")
     p.add_argument("--workers", type=int, default=1, help="local dask workers (1 = run in this process)")
     p.add_argument(
@@ -144,6 +162,13 @@ def register(sub) -> None:
     )
     _seg_args(p)
     _cls_args(p)
+    p.add_argument(
+        "--pool-scale",
+        action="store_true",
+        help="one red-cell size for all the images (one camera and magnification), measured over their "
+        "whole red cells pooled, instead of each image's own: for cell-centred images with few red "
+        "cells each (as analysers export them); every image is segmented before any is classified",
+    )
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser(
@@ -345,6 +370,8 @@ def cmd_analyze(a) -> int:
     if a.timeout < 0:
         raise InputError(f"--timeout must be 0 (no limit) or positive, got {a.timeout:g}")
     _check_red_cell_px(a)
+    if a.pool_scale and a.red_cell_px is not None:
+        raise InputError("give either --red-cell-px or --pool-scale, not both")
     return run_analysis(expand_inputs(a.inputs), out_dir(a.out), a)
 
 
