@@ -181,3 +181,14 @@ def test_analyze_pool_scale_classifies_every_image_at_one_measured_scale(tmp_pat
     assert (out / "a_labels.tif").stat().st_mtime_ns != stamps["a_labels.tif"]
     assert read_labels_tiff(out / "c_labels.tif")[0].max() > 0
     assert pd.read_csv(out / "cohort.csv").set_index("image").loc["c.png", "status"] == "ok"
+
+
+def test_scale_hint_suggests_pooling_when_images_lack_red_cells():
+    from napari_cytodiffusion.batch import scale_hint
+
+    own = {"status": "ok", "red_cell_from": "whole red cells"}
+    few = {"status": "ok", "red_cell_from": "all cells"}
+    assert scale_hint([own] * 6 + [few] * 2).startswith("note: 2 of 8 images had fewer than 3 whole red")
+    assert scale_hint([own] * 7 + [few]) is None  # one image in eight: its own fallback is fine
+    given = {"status": "ok", "red_cell_from": "given"}
+    assert scale_hint([given] * 4 + [{"status": "error"}]) is None

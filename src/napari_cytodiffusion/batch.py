@@ -491,4 +491,20 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
             )
         log(line)
         print(line)
+    hint = scale_hint(list(cohort.rows.values()))
+    if hint and not options.get("pool_scale"):
+        log(hint)
+        print(hint)
     return 0 if n_ok == len(rows) else 1
+
+
+def scale_hint(rows: list[dict[str, Any]]) -> str | None:
+    """A hint to pool the scale when many images had too few whole red cells to measure their own."""
+    ok = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("red_cell_from"), str)]
+    few = [r for r in ok if r["red_cell_from"] in ("whole cells", "all cells")]
+    if len(ok) < 2 or len(few) < 0.25 * len(ok):
+        return None
+    return (
+        f"note: {len(few)} of {len(ok)} images had fewer than 3 whole red cells to set their scale; "
+        "if they come from one camera, --pool-scale measures it once over all of them"
+    )
