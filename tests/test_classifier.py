@@ -419,3 +419,35 @@ def test_domain_check_on_real_cells_from_another_lab(shared_data, tmp_path, caps
     assert main(["classify", *files, "--out", str(tmp_path / "cls")]) == 0
     warning = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning:")]
     assert len(warning) == 1 and "unlike the model's training cells" in warning[0]
+
+
+def test_single_cell_crops_at_a_given_scale_ignore_the_framing(shared_data, tmp_path):
+    """--red-cell-px: a cell image framed wider (another magnification or export) crops as the original."""
+    from PIL import Image
+
+    from napari_cytodiffusion.crops import single_cell_crops
+    from napari_cytodiffusion.io.images import read_image
+
+    model = get_model("default")
+    pre = model.metadata.preprocessing
+    pbc = _pbc_subset(shared_data, 1)
+    images = [read_image(shared_data / "pbc" / p)[9:-9, 9:-9] for p in pbc.path]  # 110 px
+    framed = [np.pad(im, ((40, 40), (40, 40), (0, 0)), mode="reflect") for im in images]  # 190 px
+    # at the scale that makes the training crop's side (65 % of 110 px), the framing does not matter
+    red_cell_px = 0.65 * 110 / pre["smear"]["field_rbc_diameters"]
+    default = single_cell_crops(images, pre)
+    assert np.array_equal(single_cell_crops(framed, pre, red_cell_px), default)
+    assert not np.array_equal(single_cell_crops(framed, pre), default)  # a fixed share of the image does
+    # a scale larger than the image reflects it, as smear crops do
+    assert single_cell_crops(images[:1], pre, 100.0).shape == (1, 32, 32, 3)
+    # the CLI crops at the given scale and records it
+    for k, im in enumerate(framed[:2]):
+        Image.fromarray(im).save(tmp_path / f"cell{k}.png")
+    out = tmp_path / "cls"
+    files = [str(tmp_path / "cell0.png"), str(tmp_path / "cell1.png")]
+    assert (
+        main(["classify", *files, "--out", str(out), "--speed", "fast", "--red-cell-px", f"{red_cell_px}"])
+        == 0
+    )
+    audit = json.loads((out / "predictions.csv.audit.json").read_text())
+    assert audit["parameters"]["red_cell_px"] == pytest.approx(red_cell_px)

@@ -49,12 +49,40 @@ def crop_single_cell(image: np.ndarray, size: int, center_crop_fraction: float) 
     return _resize_uint8(np.ascontiguousarray(rgb[top : top + side, left : left + side]), size)
 
 
-def single_cell_crops(images: list[np.ndarray], preprocessing: dict[str, Any]) -> np.ndarray:
-    """Crop a list of single-cell images as a model's metadata says → (N, S, S, 3) uint8."""
+def crop_centre_side(image: np.ndarray, size: int, side: float) -> np.ndarray:
+    """A square of ``side`` pixels around the image centre, resized to ``size`` (uint8 RGB).
+
+    Where the square reaches beyond the image, the image is reflected (as for smear crops).
+    """
+    rgb = as_uint8_rgb(image)
+    h, w = rgb.shape[:2]
+    s = max(1, int(round(side)))
+    top, left = int(round((h - s) / 2)), int(round((w - s) / 2))
+    pad = max(0, -top, -left, top + s - h, left + s - w)
+    if pad:
+        mode = "reflect" if min(h, w) > pad else "edge"
+        rgb = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode=mode)
+        top, left = top + pad, left + pad
+    return _resize_uint8(np.ascontiguousarray(rgb[top : top + s, left : left + s]), size)
+
+
+def single_cell_crops(
+    images: list[np.ndarray], preprocessing: dict[str, Any], red_cell_px: float | None = None
+) -> np.ndarray:
+    """Crop a list of single-cell images as a model's metadata says → (N, S, S, 3) uint8.
+
+    Without ``red_cell_px`` each image is centre-cropped to the metadata's fraction of its shorter
+    side (images framed like the training images). With it (a red cell's diameter in these images'
+    pixels) the square spans ``field_rbc_diameters`` red cells, the physical scale of the training
+    crops, whatever the images' framing or magnification.
+    """
     size = int(preprocessing["size"])
-    frac = float(preprocessing["single_cell"]["center_crop_fraction"])
     if not images:
         return np.zeros((0, size, size, 3), np.uint8)
+    if red_cell_px is not None:
+        side = float(preprocessing["smear"]["field_rbc_diameters"]) * float(red_cell_px)
+        return np.stack([crop_centre_side(im, size, side) for im in images])
+    frac = float(preprocessing["single_cell"]["center_crop_fraction"])
     return np.stack([crop_single_cell(im, size, frac) for im in images])
 
 

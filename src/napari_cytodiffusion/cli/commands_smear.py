@@ -101,7 +101,8 @@ def _cls_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="a red cell's diameter in pixels, if known (about 7.5 µm / the camera's µm per pixel): the "
-        "scale of crops and sizes, instead of measuring each field's red cells",
+        "scale of crops and sizes, instead of measuring each field's red cells; for single-cell images, "
+        "crops span the training crops' number of red cells instead of a fixed share of the image",
     )
 
 
@@ -347,11 +348,12 @@ def cmd_classify(a) -> int:
         )
         return 0
     paths = expand_inputs(a.inputs)
-    crops = single_cell_crops([read_image(p) for p in paths], model.metadata.preprocessing)
+    crops = single_cell_crops([read_image(p) for p in paths], model.metadata.preprocessing, a.red_cell_px)
     res = classify_crops(model, crops, speed=a.speed, seed=a.seed)
     df = res.to_frame()
     df.insert(0, "path", [str(p) for p in paths])
-    write_cells_csv(df, out / "predictions.csv", audit_trail(model, {"speed": a.speed, "seed": a.seed}))
+    params = {"speed": a.speed, "seed": a.seed, "red_cell_px": a.red_cell_px}
+    write_cells_csv(df, out / "predictions.csv", audit_trail(model, params))
     print(
         f"classified {len(paths)} cells in {res.seconds:.1f} s ({len(paths) / max(res.seconds, 1e-9):.2f} cells/s); "
         f"{int(res.flagged.sum())} flagged → {out / 'predictions.csv'}"
