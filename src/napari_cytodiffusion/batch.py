@@ -72,7 +72,7 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
             res.parameters["segmentation"] = seg.to_dict()  # the labels measure_one made
             res.parameters["red_cell_px_from"] = "pooled"
             res.summary["reference_diameter"]["cells"] = (
-                f"pooled: {pooled['cells']} whole red cells of {pooled['images']} images"
+                f"pooled: {pooled['cells']} whole red cells of {_images(pooled['images'])}"
             )
         write_smear_outputs(res, o, p.stem, model, input_path=p)
         s = res.summary
@@ -280,6 +280,10 @@ def pooled_domain_check(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"images": len(ok), **pooled}
 
 
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
 def _isnan(v: Any) -> bool:
     return isinstance(v, float) and v != v
 
@@ -415,19 +419,19 @@ def _measure_scale(run, paths: list[Path], todo: list[Path], out: Path, options,
     pooled = pooled_reference(diameters)
     if pooled is None:
         line = (
-            f"too few whole red cells over {len(diameters)} images to pool a scale: "
+            f"too few whole red cells over {_images(len(diameters))} to pool a scale: "
             "each image is measured on its own"
         )
     else:
         write_json(out / "cohort_scale.json", pooled)
         options["pooled_scale"] = {k: pooled[k] for k in ("pixels", "cells", "images")}
         line = (
-            f"scale pooled over {pooled['cells']} whole red cells of {pooled['images']} images: "
+            f"scale pooled over {pooled['cells']} whole red cells of {_images(pooled['images'])}: "
             f"a red cell is {pooled['pixels']:.1f} px across"
         )
         if pooled["off_scale"]:
             line += (
-                f"; warning: the red cells of {len(pooled['off_scale'])} images are more than "
+                f"; warning: the red cells of {_images(len(pooled['off_scale']))} are more than "
                 f"{OFF_SCALE_TOLERANCE:.0%} off that size (another camera or magnification? see "
                 "cohort_scale.json): " + ", ".join(pooled["off_scale"][:5])
             )
@@ -482,10 +486,10 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
 
         write_json(out / "cohort_domain_check.json", pooled)
         if pooled["shifted"]:
-            line = f"warning: over {pooled['images']} images, {shift_warning(pooled)}"
+            line = f"warning: over {_images(pooled['images'])}, {shift_warning(pooled)}"
         else:
             line = (
-                f"domain check over {pooled['images']} images: {pooled['n_anomalous']} of {pooled['n']} "
+                f"domain check over {_images(pooled['images'])}: {pooled['n_anomalous']} of {pooled['n']} "
                 f"classified cells anomalous ({pooled['expected_fraction']:.0%} expected, p = "
                 f"{pooled['p_value']:.2g}): like the model's training cells"
             )
