@@ -72,10 +72,10 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
         rows.append(f"size check {summary['size_check']}")
     ref = summary.get("reference_diameter") or {}
     if ref.get("pixels"):  # the scale every crop and size of this field rests on
-        how = ref.get("cells", "")
-        rows.append(
-            f"scale: a red cell is {ref['pixels']:.1f} px across" + (" (given)" if how == "given" else "")
-            if how in ("whole red cells", "given")
-            else f"scale: {ref['pixels']:.1f} px, from {how} (fewer than 3 whole red cells)"
-        )
+        how = str(ref.get("cells", ""))
+        if how in ("whole red cells", "given") or how.startswith("pooled"):
+            note = {"whole red cells": ""}.get(how, f" ({how})")
+            rows.append(f"scale: a red cell is {ref['pixels']:.1f} px across{note}")
+        else:
+            rows.append(f"scale: {ref['pixels']:.1f} px, from {how} (fewer than 3 whole red cells)")
     return "<br>".join(rows)

@@ -98,6 +98,17 @@ class ClassifyWidget(Container, RunnerMixin):
                 self.export_button,
             ]
         )
+        self.saved_file = FileEdit(
+            label="saved result",
+            mode="r",
+            filter="*_summary.json *_cells.csv *_labels.tif summary.json",
+            value="",
+            tooltip="NAME_summary.json (or its cells CSV / labels TIFF) written by analyze, classify "
+            "--labels, demo or Export results: reopened with its image for review and correction",
+        )
+        self.open_button = PushButton(text="Open saved result")
+        self.extend([self.saved_file, self.open_button])
+        self.open_button.changed.connect(lambda: self.open_saved(self.saved_file.value))
         from .finetune import FinetunePanel
         from .inspector import CellInspector
 
@@ -236,6 +247,49 @@ class ClassifyWidget(Container, RunnerMixin):
             from ..classify.anomaly import shift_warning
 
             notify("warning", shift_warning(domain))
+
+    def open_saved(self, path, image_path=None) -> None:
+        """Reopen a saved smear result (any of its three files) with its image, for review.
+
+        The files are read and the model loaded in a worker; the image, its labels and the cells
+        come back as new layers (never replacing the user's), with the legend, inspector,
+        correction and export of a fresh run. ``image_path``: where the image is now, if moved.
+        """
+        from napari.qt.threading import create_worker
+
+        from ..io.results import read_smear_outputs, saved_image, saved_model
+
+        if not str(path or "").strip() or Path(str(path)).is_dir():
+            notify("warning", "choose a saved result (NAME_summary.json from analyze or Export results)")
+            return
+        fallback = model_spec(self.model_name, self.model_dir)
+
+        def work():
+            saved = read_smear_outputs(path)
+            image, image_warning = saved_image(saved, image_path)
+            model, model_warning = saved_model(saved, fallback)
+            return saved, image, model, [w for w in (image_warning, model_warning) if w]
+
+        def done(out):
+            saved, image, model, warnings = out
+            rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+            image_layer = self.viewer.add_image(
+                image, name=unique_layer_name(self.viewer, saved.stem), rgb=rgb
+            )
+            labels_layer = self.viewer.add_labels(
+                saved.result.labels,
+                name=unique_layer_name(self.viewer, f"{saved.stem} labels"),
+                metadata={"napari-cytodiffusion": {"opened_from": str(path)}},
+            )
+            self._show(saved.result, model, image_layer, labels_layer, image)
+            for w in warnings:
+                notify("warning", w)
+            self.status.value = f"opened {Path(str(path)).name}: " + self.status.value
+
+        self._open_worker = create_worker(
+            work, _start_thread=False, _connect={"returned": done, "errored": self._on_error}
+        )
+        self._open_worker.start()
 
     def selected_labels(self, labels_layer) -> list[int]:
         """Label ids the user selected: points of the last result, else the labels layer's selected label."""

@@ -1,0 +1,119 @@
+"""Reopening saved smear results (analyze / classify --labels / demo / export) for review."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from napari_cytodiffusion.cli.main import main
+from napari_cytodiffusion.errors import InputError
+from napari_cytodiffusion.sample_data import synthetic_smear
+
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory):
+    """One synthetic smear through `analyze --pool-scale` (fast preset)."""
+    root = tmp_path_factory.mktemp("saved")
+    (root / "in").mkdir()
+    Image.fromarray(synthetic_smear(seed=5)[0]).save(root / "in" / "smear.png")
+    assert (
+        main(["analyze", str(root / "in"), "--out", str(root / "out"), "--speed", "fast", "--pool-scale"])
+        == 0
+    )
+    return root
+
+
+def test_read_smear_outputs_gives_back_what_analyze_wrote(analyzed, tmp_path):
+    from napari_cytodiffusion.export import read_labels_tiff
+    from napari_cytodiffusion.io.results import read_smear_outputs, saved_image, saved_model
+
+    out = analyzed / "out"
+    for name in ("smear_summary.json", "smear_cells.csv", "smear_labels.tif"):  # any of the three files
+        saved = read_smear_outputs(out / name)
+        assert saved.stem == "smear"
+    res = saved.result
+    assert np.array_equal(res.labels, read_labels_tiff(out / "smear_labels.tif")[0])
+    table = pd.read_csv(out / "smear_cells.csv")
+    assert len(res.table) == len(table) and list(res.table.columns) == list(table.columns)
+    assert (res.table["class"] != "").all() and (res.table["corrected_class"] == "").all()
+    assert (
+        res.table["classified"].dtype == bool and res.table["classified"].sum() == res.summary["n_classified"]
+    )
+    written = json.loads((out / "smear_summary.json").read_text())
+    assert res.summary == {k: v for k, v in written.items() if k != "audit"}
+    assert res.parameters["speed"] == "fast" and res.parameters["red_cell_px_from"] == "pooled"
+    assert saved.image_path == (analyzed / "in" / "smear.png").resolve()
+    image, warning = saved_image(saved)
+    assert image.shape[:2] == res.labels.shape and warning is None
+    model, warning = saved_model(saved)
+    assert model.metadata.content_hash == saved.model["content_hash"] and warning is None
+
+    # the image moved: a clear message, and its new place can be given; an edited image is said so
+    moved = tmp_path / "moved.png"
+    moved.write_bytes(saved.image_path.read_bytes())
+    saved.image_path = tmp_path / "gone.png"
+    with pytest.raises(InputError, match="no longer at"):
+        saved_image(saved)
+    assert saved_image(saved, moved)[1] is None
+    Image.fromarray(synthetic_smear(seed=6)[0]).save(moved)
+    assert "has changed since it was analysed" in saved_image(saved, moved)[1]
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(moved)
+    with pytest.raises(InputError, match="not its image"):
+        saved_image(saved, moved)
+
+
+def test_bad_saved_results_are_clear_errors(analyzed, tmp_path):
+    from napari_cytodiffusion.export import write_labels_tiff
+    from napari_cytodiffusion.io.results import output_files, read_smear_outputs
+
+    with pytest.raises(InputError, match="not a smear result"):
+        read_smear_outputs(tmp_path / "notes.json")
+    stem, files = output_files(tmp_path / "summary.json")  # demo's outputs have no stem
+    assert stem == "" and files["labels"].name == "labels.tif" and files["cells"].name == "cells.csv"
+    for name in ("smear_summary.json", "smear_cells.csv"):
+        (tmp_path / name).write_bytes((analyzed / "out" / name).read_bytes())
+    with pytest.raises(InputError, match=r"smear_labels\.tif is missing"):
+        read_smear_outputs(tmp_path / "smear_summary.json")
+    write_labels_tiff(np.ones((20, 20), np.uint32), tmp_path / "smear_labels.tif")  # another smear's labels
+    with pytest.raises(InputError, match="do not belong together"):
+        read_smear_outputs(tmp_path / "smear_cells.csv")
+    (tmp_path / "smear_summary.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot read the result"):
+        read_smear_outputs(tmp_path / "smear_summary.json")
+
+
+def test_open_saved_result_in_napari(make_napari_viewer, qtbot, analyzed, tmp_path):
+    from napari_cytodiffusion.widgets.classify import ClassifyWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 8)), name="smear")  # a user layer of the same name: kept
+    widget = ClassifyWidget(viewer)
+    widget.open_saved(analyzed / "out" / "smear_summary.json")
+    qtbot.waitUntil(lambda: widget.result is not None, timeout=120_000)
+    assert viewer.layers["smear"].data.shape == (8, 8)
+    image, labels, points = (
+        viewer.layers["smear [2]"],
+        viewer.layers["smear labels"],
+        viewer.layers["smear [2] cells"],
+    )
+    table = pd.read_csv(analyzed / "out" / "smear_cells.csv")
+    assert image.rgb and np.array_equal(np.unique(labels.data)[1:], np.sort(table["label"].to_numpy()))
+    assert len(points.features) == len(table) and list(points.features["class"]) == list(table["class"])
+    assert "px across (pooled: " in widget.legend.value
+    # review as after a fresh run: inspect a classified cell, correct it, export with the saved scale
+    row = int(np.flatnonzero(points.features["classified"].to_numpy())[0])
+    widget.inspect(row)
+    points.selected_data = {row}
+    widget.correct_to.value = "monocyte"
+    widget.apply_correction()
+    files = widget.export(tmp_path / "review")
+    summary = json.loads(files["summary"].read_text())
+    assert summary["reference_diameter"]["cells"].startswith("pooled")
+    assert pd.read_csv(files["corrections"])["class"].tolist() == ["monocyte"]
+    # a file that is not a result: a notification, nothing added
+    n = len(viewer.layers)
+    widget.open_saved(tmp_path / "review" / "corrections" / "labels.csv")
+    qtbot.wait(500)
+    assert len(viewer.layers) == n
