@@ -113,7 +113,9 @@ def main() -> int:
         given = {"own": None, "pooled": pooled["pixels"]}[scale]
         rows, skipped = [], Counter()
         for k, ((cls, rel), image, lab) in enumerate(zip(todo, images, labels, strict=True), 1):
-            res = analyze(image, model=model, labels=lab, speed=a.speed, seed=a.seed, red_cell_px=given)
+            own = given is None or rel in pooled["off_scale"]  # as analyze --pool-scale does
+            px = None if own else given
+            res = analyze(image, model=model, labels=lab, speed=a.speed, seed=a.seed, red_cell_px=px)
             r = centre_row(res.table, image.shape[:2])
             if r is None or not bool(r["classified"]):
                 skipped[cls] += 1

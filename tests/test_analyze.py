@@ -119,6 +119,8 @@ def test_pooled_reference_is_the_median_of_every_images_red_cells():
         {**cells, "g.png": [41.0] * 20, "e.png": list(np.full(12, 60.0)), "f.png": [60.0] * 5}
     )
     assert pooled["off_scale"] == ["e.png"]
+    # ... and is left out of the pool: the median of the rest (f's 5 cells are too few to judge)
+    assert pooled["pixels"] == 41.0 and pooled["cells"] == 6 + 20 + 5 and pooled["images"] == 5
     assert pooled_reference({"a.png": [40.0, 41.0], "b.png": []}) is None
 
 
@@ -140,22 +142,28 @@ def test_analyze_pool_scale_classifies_every_image_at_one_measured_scale(tmp_pat
     out = tmp_path / "out"
     assert main(["analyze", str(inp), "--out", str(out), "--speed", "fast", "--pool-scale"]) == 1
     scale = json.loads((out / "cohort_scale.json").read_text())
-    # the pool is every image's whole red cells, as the pipeline picks them
+    # the pool is every image's whole red cells, as the pipeline picks them, but for c's: its own
+    # red cells say it was taken at another scale
     pool = []
-    for name in ("a", "b", "c"):
+    for name in ("a", "b"):
         labels, _ = read_labels_tiff(out / f"{name}_labels.tif")
         rgb = to_rgb_float(read_image(inp / f"{name}.png"))
         table = cells_table(labels, rgb)
         red = whole_red_cells(table, stained_score(rgb, labels, table["label"].to_numpy()))
         pool += list(table["equivalent_diameter"].to_numpy()[red])
-    assert scale["cells"] == len(pool) > 60 and scale["images"] == 3
+    assert scale["cells"] == len(pool) > 60 and scale["images"] == 2 and scale["of_images"] == 3
     assert abs(scale["pixels"] - np.median(pool)) < 0.01
     assert scale["off_scale"] == ["c.png"]
     said = capsys.readouterr().out
-    assert f"a red cell is {scale['pixels']:.1f} px across" in said and "more than 20% off" in said
+    assert f"a red cell is {scale['pixels']:.1f} px across" in said
+    assert "more than 20% off that size" in said and "keep their own scale: c.png" in said
     cohort = pd.read_csv(out / "cohort.csv").set_index("image")
     assert "cannot read" in cohort.loc["broken.png", "error"]  # failed in the first pass, alone
-    for name in ("a", "b", "c"):
+    own = json.loads((out / "c_summary.json").read_text())
+    assert own["reference_diameter"]["cells"] == "whole red cells"
+    assert own["reference_diameter"]["pixels"] < 0.8 * scale["pixels"]
+    assert own["audit"]["parameters"]["red_cell_px"] is None
+    for name in ("a", "b"):
         summary = json.loads((out / f"{name}_summary.json").read_text())
         assert summary["reference_diameter"]["pixels"] == scale["pixels"]
         assert summary["reference_diameter"]["cells"].startswith(f"pooled: {scale['cells']} whole red cells")

@@ -52,6 +52,7 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
     _set_threads(options)
     row: dict[str, Any] = {"image": p.name, "path": str(p)}
     pooled = options.get("pooled_scale")
+    own_scale = bool(pooled) and p.name in pooled.get("off_scale", ())  # taken at another scale
     try:
         image = read_image(p)
         model = get_model(options.get("model", "default"))  # cached: loaded once per worker process
@@ -66,10 +67,11 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
             min_area=options.get("min_area", 0),
             seed=options.get("seed", 0),
             size_check=options.get("size_check", True),
-            red_cell_px=pooled["pixels"] if pooled else options.get("red_cell_px"),
+            red_cell_px=pooled["pixels"] if pooled and not own_scale else options.get("red_cell_px"),
         )
         if pooled:
             res.parameters["segmentation"] = seg.to_dict()  # the labels measure_one made
+        if pooled and not own_scale:
             res.parameters["red_cell_px_from"] = "pooled"
             res.summary["reference_diameter"]["cells"] = (
                 f"pooled: {pooled['cells']} whole red cells of {_images(pooled['images'])}"
@@ -424,7 +426,7 @@ def _measure_scale(run, paths: list[Path], todo: list[Path], out: Path, options,
         )
     else:
         write_json(out / "cohort_scale.json", pooled)
-        options["pooled_scale"] = {k: pooled[k] for k in ("pixels", "cells", "images")}
+        options["pooled_scale"] = {k: pooled[k] for k in ("pixels", "cells", "images", "off_scale")}
         line = (
             f"scale pooled over {pooled['cells']} whole red cells of {_images(pooled['images'])}: "
             f"a red cell is {pooled['pixels']:.1f} px across"
@@ -432,8 +434,10 @@ def _measure_scale(run, paths: list[Path], todo: list[Path], out: Path, options,
         if pooled["off_scale"]:
             line += (
                 f"; warning: the red cells of {_images(len(pooled['off_scale']))} are more than "
-                f"{OFF_SCALE_TOLERANCE:.0%} off that size (another camera or magnification? see "
-                "cohort_scale.json): " + ", ".join(pooled["off_scale"][:5])
+                f"{OFF_SCALE_TOLERANCE:.0%} off that size (another camera or magnification?), so they "
+                "are left out of the pool and keep their own scale: "
+                + ", ".join(pooled["off_scale"][:5])
+                + (" …" if len(pooled["off_scale"]) > 5 else "")
             )
     log(line)
     print(line)

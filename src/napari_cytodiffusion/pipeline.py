@@ -134,24 +134,36 @@ def pooled_reference(diameters: dict[str, np.ndarray]) -> dict[str, Any] | None:
     ``diameters``: each image's :func:`whole_red_cells` diameters (pixels). For cell-centred images
     (one white cell and a few red cells each, as an analyser exports them) a field's own estimate
     rests on a handful of red cells, often cut by the border; pooled, the scale is as steady as the
-    camera's. ``None`` with fewer than :data:`MIN_REFERENCE_CELLS` cells in all.
+    camera's. An image whose own red cells (at least :data:`OWN_SCALE_CELLS`) are more than
+    :data:`OFF_SCALE_TOLERANCE` off the pooled median was taken at another scale: it is listed in
+    ``off_scale``, left out of the pool (whose median is then taken again) and keeps its own
+    estimate. ``None`` with fewer than :data:`MIN_REFERENCE_CELLS` cells in all.
     """
     per = {k: np.asarray(v, dtype=float) for k, v in diameters.items()}
-    pool = np.concatenate(list(per.values())) if per else np.zeros(0)
-    if pool.size < MIN_REFERENCE_CELLS:
+
+    def median(names) -> tuple[float | None, int]:
+        pool = np.concatenate([per[k] for k in names]) if names else np.zeros(0)
+        return (float(np.median(pool)) if pool.size >= MIN_REFERENCE_CELLS else None), int(pool.size)
+
+    pixels, _ = median(list(per))
+    if pixels is None:
         return None
-    pixels = float(np.median(pool))
+    # an image of another camera or magnification stands out by its own red cells' size
+    off = sorted(
+        k
+        for k, v in per.items()
+        if v.size >= OWN_SCALE_CELLS and abs(np.median(v) / pixels - 1) > OFF_SCALE_TOLERANCE
+    )
+    kept = [k for k in per if k not in off]
+    pixels, cells = median(kept)
+    if pixels is None:
+        return None
     return {
         "pixels": round(pixels, 2),
-        "cells": int(pool.size),
-        "images": int(sum(v.size > 0 for v in per.values())),
+        "cells": cells,
+        "images": int(sum(per[k].size > 0 for k in kept)),
         "of_images": len(per),
-        # an image of another camera or magnification stands out by its own red cells' size
-        "off_scale": sorted(
-            k
-            for k, v in per.items()
-            if v.size >= OWN_SCALE_CELLS and abs(np.median(v) / pixels - 1) > OFF_SCALE_TOLERANCE
-        ),
+        "off_scale": off,
     }
 
 
