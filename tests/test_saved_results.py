@@ -112,6 +112,19 @@ def test_open_saved_result_in_napari(make_napari_viewer, qtbot, analyzed, tmp_pa
     summary = json.loads(files["summary"].read_text())
     assert summary["reference_diameter"]["cells"].startswith("pooled")
     assert pd.read_csv(files["corrections"])["class"].tolist() == ["monocyte"]
+    # fine-tuning on the reopened result re-classifies at the saved (pooled) scale and says so
+    for i, cls in enumerate(["monocyte"] * 4 + ["lymphocyte"] * 4):
+        points.selected_data = {i}
+        widget.correct_to.value = cls
+        widget.apply_correction()
+    widget.finetune.steps.value = 3
+    widget.finetune.rank.value = 2
+    widget.finetune.adapter_dir.value = str(tmp_path / "adapter")
+    widget.finetune.run_button.clicked()
+    qtbot.waitUntil(lambda: widget.result["points"] is not points, timeout=240_000)
+    assert widget.result["summary"]["reference_diameter"] == summary["reference_diameter"]
+    assert widget.result["params"]["red_cell_px"] == summary["reference_diameter"]["pixels"]
+    assert "px across (pooled: " in widget.legend.value
     # a file that is not a result: a notification, nothing added
     n = len(viewer.layers)
     widget.open_saved(tmp_path / "review" / "corrections" / "labels.csv")

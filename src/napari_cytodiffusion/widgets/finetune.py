@@ -98,6 +98,9 @@ class FinetunePanel(Container, RunnerMixin):
                     yield (item.done, item.total, f"re-classify ({item.stage})")
                 else:
                     result = item
+            if params.get("red_cell_px_from") == "pooled" and result is not None:  # the same scale, same name
+                result.parameters["red_cell_px_from"] = "pooled"
+                result.summary["reference_diameter"] = dict(r["summary"]["reference_diameter"])
             return result, adapted, adapter_dir
 
         def done(value: tuple[Any, Any, str]) -> None:
