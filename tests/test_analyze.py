@@ -92,7 +92,10 @@ def test_analyze_passes_every_option_to_the_pipeline(shared_data, tmp_path):
         == 0
     )
     summary = json.loads((out / f"{field.stem}_summary.json").read_text())
-    assert summary["reference_diameter"] == {"pixels": 41.0, "cells": "given"}
+    assert (
+        summary["reference_diameter"]["pixels"] == 41.0 and summary["reference_diameter"]["cells"] == "given"
+    )
+    assert summary["reference_diameter"]["whole_red_cells"] >= 1  # counted whether or not the scale is given
     audit = summary["audit"]["parameters"]
     assert audit["size_check"] is False and audit["red_cell_px"] == 41.0
     cohort = pd.read_csv(out / "cohort.csv")  # each image's scale, to compare across one camera's images
@@ -194,9 +197,12 @@ def test_analyze_pool_scale_classifies_every_image_at_one_measured_scale(tmp_pat
 def test_scale_hint_suggests_pooling_when_images_lack_red_cells():
     from napari_cytodiffusion.batch import scale_hint
 
-    own = {"status": "ok", "red_cell_from": "whole red cells"}
-    few = {"status": "ok", "red_cell_from": "all cells"}
-    assert scale_hint([own] * 6 + [few] * 2).startswith("note: 2 of 8 images had fewer than 3 whole red")
-    assert scale_hint([own] * 7 + [few]) is None  # one image in eight: its own fallback is fine
-    given = {"status": "ok", "red_cell_from": "given"}
-    assert scale_hint([given] * 4 + [{"status": "error"}]) is None
+    def row(n, how="whole red cells"):
+        return {"status": "ok", "red_cell_from": how, "whole_red_cells": n}
+
+    # cell-centred images: a handful of red cells each
+    assert scale_hint([row(5), row(6), row(2, "whole cells"), row(40)]).startswith(
+        "note: the images hold 6 whole red cells each (median)"
+    )
+    assert scale_hint([row(60), row(45), row(4)]) is None  # smears: their own scale is steady
+    assert scale_hint([row(3, "given")] * 4 + [{"status": "error"}, row(float("nan"))]) is None

@@ -81,7 +81,8 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     assert len(pts.data) == labels.data.max()
     assert {"class", "p_correct", "anomaly", "flagged", "p_redcell", "p_violet"} <= set(pts.features.columns)
     assert cls.result["params"]["size_check"] is False and cls.result["summary"]["size_check"] == "off"
-    assert cls.result["summary"]["reference_diameter"] == {"pixels": 12.5, "cells": "given"}
+    scale = cls.result["summary"]["reference_diameter"]
+    assert scale["pixels"] == 12.5 and scale["cells"] == "given" and scale["whole_red_cells"] > 10
     # fill colour follows class colour from the model metadata
     md = cls.result["model"].metadata
     first = pts.features["class"].iloc[0]

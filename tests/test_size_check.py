@@ -217,6 +217,7 @@ def test_smear_sizes_and_crops_use_the_whole_red_cells():
     assert res.summary["reference_diameter"] == {
         "pixels": pytest.approx(np.sqrt(4 * 14 * 14 / np.pi), abs=0.01),
         "cells": "whole red cells",
+        "whole_red_cells": 6,
     }
     from napari_cytodiffusion.layers import legend_html
 
@@ -246,7 +247,7 @@ def test_a_given_red_cell_size_sets_the_scale_and_allows_the_size_check():
     estimated = analyze(rgb, labels=one, speed="fast", seed=0)
     assert estimated.summary["size_check"].startswith("not applied")
     given = analyze(rgb, labels=one, speed="fast", seed=0, red_cell_px=20.0)
-    assert given.summary["reference_diameter"] == {"pixels": 20.0, "cells": "given"}
+    assert given.summary["reference_diameter"] == {"pixels": 20.0, "cells": "given", "whole_red_cells": 0}
     assert given.summary["size_check"] == "applied" and given.parameters["red_cell_px"] == 20.0
     assert given.table["size"].iloc[0] == pytest.approx(np.sqrt(4 * 30 * 30 / np.pi) / 20.0)
     model = get_model("default")

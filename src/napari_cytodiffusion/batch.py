@@ -173,6 +173,7 @@ def _summary_fields(s: dict[str, Any]) -> dict[str, Any]:
         # one camera gives one red-cell size: an image far from the others' needs a look at its segmentation
         "red_cell_px": scale.get("pixels"),
         "red_cell_from": scale.get("cells"),
+        "whole_red_cells": scale.get("whole_red_cells"),
         "n_classified": s.get("n_classified"),
         **{f"n_{c}": k for c, k in s.get("counts", {}).items()},
         "percent_flagged": s.get("percent_flagged"),
@@ -507,12 +508,24 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
 
 
 def scale_hint(rows: list[dict[str, Any]]) -> str | None:
-    """A hint to pool the scale when many images had too few whole red cells to measure their own."""
-    ok = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("red_cell_from"), str)]
-    few = [r for r in ok if r["red_cell_from"] in ("whole cells", "all cells")]
-    if len(ok) < 2 or len(few) < 0.25 * len(ok):
+    """A hint to pool the scale when the images hold too few whole red cells for a steady one each.
+
+    The typical image (median) must hold fewer than :data:`~napari_cytodiffusion.pipeline.OWN_SCALE_CELLS`
+    whole red cells: cell-centred images, not smears. Images given a scale do not count.
+    """
+    from .pipeline import OWN_SCALE_CELLS
+
+    counts = [
+        float(r["whole_red_cells"])
+        for r in rows
+        if r.get("status") == "ok"
+        and r.get("red_cell_from") != "given"
+        and isinstance(r.get("whole_red_cells"), int | float)
+        and not _isnan(r["whole_red_cells"])
+    ]
+    if len(counts) < 2 or np.median(counts) >= OWN_SCALE_CELLS:
         return None
     return (
-        f"note: {len(few)} of {len(ok)} images had fewer than 3 whole red cells to set their scale; "
-        "if they come from one camera, --pool-scale measures it once over all of them"
+        f"note: the images hold {np.median(counts):.0f} whole red cells each (median), too few for a "
+        "steady scale each; if they come from one camera, --pool-scale measures it once over all of them"
     )

@@ -406,9 +406,12 @@ def iter_analyze(
     table = attach_classification(table, sel, result, model.classes)
     table = mark_sizes(table, sizes, ranges)
     summary = summarize(table, model.classes, triage, calibration_for(model, speed).get("anomaly"))
+    red = whole_red_cells(table, score)
     summary["reference_diameter"] = {
         "pixels": None if reference is None else round(reference, 2),
         "cells": reference_cells,
+        # how many whole red cells the field holds: a few give a noisy scale (see analyze --pool-scale)
+        "whole_red_cells": int(red.sum()) if red is not None else 0,
     }
     if not size_check:
         summary["size_check"] = "off"
