@@ -388,6 +388,37 @@ def test_domain_check_counts_anomalous_cells_against_the_calibrated_rate():
     assert summarize(table, ["a", "b"])["domain_check"] is None  # no reference: no claim
 
 
+def test_platelets_do_not_enter_the_flagged_share_or_the_domain_check():
+    """Single platelets score anomalous on every smear (the references are PBC's large platelets)."""
+    import pandas as pd
+
+    from napari_cytodiffusion.pipeline import summarize
+
+    ref = {"threshold": 1.5, "specificity": 0.96}
+    n_white, n_plt = 20, 12
+    table = pd.DataFrame(
+        {
+            "classified": [True] * (n_white + n_plt),
+            "class": ["neutrophil"] * n_white + ["platelet"] * n_plt,
+            "flagged": [False] * n_white + [True] * n_plt,
+            "anomaly": [0.3] * n_white + [3.0] * n_plt,
+        }
+    )
+    classes = ["neutrophil", "platelet"]
+    s = summarize(table, classes, anomaly_reference=ref)
+    assert s["verdict"] == "routine" and s["reasons"] == []
+    assert s["domain_check"]["n"] == n_white and s["domain_check"]["n_anomalous"] == 0
+    assert s["n_flagged"] == n_plt and s["n_triaged"] == n_white and s["n_triaged_flagged"] == 0
+    # counted like any class when the triage says so
+    s = summarize(table, classes, {"flag_exempt_classes": []}, anomaly_reference=ref)
+    assert s["domain_check"]["n_anomalous"] == n_plt and s["domain_check"]["shifted"]
+    assert s["reasons"][0].startswith("38% of classified cells flagged")
+    # white cells flagged are still a reason, named as such
+    table.loc[:4, "flagged"] = True
+    s = summarize(table, classes, anomaly_reference=ref)
+    assert s["reasons"] == ["25% of classified cells other than platelet flagged (> 10%)"]
+
+
 def test_domain_check_on_real_cells_from_another_lab(shared_data, tmp_path, capsys):
     """segmentation_WBC dataset 1 (rapid stain, another microscope) vs PBC val cells."""
     import pandas as pd

@@ -34,6 +34,11 @@ STAINED_CAP = 0.25
 DEFAULT_TRIAGE = {
     "max_flagged_fraction": 0.10,
     "alert_classes": {"erythroblast": 0.0, "ig": 0.02},
+    # cells called these classes keep their own flags but do not enter the flagged share or the
+    # domain check: the shipped models' platelet references are PBC's platelet images (large
+    # platelets and clumps, ~0.8 red cells across), so the single platelets of any smear (~0.35)
+    # score anomalous whatever the lab — 86 % of those on PBC's own val images, 91-100 % on TXL-PBC
+    "flag_exempt_classes": ["platelet"],
 }
 UNCLASSIFIED = "red cell (not classified)"
 
@@ -257,10 +262,14 @@ def summarize(
     counts = {c: int((classified["class"] == c).sum()) for c in classes}
     pct = {c: (100.0 * k / n if n else 0.0) for c, k in counts.items()}
     n_flag = int(classified["flagged"].sum()) if n else 0
+    exempt = [c for c in triage.get("flag_exempt_classes") or [] if counts.get(c)]
+    scored = classified[~classified["class"].isin(exempt)] if exempt else classified
+    m, m_flag = len(scored), int(scored["flagged"].sum()) if len(scored) else 0
     reasons = []
-    if n and n_flag / n > triage["max_flagged_fraction"]:
+    if m and m_flag / m > triage["max_flagged_fraction"]:
+        but = f" other than {', '.join(exempt)}" if exempt else ""
         reasons.append(
-            f"{n_flag / n:.0%} of classified cells flagged (> {triage['max_flagged_fraction']:.0%})"
+            f"{m_flag / m:.0%} of classified cells{but} flagged (> {triage['max_flagged_fraction']:.0%})"
         )
     off_size = (
         classified["size_implausible"].to_numpy(dtype=bool)
@@ -289,10 +298,10 @@ def summarize(
             + ")"
         )
     domain = None
-    if n and "anomaly" in classified:
+    if m and "anomaly" in scored:
         from .classify.anomaly import domain_check_against, shift_warning
 
-        domain = domain_check_against(classified["anomaly"].to_numpy(dtype=float), anomaly_reference)
+        domain = domain_check_against(scored["anomaly"].to_numpy(dtype=float), anomaly_reference)
         if domain and domain["shifted"]:
             reasons.append(shift_warning(domain))
     return {
@@ -304,6 +313,9 @@ def summarize(
         "n_flagged": n_flag,
         "n_size_implausible": n_off,
         "percent_flagged": 100.0 * n_flag / n if n else 0.0,
+        # what the flagged share of the triage and the domain check counted
+        "n_triaged": m,
+        "n_triaged_flagged": m_flag,
         "verdict": "needs review" if reasons else "routine",
         "reasons": reasons,
         "triage_thresholds": triage,
