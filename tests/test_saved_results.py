@@ -130,3 +130,23 @@ def test_open_saved_result_in_napari(make_napari_viewer, qtbot, analyzed, tmp_pa
     widget.open_saved(tmp_path / "review" / "corrections" / "labels.csv")
     qtbot.wait(500)
     assert len(viewer.layers) == n
+
+
+def test_a_result_computed_from_an_array_finds_its_image_beside_it(analyzed, tmp_path):
+    """demo (and a napari layer) hash the pixels, not a file: the image saved beside it is recognised."""
+    from napari_cytodiffusion.cli.commands_smear import write_smear_outputs
+    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.io.results import read_smear_outputs, saved_image
+    from napari_cytodiffusion.model.registry import get_model
+
+    res = read_smear_outputs(analyzed / "out" / "smear_summary.json").result
+    image = read_image(analyzed / "in" / "smear.png")
+    write_smear_outputs(res, tmp_path, "field", get_model("default"), image=image)
+    Image.fromarray(image).save(tmp_path / "field.png")
+    saved = read_smear_outputs(tmp_path / "field_summary.json")
+    assert saved.image_path is None and saved.image_was_array
+    found, warning = saved_image(saved)
+    assert np.array_equal(found, image) and warning is None
+    Image.fromarray(synthetic_smear(seed=7)[0]).save(tmp_path / "field.png")  # other pixels: not its image
+    with pytest.raises(InputError, match="records no image file"):
+        saved_image(saved)

@@ -31,8 +31,10 @@ class SavedSmear:
     result: Any  # pipeline.SmearResult
     stem: str
     image_path: Path | None  #: the analysed image's path as the audit recorded it (may be gone)
-    image_sha256: str | None
+    image_sha256: str | None  #: of the file, or of the pixel array when the image was an array
     model: dict[str, Any]  #: the audit's model entry: name, content_hash, path
+    folder: Path | None = None  #: where the result's files are
+    image_was_array: bool = False  #: the audit hashed an array (demo, a napari layer), not a file
 
 
 def output_files(path: str | os.PathLike) -> tuple[str, dict[str, Path]]:
@@ -105,6 +107,8 @@ def read_smear_outputs(path: str | os.PathLike) -> SavedSmear:
         image_path=Path(source["path"]) if source.get("path") else None,
         image_sha256=source.get("sha256"),
         model=audit.get("model") or {},
+        folder=files["summary"].parent,
+        image_was_array="array_shape" in source,
     )
 
 
@@ -137,18 +141,47 @@ def saved_model(saved: SavedSmear, fallback: str | None = None):
     raise InputError(f"no model to show the result with (tried {', '.join(map(str, tried)) or 'none'})")
 
 
+def _array_sha256(image: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def _beside(saved: SavedSmear) -> Path | None:
+    """An image saved beside a result whose audit hashed an array: the one with those very pixels."""
+    from .images import IMAGE_SUFFIXES, read_image
+
+    if saved.folder is None or not saved.image_sha256:
+        return None
+    stems = [saved.stem, "smear"] if saved.stem != "smear" else ["smear"]  # demo writes smear.png
+    for stem in stems:
+        for suffix in sorted(IMAGE_SUFFIXES):
+            f = saved.folder / f"{stem}{suffix}"
+            if f.is_file() and not f.name.endswith("_labels.tif"):
+                try:
+                    if _array_sha256(read_image(f)) == saved.image_sha256:
+                        return f
+                except InputError:
+                    continue
+    return None
+
+
 def saved_image(saved: SavedSmear, image_path: str | os.PathLike | None = None):
     """The analysed image, and a warning when it is not the file the result was computed from.
 
-    ``image_path`` overrides the recorded path (the image was moved). Raises :class:`InputError`
-    when there is no image, or when its size does not match the labels.
+    ``image_path`` overrides the recorded path (the image was moved). A result computed from an
+    array (``demo``, a napari layer) records no path: an image beside it with the same pixels
+    (``smear.png`` for ``demo``, ``NAME.png``) is used. Raises :class:`InputError` when there is no
+    image, or when its size does not match the labels.
     """
     from ..export import file_sha256
     from .images import read_image
 
-    path = Path(image_path) if image_path else saved.image_path
+    path = Path(image_path) if image_path else saved.image_path or _beside(saved)
     if path is None:
-        raise InputError("the result does not record its image (an image layer's array): give the image file")
+        raise InputError(
+            "the result records no image file (it was computed from an array): give the image's path"
+        )
     if not path.is_file():
         raise InputError(f"the analysed image is no longer at {path}: give its new place")
     image = read_image(path)
@@ -157,6 +190,12 @@ def saved_image(saved: SavedSmear, image_path: str | os.PathLike | None = None):
             f"{path.name} is {image.shape[:2]}, the result's labels {saved.result.labels.shape}: not its image"
         )
     warning = None
-    if saved.image_sha256 and file_sha256(path) != saved.image_sha256:
-        warning = f"{path.name} has changed since it was analysed (sha256 differs)"
+    if saved.image_sha256:
+        same = (
+            _array_sha256(image) == saved.image_sha256
+            if saved.image_was_array
+            else file_sha256(path) == saved.image_sha256
+        )
+        if not same:
+            warning = f"{path.name} has changed since it was analysed (sha256 differs)"
     return image, warning
