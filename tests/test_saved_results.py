@@ -85,6 +85,7 @@ def test_bad_saved_results_are_clear_errors(analyzed, tmp_path):
 
 
 def test_open_saved_result_in_napari(make_napari_viewer, qtbot, analyzed, tmp_path):
+    from napari_cytodiffusion.io.results import read_smear_outputs, saved_image
     from napari_cytodiffusion.widgets.classify import ClassifyWidget
 
     viewer = make_napari_viewer()
@@ -125,6 +126,23 @@ def test_open_saved_result_in_napari(make_napari_viewer, qtbot, analyzed, tmp_pa
     assert widget.result["summary"]["reference_diameter"] == summary["reference_diameter"]
     assert widget.result["params"]["red_cell_px"] == summary["reference_diameter"]["pixels"]
     assert "px across (pooled: " in widget.legend.value
+    # the image moved: its new place, given in the widget, is used
+    moved = tmp_path / "elsewhere.png"
+    moved.write_bytes((analyzed / "in" / "smear.png").read_bytes())
+    saved = read_smear_outputs(analyzed / "out" / "smear_summary.json")
+    ghost = tmp_path / "ghost"  # a copy of the result whose audit names an image that is gone
+    ghost.mkdir()
+    for name in ("smear_cells.csv", "smear_labels.tif"):
+        (ghost / name).write_bytes((analyzed / "out" / name).read_bytes())
+    summary_json = json.loads((analyzed / "out" / "smear_summary.json").read_text())
+    summary_json["audit"]["input"]["path"] = str(tmp_path / "gone.png")
+    (ghost / "smear_summary.json").write_text(json.dumps(summary_json))
+    first = widget.result
+    widget.saved_file.value = ghost / "smear_summary.json"
+    widget.saved_image.value = moved
+    widget.open_button.clicked()
+    qtbot.waitUntil(lambda: widget.result is not first, timeout=120_000)
+    assert np.array_equal(widget.result["image"], saved_image(saved)[0])
     # a file that is not a result: a notification, nothing added
     n = len(viewer.layers)
     widget.open_saved(tmp_path / "review" / "corrections" / "labels.csv")

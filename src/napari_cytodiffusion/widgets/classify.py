@@ -106,9 +106,17 @@ class ClassifyWidget(Container, RunnerMixin):
             tooltip="NAME_summary.json (or its cells CSV / labels TIFF) written by analyze, classify "
             "--labels, demo or Export results: reopened with its image for review and correction",
         )
+        self.saved_image = FileEdit(
+            label="its image (if moved)",
+            mode="r",
+            value="",
+            tooltip="where the analysed image is now, when it is no longer where the result's audit says",
+        )
         self.open_button = PushButton(text="Open saved result")
-        self.extend([self.saved_file, self.open_button])
-        self.open_button.changed.connect(lambda: self.open_saved(self.saved_file.value))
+        self.extend([self.saved_file, self.saved_image, self.open_button])
+        self.open_button.changed.connect(
+            lambda: self.open_saved(self.saved_file.value, str(self.saved_image.value or "").strip() or None)
+        )
         from .finetune import FinetunePanel
         from .inspector import CellInspector
 
@@ -262,6 +270,8 @@ class ClassifyWidget(Container, RunnerMixin):
         if not str(path or "").strip() or Path(str(path)).is_dir():
             notify("warning", "choose a saved result (NAME_summary.json from analyze or Export results)")
             return
+        if image_path is not None and (str(image_path) in ("", ".") or Path(str(image_path)).is_dir()):
+            image_path = None  # an empty file field
         fallback = model_spec(self.model_name, self.model_dir)
 
         def work():
