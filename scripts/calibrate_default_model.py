@@ -8,6 +8,9 @@ Steps (all recorded in the model metadata's ``calibration`` and ``validation``):
 4. temperature, P(correct) logistic model and anomaly threshold from an adaptive run;
 5. validation metrics on PBC ``val`` (full grid and adaptive, same cells, same seed).
 
+A refitted anomaly profile drops its smear-platelet reference: run
+``scripts/calibrate_smear_platelets.py`` afterwards.
+
 Usage::
 
     python scripts/calibrate_default_model.py --model runs/pbc32 --cache pbc_cache.npz [--device cuda]

@@ -13,6 +13,9 @@ Usage::
     python scripts/calibrate_presets.py --model src/napari_cytodiffusion/data/models/pbc32 \\
         --cache pbc_cache.npz --backend int8 --speeds accurate [--validate]
 
+A refitted anomaly profile drops its smear-platelet reference: run
+``scripts/calibrate_smear_platelets.py`` afterwards.
+
 ``fast`` evaluates only middle timesteps, so its anomaly profile is fitted on the noise bands
 it sees (``profile["dims"]``).
 """

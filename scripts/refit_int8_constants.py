@@ -13,6 +13,9 @@ errors and calls exactly), and refitted as ``recalibrate`` does. That takes seco
 hour of runs. First, 8 of the dump's cells are run again here, and the script stops if their
 errors differ: the dump must come from this machine's numerics.
 
+A refitted anomaly profile drops its smear-platelet reference: run
+``scripts/calibrate_smear_platelets.py`` afterwards.
+
 Usage::
 
     python scripts/refit_int8_constants.py --model src/napari_cytodiffusion/data/models/pbc32 \\

@@ -328,6 +328,79 @@ def test_class_gap_profile_sees_an_unusual_pattern_of_distances():
     assert np.isfinite(s_norm).all() and auroc(s_norm, s_odd) < 0.75
 
 
+def test_a_second_reference_for_another_form_of_a_class():
+    """Cells of a class in a form its calibration cells lack (a smear's single platelets beside PBC's
+    large platelet images) score against the nearer reference; other classes and cells keep their scores."""
+    from napari_cytodiffusion.classify.anomaly import band_dims, fit_component, profile_scores
+    from napari_cytodiffusion.classify.calibration import fit_calibration, score_anomaly
+    from napari_cytodiffusion.classify.engine import ErrorResult, class_evidence
+
+    rng = np.random.default_rng(3)
+    ts = np.array([150, 250, 350, 450, 550, 650, 750, 850])
+    base = np.exp(-ts / 250.0)
+
+    def make(n, label, scale):
+        labels = np.full(n, label)
+        e = base[None, None, :] * np.exp(rng.normal(0, 0.1, (n, 3, len(ts)))) * 1.3
+        e[np.arange(n), labels] = base * scale * np.exp(rng.normal(0, 0.1, (n, len(ts))))
+        return ErrorResult(e, np.ones((n, 3), bool), np.full(n, 24), ts, np.ones(len(ts)), 0.3 * base)
+
+    parts = [make(200, k, 1.0) for k in range(3)]
+    cal = ErrorResult(*(np.concatenate([getattr(r, f) for r in parts]) if f in ("errors", "active", "calls")
+                        else getattr(parts[0], f) for f in ErrorResult.__dataclass_fields__))  # fmt: skip
+    c = fit_calibration(cal, np.repeat(np.arange(3), 200), 3)["anomaly"]
+    thr = c["threshold"]
+
+    def scored(res, anomaly):
+        w, ev = class_evidence(res)
+        return w, score_anomaly(res, w, ev, anomaly)
+
+    small = make(300, 2, 0.5)  # class 2 in a second form: explained far better than its calibration cells
+    w, before = scored(small, c)
+    assert (w == 2).all() and np.mean(before > thr) > 0.9
+    from napari_cytodiffusion.classify.anomaly import profile_features
+
+    feats = profile_features(small.errors, ts, small.unit_scales, w, c["unit_reference"], gaps=c["gaps"])
+    comp = fit_component(feats[:150], c["profile"], 2, "second form", "test cells", thr, 0.96)
+    assert (
+        comp["n"] == 150 and comp["class"] == 2 and comp["dims"] == list(range(6))
+    )  # four bands, gaps to two classes
+    bands = fit_component(feats[:150], c["profile"], 2, "bands", "test cells", thr, 0.96, dims=band_dims())
+    assert bands["dims"] == [0, 1, 2, 3]
+    with_comp = {**c, "profile": {**c["profile"], "components": [comp]}}
+    _, after = scored(small, with_comp)
+    assert np.mean(after[150:] > thr) < 0.15  # held-out cells of the second form
+    assert (after <= before + 1e-12).all()  # the nearer of two references
+    # the first form of the class, and the other classes, score as before
+    for k in range(3):
+        _, a0 = scored(parts[k], c)
+        _, a1 = scored(parts[k], with_comp)
+        if k != 2:
+            assert np.array_equal(a0, a1)
+        else:
+            assert np.allclose(a0, a1, atol=0.3) and np.mean(a1 > thr) == pytest.approx(
+                np.mean(a0 > thr), abs=0.03
+            )
+    # a size-bound component applies only to cells whose size is known and small enough
+    bound = fit_component(feats[:150], c["profile"], 2, "small", "test cells", thr, 0.96, max_size=0.7)
+    held = feats[150:]
+    wh = w[150:]
+    only = {**c["profile"], "components": [bound]}
+    assert np.array_equal(profile_scores(held, wh, only), before[150:])  # single-cell images: no sizes
+    sizes = np.where(np.arange(len(held)) % 2 == 0, 0.4, 1.0)
+    sizes[1] = np.nan
+    s_sized = profile_scores(held, wh, only, sizes)
+    small_rows = sizes <= 0.7
+    assert np.array_equal(s_sized[~small_rows], before[150:][~small_rows])
+    assert np.mean(s_sized[small_rows] > thr) < 0.15
+    # too hard for either form: still anomalous
+    _, hard = scored(make(100, 2, 1.8), with_comp)
+    assert np.mean(hard > thr) > 0.9
+    with pytest.raises(ValueError, match="complete profiles"):
+        fit_component(feats[:5], c["profile"], 2, "second form", "test cells", thr, 0.96)
+    assert np.array_equal(profile_scores(feats, w, c["profile"]), before)
+
+
 def test_pcorrect_fit_shrinks_towards_top_probability_with_few_cells():
     from napari_cytodiffusion.classify.calibration import (
         PCORRECT_IDENTITY,
@@ -388,13 +461,14 @@ def test_domain_check_counts_anomalous_cells_against_the_calibrated_rate():
     assert summarize(table, ["a", "b"])["domain_check"] is None  # no reference: no claim
 
 
-def test_platelets_do_not_enter_the_flagged_share_or_the_domain_check():
-    """Single platelets score anomalous on every smear (the references are PBC's large platelets)."""
+def test_platelets_enter_the_triage_only_with_a_reference_for_their_smear_form():
+    """Single smear platelets score anomalous against a reference fitted on PBC's platelet images only:
+    without a smear-platelet component they stay out of the flagged share and the domain check."""
     import pandas as pd
 
     from napari_cytodiffusion.pipeline import summarize
 
-    ref = {"threshold": 1.5, "specificity": 0.96}
+    ref = {"threshold": 1.5, "specificity": 0.96, "profile": {"means": [[0.0], [0.0]]}}
     n_white, n_plt = 20, 12
     table = pd.DataFrame(
         {
@@ -406,13 +480,22 @@ def test_platelets_do_not_enter_the_flagged_share_or_the_domain_check():
     )
     classes = ["neutrophil", "platelet"]
     s = summarize(table, classes, anomaly_reference=ref)
+    assert s["flag_exempt_classes"] == ["platelet"]
     assert s["verdict"] == "routine" and s["reasons"] == []
     assert s["domain_check"]["n"] == n_white and s["domain_check"]["n_anomalous"] == 0
     assert s["n_flagged"] == n_plt and s["n_triaged"] == n_white and s["n_triaged_flagged"] == 0
-    # counted like any class when the triage says so
-    s = summarize(table, classes, {"flag_exempt_classes": []}, anomaly_reference=ref)
+    # a reference with a smear form for platelets (the shipped models): they count like any class
+    comp = {"class": 1, "name": "smear platelets", "max_size": 0.71}
+    with_form = {**ref, "profile": {**ref["profile"], "components": [comp]}}
+    s = summarize(table, classes, anomaly_reference=with_form)
+    assert s["flag_exempt_classes"] == [] and s["n_triaged"] == n_white + n_plt
     assert s["domain_check"]["n_anomalous"] == n_plt and s["domain_check"]["shifted"]
     assert s["reasons"][0].startswith("38% of classified cells flagged")
+    # a component without a size bound is not a smear form; an explicit list is taken as given
+    loose = {**ref, "profile": {**ref["profile"], "components": [{"class": 1, "name": "x"}]}}
+    assert summarize(table, classes, anomaly_reference=loose)["flag_exempt_classes"] == ["platelet"]
+    s = summarize(table, classes, {"flag_exempt_classes": []}, anomaly_reference=ref)
+    assert s["domain_check"]["n_anomalous"] == n_plt
     # white cells flagged are still a reason, named as such
     table.loc[:4, "flagged"] = True
     s = summarize(table, classes, anomaly_reference=ref)

@@ -282,3 +282,45 @@ def test_smear_finetuning_crops_cells_at_the_runs_scale():
     assert at_run.train_images.shape == estimated.train_images.shape and len(at_run.train_labels) == 3
     assert not np.array_equal(at_run.train_images, estimated.train_images)
     assert np.array_equal(estimated.train_images, again.train_images)
+
+
+#: PBC val images with single platelets beside their cell (two of each class)
+PLATELET_FIELDS = [
+    "basophil/BA_54664.jpg", "basophil/BA_680879.jpg", "eosinophil/EO_87220.jpg", "eosinophil/EO_801.jpg",
+    "ig/PMY_875045.jpg", "ig/MY_380564.jpg", "lymphocyte/LY_64434.jpg", "lymphocyte/LY_877055.jpg",
+    "monocyte/MO_294724.jpg", "monocyte/MO_385446.jpg", "neutrophil/SNE_840546.jpg", "neutrophil/SNE_245640.jpg",
+]  # fmt: skip
+
+
+def test_single_platelets_of_a_smear_score_against_their_own_reference(shared_data):
+    """The shipped platelet references are PBC's platelet images (large platelets, clumps); the single
+    platelets of a smear, too small for any other class, are scored against a reference of their own."""
+    from napari_cytodiffusion.classify.classifier import calibration_for
+    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.pipeline import analyze
+
+    model = get_model("default")
+    anomaly = calibration_for(model)["anomaly"]
+    (comp,) = [c for c in anomaly["profile"].get("components", []) if c["name"] == "smear platelets"]
+    assert (
+        model.classes[comp["class"]] == "platelet"
+        and comp["max_size"]
+        < min(lo for c, (lo, _) in class_ranges(model.metadata.extra).items() if c != "platelet") + 1e-9
+    )
+    shares = {}
+    for size_check in (True, False):
+        scores = []
+        for name in PLATELET_FIELDS:
+            t = analyze(
+                read_image(shared_data / "pbc" / "images" / name), model=model, size_check=size_check
+            ).table
+            small = t["classified"] & (t["size"] <= comp["max_size"])
+            if size_check:  # too small for any other class
+                assert (t.loc[small, "class"] == "platelet").all()
+            scores += t.loc[small, "anomaly"].tolist()
+        assert len(scores) >= 15
+        shares[size_check] = float(np.mean(np.asarray(scores) > anomaly["threshold"]))
+    assert shares[True] <= 0.2, shares
+    # without a trusted size (check off, or a single-cell image) they meet PBC's platelet images only,
+    # or are called something else by appearance
+    assert shares[False] >= 0.6, shares

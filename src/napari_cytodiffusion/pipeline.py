@@ -35,11 +35,15 @@ DEFAULT_TRIAGE = {
     "max_flagged_fraction": 0.10,
     "alert_classes": {"erythroblast": 0.0, "ig": 0.02},
     # cells called these classes keep their own flags but do not enter the flagged share or the
-    # domain check: the shipped models' platelet references are PBC's platelet images (large
-    # platelets and clumps, ~0.8 red cells across), so the single platelets of any smear (~0.35)
-    # score anomalous whatever the lab — 86 % of those on PBC's own val images, 91-100 % on TXL-PBC
-    "flag_exempt_classes": ["platelet"],
+    # domain check; "auto": the :data:`SMEAR_FORMS` whose smear form the model's anomaly reference
+    # lacks (see :func:`exempt_classes`)
+    "flag_exempt_classes": "auto",
 }
+#: Classes whose cells on a smear take a form their single-cell training images hardly show: PBC's
+#: platelet images are mostly large platelets and clumps (~0.8 red cells across), the single
+#: platelets of any smear ~0.35. Against a reference fitted on the images alone, 86 % of the single
+#: platelets of PBC's own val images scored anomalous (91-100 % on TXL-PBC).
+SMEAR_FORMS = ("platelet",)
 UNCLASSIFIED = "red cell (not classified)"
 
 
@@ -262,7 +266,8 @@ def summarize(
     counts = {c: int((classified["class"] == c).sum()) for c in classes}
     pct = {c: (100.0 * k / n if n else 0.0) for c, k in counts.items()}
     n_flag = int(classified["flagged"].sum()) if n else 0
-    exempt = [c for c in triage.get("flag_exempt_classes") or [] if counts.get(c)]
+    left_out = exempt_classes(triage, anomaly_reference, classes)
+    exempt = [c for c in left_out if counts.get(c)]
     scored = classified[~classified["class"].isin(exempt)] if exempt else classified
     m, m_flag = len(scored), int(scored["flagged"].sum()) if len(scored) else 0
     reasons = []
@@ -316,11 +321,36 @@ def summarize(
         # what the flagged share of the triage and the domain check counted
         "n_triaged": m,
         "n_triaged_flagged": m_flag,
+        "flag_exempt_classes": left_out,
         "verdict": "needs review" if reasons else "routine",
         "reasons": reasons,
         "triage_thresholds": triage,
         "domain_check": domain,
     }
+
+
+def exempt_classes(
+    triage: dict[str, Any], anomaly_reference: dict[str, Any] | None, classes: list[str]
+) -> list[str]:
+    """Classes left out of the flagged share and the domain check (triage ``flag_exempt_classes``).
+
+    A list is taken as given. ``"auto"`` (the default) leaves out each of :data:`SMEAR_FORMS` that
+    the model's anomaly reference has no smear form for (a size-bound component of its profile,
+    :func:`~napari_cytodiffusion.classify.anomaly.fit_component`): there, that class's cells on a
+    smear score anomalous whatever the lab. The shipped models have one for platelets
+    (``scripts/calibrate_smear_platelets.py``), so their platelets count; a model calibrated on
+    single-cell images only (one trained or adapted by a user) keeps them out.
+    """
+    value = triage.get("flag_exempt_classes", "auto")
+    if value != "auto":
+        return [str(c) for c in value or []]
+    profile = (anomaly_reference or {}).get("profile") or {}
+    covered = {
+        classes[int(c["class"])]
+        for c in profile.get("components", [])
+        if "max_size" in c and 0 <= int(c["class"]) < len(classes)
+    }
+    return [c for c in SMEAR_FORMS if c in classes and c not in covered]
 
 
 def iter_analyze(
@@ -409,8 +439,13 @@ def iter_analyze(
     )
     ranges = model_ranges if want_sizes and not size_problem else {}
     allowed = allowed_classes(sizes[sel], model.classes, ranges) if ranges else None
+    # sizes also choose the anomaly reference of a cell too small for any class but platelet
+    # (a smear's single platelet); only where the size check trusts the scale
+    known = sizes[sel] if ranges else None
     result = None
-    for item in iter_classify(model, crops, speed=speed, seed=seed, should_stop=should_stop, allowed=allowed):
+    for item in iter_classify(
+        model, crops, speed=speed, seed=seed, should_stop=should_stop, allowed=allowed, sizes=known
+    ):
         if isinstance(item, Progress):
             yield Stage("classifying", item.done, item.total)
         elif isinstance(item, Classification):

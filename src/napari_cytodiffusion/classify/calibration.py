@@ -149,9 +149,17 @@ def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
 
 
 def score_anomaly(
-    result: ErrorResult, winner: np.ndarray, evidence: np.ndarray, anomaly: dict[str, Any]
+    result: ErrorResult,
+    winner: np.ndarray,
+    evidence: np.ndarray,
+    anomaly: dict[str, Any],
+    sizes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Anomaly score with the model's calibrated method ("profile", or the older "z_winner")."""
+    """Anomaly score with the model's calibrated method ("profile", or the older "z_winner").
+
+    ``sizes``: the cells' sizes in red-cell diameters where known (smear cells), for the profile's
+    size-bound references (:func:`.anomaly.profile_scores`).
+    """
     if anomaly.get("method") == "profile":
         from .anomaly import profile_features, profile_scores
 
@@ -163,7 +171,7 @@ def score_anomaly(
             anomaly["unit_reference"],
             gaps=anomaly.get("gaps", "runner_up"),
         )
-        return profile_scores(feats, winner, anomaly["profile"])
+        return profile_scores(feats, winner, anomaly["profile"], sizes)
     return anomaly_scores(result, winner, anomaly["reference"], anomaly["reference_timesteps"])
 
 

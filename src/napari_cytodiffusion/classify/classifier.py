@@ -132,13 +132,15 @@ def iter_classify(
     batch_cells: int = 64,
     should_stop: Callable[[], bool] | None = None,
     allowed: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
     **engine_overrides: Any,
 ) -> Iterator[Progress | Classification]:
     """Classify uint8 crops (N, S, S, 3); yields :class:`Progress`, then the :class:`Classification`.
 
     ``allowed`` (N, C bool), e.g. the classes a smear cell's size permits
     (:mod:`.size`), restricts each cell's call and probabilities to those classes; a cell that
-    allows none keeps every class. See :func:`finish`.
+    allows none keeps every class. ``sizes`` (N,) are the cells' sizes in red-cell diameters
+    where known, for size-bound anomaly references. See :func:`finish`.
     """
     import torch
 
@@ -174,6 +176,7 @@ def iter_classify(
         time.perf_counter() - t0,
         {"speed": speed, "seed": seed, **cfg.__dict__},
         allowed=allowed,
+        sizes=sizes,
     )
 
 
@@ -184,6 +187,7 @@ def finish(
     seconds: float,
     settings: dict[str, Any],
     allowed: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
 ) -> Classification:
     """Errors → probabilities, certainty, P(correct), anomaly, flags.
 
@@ -224,7 +228,7 @@ def finish(
     temperature = float(cal.get("temperature", 1.0))
     probs = softmax_neg(evidence if mask is None else np.where(mask, evidence, np.inf), temperature)
     if "anomaly" in cal:
-        anomaly = score_anomaly(res, winner, evidence, cal["anomaly"])
+        anomaly = score_anomaly(res, winner, evidence, cal["anomaly"], sizes)
         threshold = float(cal["anomaly"]["threshold"])
     else:
         anomaly, threshold = np.zeros(n), np.inf
