@@ -168,3 +168,54 @@ def test_a_result_computed_from_an_array_finds_its_image_beside_it(analyzed, tmp
     Image.fromarray(synthetic_smear(seed=7)[0]).save(tmp_path / "field.png")  # other pixels: not its image
     with pytest.raises(InputError, match="records no image file"):
         saved_image(saved)
+
+
+def test_drop_a_saved_result_on_napari(make_napari_viewer, analyzed, tmp_path):
+    """The napari reader opens a saved result (its summary or cells table) as image, labels and cells."""
+    from napari_cytodiffusion.io.reader import get_reader
+    from napari_cytodiffusion.layers import hex_to_rgba
+    from napari_cytodiffusion.model.registry import get_model
+
+    out = analyzed / "out"
+    assert get_reader(str(out / "smear_summary.json")) is not None
+    assert get_reader(str(out / "smear_labels.tif")) is None  # left to the TIFF readers
+    stray = tmp_path / "x_summary.json"
+    stray.write_text("{}")
+    assert get_reader(str(stray)) is None  # no cells table or labels beside it: not claimed
+    viewer = make_napari_viewer()
+    image, labels, points = viewer.open(str(out / "smear_cells.csv"), plugin="napari-cytodiffusion")
+    assert (image.name, labels.name, points.name) == ("smear", "smear labels", "smear cells")
+    table = pd.read_csv(out / "smear_cells.csv")
+    assert image.rgb and labels.data.shape == image.data.shape[:2]
+    assert list(points.features["class"]) == list(table["class"]) and len(points.data) == len(table)
+    md = get_model("default").metadata
+    row = table[table["classified"]].iloc[0]
+    colour = md.colours[md.classes.index(row["class"])]
+    assert np.allclose(labels.colormap.map(int(row["label"])), hex_to_rgba(colour), atol=1e-3)
+    assert (
+        points.symbol[int(np.flatnonzero(table["flagged"])[0])].value == "star"
+        if table["flagged"].any()
+        else True
+    )
+    # the image is gone: the labels and cells still open, with a warning
+    ghost = tmp_path / "ghost"
+    ghost.mkdir()
+    for name in ("smear_cells.csv", "smear_labels.tif"):
+        (ghost / name).write_bytes((out / name).read_bytes())
+    summary = json.loads((out / "smear_summary.json").read_text())
+    summary["audit"]["input"]["path"] = str(tmp_path / "gone.png")
+    (ghost / "smear_summary.json").write_text(json.dumps(summary))
+    from napari.utils.notifications import notification_manager
+
+    said = []
+
+    def hear(event):
+        said.append(str(event.message))
+
+    notification_manager.notification_ready.connect(hear)
+    try:
+        opened = viewer.open(str(ghost / "smear_summary.json"), plugin="napari-cytodiffusion")
+    finally:
+        notification_manager.notification_ready.disconnect(hear)
+    assert [layer.name for layer in opened] == ["smear labels [1]", "smear cells [1]"]
+    assert any("no longer at" in m for m in said), said

@@ -79,3 +79,26 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
         else:
             rows.append(f"scale: {ref['pixels']:.1f} px, from {how} (fewer than 3 whole red cells)")
     return "<br>".join(rows)
+
+
+def points_layer_kwargs(table, classes: list[str], colours: list[str]) -> tuple[np.ndarray, dict]:
+    """Coordinates and napari ``Points`` keyword arguments for a cells table.
+
+    Fill = class colour (the user's correction where there is one), border = uncertainty
+    (1 − P(correct), magma), stars for flagged cells, small discs for cells not classified.
+    """
+    features = table.copy()
+    features["uncertainty"] = 1 - features["p_correct"].astype(float).fillna(1.0)
+    flagged = features["flagged"].to_numpy(dtype=bool)
+    classified = features["classified"].to_numpy(dtype=bool)
+    kwargs = {
+        "features": features,
+        "face_color": class_colours(table, classes, colours),
+        "border_color": "uncertainty",
+        "border_colormap": "magma",
+        "border_width": 0.25,
+        "border_width_is_relative": True,
+        "size": np.where(flagged, 18, np.where(classified, 12, 5)),
+        "symbol": np.where(flagged, "star", "disc"),
+    }
+    return table[["centroid_y", "centroid_x"]].to_numpy(dtype=float), kwargs

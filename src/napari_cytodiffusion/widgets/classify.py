@@ -199,7 +199,7 @@ class ClassifyWidget(Container, RunnerMixin):
     # results ---------------------------------------------------------------
     def _show(self, res, model, image_layer, labels_layer, image, corrections: dict | None = None) -> None:
         """Add a points layer for a result; ``corrections`` ({label: class}) carry a user's labels over."""
-        from ..layers import class_colours, legend_html
+        from ..layers import legend_html, points_layer_kwargs
 
         table = res.table
         md = model.metadata
@@ -215,20 +215,11 @@ class ClassifyWidget(Container, RunnerMixin):
         if corrections:
             table = table.copy()
             table["corrected_class"] = table["label"].map(corrections).fillna("")
-        features = table.copy()
-        features["uncertainty"] = 1 - features["p_correct"].fillna(1.0)
-        face = class_colours(table, md.classes, md.colours)
+        coords, kwargs = points_layer_kwargs(table, md.classes, md.colours)
         points = self.viewer.add_points(
-            table[["centroid_y", "centroid_x"]].to_numpy(),
-            features=features,
+            coords,
+            **kwargs,
             name=unique_layer_name(self.viewer, f"{image_layer.name} cells"),
-            face_color=face,
-            border_color="uncertainty",
-            border_colormap="magma",
-            border_width=0.25,
-            border_width_is_relative=True,
-            size=np.where(features["flagged"], 18, np.where(features["classified"], 12, 5)),
-            symbol=np.where(features["flagged"], "star", "disc"),
             scale=labels_layer.scale,
             translate=labels_layer.translate,
             metadata={"napari-cytodiffusion": {"model": model.short_id(), "parameters": res.parameters}},
