@@ -482,6 +482,10 @@ def test_platelets_enter_the_triage_only_with_a_reference_for_their_smear_form()
     s = summarize(table, classes, anomaly_reference=ref)
     assert s["flag_exempt_classes"] == ["platelet"]
     assert s["verdict"] == "routine" and s["reasons"] == []
+    from napari_cytodiffusion.layers import legend_html
+
+    note = "platelet: not in the flagged share or the domain check"
+    assert note in legend_html(s, classes, ["#ff0000", "#00ff00"])
     assert s["domain_check"]["n"] == n_white and s["domain_check"]["n_anomalous"] == 0
     assert s["n_flagged"] == n_plt and s["n_triaged"] == n_white and s["n_triaged_flagged"] == 0
     # a reference with a smear form for platelets (the shipped models): they count like any class
@@ -489,6 +493,7 @@ def test_platelets_enter_the_triage_only_with_a_reference_for_their_smear_form()
     with_form = {**ref, "profile": {**ref["profile"], "components": [comp]}}
     s = summarize(table, classes, anomaly_reference=with_form)
     assert s["flag_exempt_classes"] == [] and s["n_triaged"] == n_white + n_plt
+    assert note not in legend_html(s, classes, ["#ff0000", "#00ff00"])
     assert s["domain_check"]["n_anomalous"] == n_plt and s["domain_check"]["shifted"]
     assert s["reasons"][0].startswith("38% of classified cells flagged")
     # a component without a size bound is not a smear form; an explicit list is taken as given

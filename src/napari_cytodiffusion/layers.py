@@ -68,6 +68,9 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
             f"<span style='color:{col}'>&#9632;</span> {c}: {k} ({summary['percent'].get(c, 0):.1f}%)"
         )
     rows += [f"<i>{r}</i>" for r in summary.get("reasons", [])]
+    left_out = [c for c in summary.get("flag_exempt_classes") or [] if summary["counts"].get(c)]
+    if left_out:  # the model has no reference for their smear form (pipeline.exempt_classes)
+        rows.append(f"{', '.join(left_out)}: not in the flagged share or the domain check")
     if str(summary.get("size_check", "")).startswith("not applied"):
         rows.append(f"size check {summary['size_check']}")
     ref = summary.get("reference_diameter") or {}
