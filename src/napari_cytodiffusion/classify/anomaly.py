@@ -20,6 +20,9 @@ a short profile:
 Calibration cells give, per predicted class, the mean and covariance of this profile (blended
 with the pooled covariance, shrunk towards its diagonal); the score is the Mahalanobis distance
 per available dimension. It is two-sided: too easy, too hard, or an unusual shape all count.
+
+A class whose cells come in a form its calibration cells lack gets a second reference
+(:func:`fit_component`): the single platelets of a smear, beside PBC's platelet images.
 """
 
 from __future__ import annotations
@@ -173,7 +176,7 @@ def fit_component(
     The shipped models' platelet references are PBC's platelet *images*: large platelets and
     clumps, centred. The single platelets around the cells of a smear (a third of a red cell
     across, off-centre in their crop) are a form of the same class that those images hardly show,
-    and their error profiles sit far from it: 86 % of them scored anomalous on PBC's own images.
+    and their error profiles sit far from it: 81-86 % of them scored anomalous on PBC's own images.
 
     ``features`` are the profiles of such cells (all called ``cls``). The component is their mean
     and covariance (shrunk towards its diagonal) on ``dims`` (default: the profile's dimensions;
