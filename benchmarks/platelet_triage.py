@@ -3,7 +3,7 @@
 Reads one or more `analyze` output folders (``NAME_cells.csv`` per image) and prints, per folder, the pooled
 domain check (cells above the anomaly threshold against the ~4 % expected, one-sided binomial test) with the
 cells called platelet counted and left out, and how many of those platelets are anomalous (single platelets:
-under 0.71 red cells). The threshold is that of the model and preset the folder was analysed with.
+too small for any other class, 0.71 red cells for the shipped models). The threshold is that of the model and preset the folder was analysed with.
 
 Usage (the README's figures: 48 PBC val images, 6 per class drawn at random in stop 38, and every other
 TXL-PBC val field per source, the source told by the image size)::
@@ -22,6 +22,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+
+def single_platelet_size(model, ref: dict) -> float:
+    """Largest size of a single platelet: the smear-platelet reference's bound, else the smallest other class."""
+    from napari_cytodiffusion.classify.size import class_ranges
+
+    for comp in (ref.get("profile") or {}).get("components", []):
+        if "max_size" in comp and model.classes[int(comp["class"])] == "platelet":
+            return float(comp["max_size"])
+    ranges = class_ranges(model.metadata.extra)
+    lows = [lo for c, (lo, _) in ranges.items() if c != "platelet" and lo > 0]
+    return float(min(lows)) if lows else float("inf")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         c = t[t["classified"].astype(bool)]
         plt = (c["class"] == "platelet").to_numpy()
         a = c["anomaly"].to_numpy(dtype=float)
-        single = plt & (c["size"].to_numpy(dtype=float) < 0.71) if "size" in c else plt
+        single = (
+            plt & (c["size"].to_numpy(dtype=float) <= single_platelet_size(model, ref))
+            if "size" in c
+            else plt
+        )
         row = {
             "images": len(files),
             "counted": domain_check(a, thr, spec),

@@ -17,8 +17,8 @@ smear platelets before and after is stored beside the component.
 
 Run it after every script that refits a block's anomaly profile (``calibrate_default_model.py``,
 ``calibrate_presets.py``, ``refit_int8_constants.py``): the component belongs to the profile's
-unit reference. Errors of each run are kept in ``--work``
-(``{split}_{model}_{backend}_{speed}.npz``) so that a rerun only fits.
+unit reference. Crops and errors of each run are kept in ``--work`` (``{split}{per_class}_s31_cells.npz``,
+``{split}{per_class}_{model}_{backend}_{speed}.npz``) so that a rerun only fits.
 
 Usage::
 
@@ -45,7 +45,7 @@ def collect(
     data: Path, split: str, per_class: int, work: Path, model, seed: int = 31
 ) -> dict[str, np.ndarray]:
     """Crops, allowed classes and sizes of the non-centre stained cells of ``per_class`` images per class."""
-    out = work / f"{split}_cells.npz"
+    out = work / f"{split}{per_class}_s{seed}_cells.npz"  # a cache of one draw: its split, size and seed
     if out.is_file():
         return dict(np.load(out))
     import napari_cytodiffusion.pipeline as P
@@ -117,7 +117,7 @@ def collect(
 
 
 def errors_of(model, cells, backend: str, speed: str, split: str, work: Path):
-    """The preset's errors on the cells (cached in ``work``)."""
+    """The preset's errors on the cells (cached in ``work``; ``split`` names the draw, e.g. ``train120``)."""
     from napari_cytodiffusion.classify.calibration import error_run
     from napari_cytodiffusion.classify.engine import ErrorResult
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             prof = {k: v for k, v in cal["anomaly"]["profile"].items() if k != "components"}
             thr = float(cal["anomaly"]["threshold"])
             spec = float(cal["anomaly"].get("specificity", 0.96))
-            res = errors_of(model, train, backend, speed, "train", args.work)
+            res = errors_of(model, train, backend, speed, f"train{args.per_class}", args.work)
             pred, feats = platelet_profiles(model, cal, res, train["allowed"], train["size"])
             sel = (pred == platelet) & (train["size"] <= max_size)
             source = (
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             comp["fit_anomalous_share"] = shares(feats[sel], pred[sel], train["size"][sel], prof, comp, thr)
             if args.validate_per_class and speed in args.validate_speeds:
                 val = collect(args.data, "val", args.validate_per_class, args.work, model)
-                vres = errors_of(model, val, backend, speed, "val", args.work)
+                vres = errors_of(model, val, backend, speed, f"val{args.validate_per_class}", args.work)
                 vpred, vfeats = platelet_profiles(model, cal, vres, val["allowed"], val["size"])
                 vs = (vpred == platelet) & (val["size"] <= max_size)
                 comp["val_anomalous_share"] = shares(
