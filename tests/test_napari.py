@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-WIDGETS = ["Segment cells", "Classify cells", "Generate cells", "Train model"]
+WIDGETS = ["Segment cells", "Classify cells", "Analyze smears", "Generate cells", "Train model"]
 
 
 def test_manifest_validates():

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,24 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
     With a pooled scale (``options["pooled_scale"]``, from :func:`measure_one` over the run's
     images) the labels that :func:`measure_one` wrote are classified at that scale.
     """
+    gen = iter_analyze_one(path, out, options)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def iter_analyze_one(path: str, out: str, options: dict[str, Any]) -> Generator[Any, None, dict[str, Any]]:
+    """:func:`analyze_one` as a generator: yields the pipeline's stages, returns the cohort row.
+
+    Closing it between two stages (a cancelled run) writes nothing for this image.
+    """
     from .cli.commands_smear import write_smear_outputs
     from .export import read_labels_tiff
     from .io.images import read_image
     from .model.registry import get_model
-    from .pipeline import analyze
+    from .pipeline import Stage, iter_analyze
     from .segmentation.cellpose_seg import SegmentParams
 
     p, o = Path(path), Path(out)
@@ -57,7 +70,8 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
         image = read_image(p)
         model = get_model(options.get("model", "default"))  # cached: loaded once per worker process
         seg = SegmentParams(**options["segmentation"])
-        res = analyze(
+        res = None
+        for item in iter_analyze(
             image,
             model=model,
             segment_params=seg,
@@ -68,7 +82,11 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
             seed=options.get("seed", 0),
             size_check=options.get("size_check", True),
             red_cell_px=pooled["pixels"] if pooled and not own_scale else options.get("red_cell_px"),
-        )
+        ):
+            if isinstance(item, Stage):
+                yield item
+            else:
+                res = item
         if pooled:
             res.parameters["segmentation"] = seg.to_dict()  # the labels measure_one made
         if pooled and not own_scale:
@@ -195,30 +213,58 @@ def _peak_rss_mb() -> float | None:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def _options(args) -> dict[str, Any]:
+def analysis_options(
+    model: str | os.PathLike = "default",
+    speed: str = "balanced",
+    cells: str = "stained",
+    min_area: int = 0,
+    seed: int = 0,
+    size_check: bool = True,
+    red_cell_px: float | None = None,
+    pool_scale: bool = False,
+    segmentation: Any = None,
+) -> dict[str, Any]:
+    """The options of a batch run (plain data, so that dask can send them to its workers).
+
+    Parameters
+    ----------
+    model
+        Diffusion model: a name (``default``) or a folder.
+    speed, cells, min_area, seed, size_check, red_cell_px
+        As for :func:`~napari_cytodiffusion.pipeline.iter_analyze`.
+    pool_scale
+        Measure one red-cell size over the whole red cells of every image (one camera and
+        magnification) instead of each image's own; every image is segmented first.
+    segmentation
+        :class:`~napari_cytodiffusion.segmentation.cellpose_seg.SegmentParams` (defaults if None).
+
+    Raises
+    ------
+    InputError
+        For an unknown preset or cell choice, a bad scale, or both ``red_cell_px`` and ``pool_scale``.
+    """
+    from .classify.classifier import PRESETS
+    from .errors import InputError
+    from .pipeline import check_red_cell_px
+    from .segmentation.cellpose_seg import SegmentParams
+
+    if speed not in PRESETS:
+        raise InputError(f"unknown speed {speed!r}; choose one of {', '.join(PRESETS)}")
+    if cells not in ("stained", "all"):
+        raise InputError(f"cells must be 'stained' or 'all', got {cells!r}")
+    check_red_cell_px(red_cell_px)
+    if pool_scale and red_cell_px is not None:
+        raise InputError("give either a red cell's size in pixels or pool the scale, not both")
     return {
-        "model": args.model,
-        "speed": args.speed,
-        "cells": args.cells,
-        "min_area": args.min_area,
-        "seed": args.seed,
-        "size_check": getattr(args, "size_check", True),
-        "red_cell_px": getattr(args, "red_cell_px", None),
-        "pool_scale": getattr(args, "pool_scale", False),
-        "segmentation": {
-            "model": args.seg_model,
-            "diameter": args.diameter,
-            "flow_threshold": args.flow_threshold,
-            "cellprob_threshold": args.cellprob_threshold,
-            "min_size": args.min_size,
-            "max_size_fraction": args.max_size_fraction,
-            "exclude_border": args.exclude_border,
-            "border_pad": args.border_pad,
-            "augment": args.augment,
-            "large_cells": args.large_cells,
-            "platelets": args.platelets,
-            "gpu": args.gpu,
-        },
+        "model": str(model),
+        "speed": speed,
+        "cells": cells,
+        "min_area": int(min_area),
+        "seed": int(seed),
+        "size_check": bool(size_check),
+        "red_cell_px": None if red_cell_px is None else float(red_cell_px),
+        "pool_scale": bool(pool_scale),
+        "segmentation": (segmentation or SegmentParams()).to_dict(),
     }
 
 
@@ -311,13 +357,14 @@ def _error_row(path: Path, message: str, seconds: float) -> dict[str, Any]:
 
 def _run_on_dask(
     client, fn, todo: list[Path], out: Path, options: dict, timeout: float | None, done, log
-) -> None:
+) -> Iterator[str]:
     """Run ``fn`` (:func:`analyze_one`, :func:`measure_one`) for every image on the cluster of ``client``.
 
     At most one task per worker thread is in flight, so the time since submission is the time
     a task has been running (plus the model load of a fresh worker). A task that runs past
     ``timeout`` seconds is recorded as failed, the call stack of the stuck task goes to the log,
-    and its worker is restarted so the rest of the cohort goes on.
+    and its worker is restarted so the rest of the cohort goes on. Yields a status line every
+    ~2 s; closing the generator (a cancelled run) cancels the tasks in flight.
     """
     from dask.distributed import wait
 
@@ -331,48 +378,87 @@ def _run_on_dask(
             fut = client.submit(fn, str(p), str(out), options, pure=False)
             running[fut] = (p, time.perf_counter())
 
-    for _ in range(slots):
-        submit_next()
-    while running:
-        try:
-            finished, _ = wait(list(running), timeout=2.0, return_when="FIRST_COMPLETED")
-        except TimeoutError:  # dask's wait raises when nothing finished within the timeout
-            finished = set()
-        for fut in finished:
-            p, t = running.pop(fut)
-            try:
-                row = fut.result()
-            except Exception as exc:  # the worker died (e.g. killed for memory): this image fails alone
-                row = _error_row(p, f"worker failed: {type(exc).__name__}: {exc}", time.perf_counter() - t)
-            done(row)
+    try:
+        for _ in range(slots):
             submit_next()
-        if not timeout:
-            continue
-        now = time.perf_counter()
-        for fut, (p, t) in list(running.items()):
-            if now - t <= timeout:
-                continue
-            workers = [w for w, keys in client.processing().items() if fut.key in keys]
+        while running:
             try:
-                stacks = client.call_stack(keys=[fut.key])
-            except Exception as exc:  # diagnostics only; the restart below matters
-                stacks = {"error": f"{type(exc).__name__}: {exc}"}
-            log(f"{p.name}: still running after {timeout:.0f} s on {workers or 'an unknown worker'}; stack:")
-            for w, per_key in (stacks or {}).items():
-                log(f"  worker {w}: {per_key}")
-            running.pop(fut)
+                finished, _ = wait(list(running), timeout=2.0, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # dask's wait raises when nothing finished within the timeout
+                finished = set()
+            for fut in finished:
+                p, t = running.pop(fut)
+                try:
+                    row = fut.result()
+                except Exception as exc:  # the worker died (e.g. killed for memory): this image fails alone
+                    row = _error_row(
+                        p, f"worker failed: {type(exc).__name__}: {exc}", time.perf_counter() - t
+                    )
+                done(row)
+                submit_next()
+            for _ in range(_stop_overdue(client, running, timeout, done, log) if timeout else 0):
+                submit_next()
+            yield ", ".join(p.name for p, _ in running.values()) or "finishing"
+    finally:
+        for fut in running:
             fut.cancel()
-            if workers:
-                client.restart_workers(workers, raise_for_error=False)
-            done(_error_row(p, f"timed out after {timeout:.0f} s (worker restarted)", now - t))
-            submit_next()
+
+
+def _stop_overdue(client, running: dict, timeout: float, done, log) -> int:
+    """Record the tasks running past ``timeout`` as failed, log their stacks, restart their workers.
+
+    Returns how many were stopped.
+    """
+    now = time.perf_counter()
+    stopped = 0
+    for fut, (p, t) in list(running.items()):
+        if now - t <= timeout:
+            continue
+        workers = [w for w, keys in client.processing().items() if fut.key in keys]
+        try:
+            stacks = client.call_stack(keys=[fut.key])
+        except Exception as exc:  # diagnostics only; the restart below matters
+            stacks = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"{p.name}: still running after {timeout:.0f} s on {workers or 'an unknown worker'}; stack:")
+        for w, per_key in (stacks or {}).items():
+            log(f"  worker {w}: {per_key}")
+        running.pop(fut)
+        fut.cancel()
+        if workers:
+            client.restart_workers(workers, raise_for_error=False)
+        done(_error_row(p, f"timed out after {timeout:.0f} s (worker restarted)", now - t))
+        stopped += 1
+    return stopped
+
+
+def _run_here(fn, todo: list[Path], out: Path, options: dict, done) -> Iterator[str]:
+    """Run ``fn`` for every image in this process, yielding what it is doing (stage by stage)."""
+    from .pipeline import Stage
+
+    for p in todo:
+        yield p.name
+        if fn is analyze_one:
+            gen = iter_analyze_one(str(p), str(out), options)
+            while True:
+                try:
+                    item = next(gen)
+                except StopIteration as stop:
+                    row = stop.value
+                    break
+                if isinstance(item, Stage):
+                    yield f"{p.name}: {item.stage} {item.done}/{item.total}"
+        else:
+            row = fn(str(p), str(out), options)
+        done(row)
 
 
 @contextmanager
-def _executor(args, options: dict[str, Any], out: Path, timeout: float | None, log) -> Iterator:
+def _executor(
+    workers: int, scheduler: str | None, options: dict[str, Any], out: Path, timeout: float | None, log
+) -> Iterator[Callable[..., Iterator[str]]]:
     """``run(fn, paths, options, done)``: in this process, or on dask workers (one cluster for every pass)."""
-    if not (args.scheduler or args.workers > 1):
-        yield lambda fn, paths, opts, done: [done(fn(str(p), str(out), opts)) for p in paths]
+    if not (scheduler or workers > 1):
+        yield lambda fn, paths, opts, done: _run_here(fn, paths, out, opts, done)
         return
     try:
         from dask.distributed import Client, LocalCluster
@@ -381,19 +467,21 @@ def _executor(args, options: dict[str, Any], out: Path, timeout: float | None, l
             "dask.distributed is not installed: pip install 'napari-cytodiffusion[distributed]'"
         ) from exc
     cluster = None
-    if not args.scheduler:
-        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
-        options["threads"] = max(1, (os.cpu_count() or 1) // args.workers)
+    if not scheduler:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+        options["threads"] = max(1, (os.cpu_count() or 1) // workers)
     try:
-        with Client(args.scheduler or cluster) as client:
+        with Client(scheduler or cluster) as client:
             yield lambda fn, paths, opts, done: _run_on_dask(client, fn, paths, out, opts, timeout, done, log)
     finally:
         if cluster is not None:
             cluster.close()
 
 
-def _measure_scale(run, paths: list[Path], todo: list[Path], out: Path, options, done, log) -> list[Path]:
-    """First pass of ``--pool-scale``: segment every image, pool their whole red cells into one scale.
+def _measure_scale(
+    run, paths: list[Path], todo: list[Path], out: Path, options, done, log, say
+) -> Generator[str, None, list[Path]]:
+    """First pass of a pooled scale: segment every image, pool their whole red cells into one scale.
 
     Every image of the run is measured, finished ones too (their labels are reused), so that a
     resumed run pools the same cells. Sets ``options["pooled_scale"]`` and writes
@@ -410,7 +498,7 @@ def _measure_scale(run, paths: list[Path], todo: list[Path], out: Path, options,
     def measured(row: dict[str, Any]) -> None:
         if row["status"] == "ok":
             diameters[row["image"]] = row["diameters"]
-            print(f"[scale {len(diameters) + len(failed)}/{len(paths)}] {row['image']}", flush=True)
+            say(f"[scale {len(diameters) + len(failed)}/{len(paths)}] {row['image']}")
             return
         failed.add(row["image"])
         if row["image"] in waiting:
@@ -418,7 +506,8 @@ def _measure_scale(run, paths: list[Path], todo: list[Path], out: Path, options,
         else:  # finished before; its outputs stand
             log(f"{row['image']}: measuring its red cells failed: {row['error']}")
 
-    run(measure_one, paths, options, measured)
+    for what in run(measure_one, paths, options, measured):
+        yield f"measuring the scale: {what}"
     pooled = pooled_reference(diameters)
     if pooled is None:
         line = (
@@ -441,13 +530,54 @@ def _measure_scale(run, paths: list[Path], todo: list[Path], out: Path, options,
                 + (" …" if len(pooled["off_scale"]) > 5 else "")
             )
     log(line)
-    print(line)
+    say(line)
     return [p for p in todo if p.name not in failed]
 
 
-def run_analysis(paths: list[Path], out: Path, args) -> int:
-    options = _options(args)
-    timeout = getattr(args, "timeout", None)
+def iter_analysis(
+    paths: list[Path],
+    out: Path,
+    options: dict[str, Any],
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    timeout: float | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Generator[tuple[int, int, str], None, dict[str, Any]]:
+    """Analyse many smears into ``out``: per image labels, cells and summary; a cohort table and log.
+
+    Parameters
+    ----------
+    paths
+        Image files. Those with a summary in ``out`` already are skipped (a resumed run).
+    out
+        Output folder (must exist).
+    options
+        From :func:`analysis_options`.
+    workers, scheduler
+        In this process (1 worker, no scheduler), on a LocalCluster of ``workers`` processes, or
+        on the dask.distributed cluster at ``scheduler``.
+    timeout
+        Seconds one image may run on a dask worker before it is marked failed (None: no limit).
+    say
+        Called with each line worth showing a user (an image finished, the scale, the cohort check).
+
+    Yields
+    ------
+    (done, total, what)
+        Images finished in this run, images to do, and what is being done now. Closing the
+        generator (a cancelled run) stops at the next stage; finished images keep their outputs
+        and rows, and a re-run goes on from there.
+
+    Returns
+    -------
+    dict
+        ``images``, ``skipped`` (finished before), ``ok``, ``failed``, ``seconds``, ``rows`` (this
+        run's cohort rows), ``domain_check`` (over every finished image of ``out``, or None),
+        ``scale`` (the pooled scale, or None) and ``hint`` (a note to pool the scale, or None).
+    """
+    say = say or (lambda line: None)
+    options = dict(options)
     todo = [p for p in paths if not (out / f"{p.stem}_summary.json").exists()]
     log = _Log(out / "analyze.log")
     log(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {len(paths)} images, {len(paths) - len(todo)} already done")
@@ -455,7 +585,7 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
     if cohort.recovered:
         log(f"{cohort.recovered} cohort rows rebuilt from summaries of an interrupted run")
     rows: list[dict[str, Any]] = []
-    n_todo = len(todo)  # an image failing in the first pass of --pool-scale counts as done
+    n_todo = len(todo)  # an image failing in the first pass of a pooled scale counts as done
 
     def done(row: dict[str, Any]) -> None:
         rows.append(row)
@@ -463,13 +593,22 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
         log(f"{row['image']}: {row['status']} {row.get('error', '')} ({row['seconds']:.1f} s)")
         if row.get("trace"):
             log(row["trace"])
-        print(f"[{len(rows)}/{n_todo}] {row['image']}: {row['status']}", flush=True)
+        say(f"[{len(rows)}/{n_todo}] {row['image']}: {row['status']}")
 
     t0 = time.perf_counter()
-    with _executor(args, options, out, timeout, log) as run:
+    yield 0, n_todo, "starting"
+    with _executor(workers, scheduler, options, out, timeout, log) as run:
         if options.get("pool_scale") and todo:
-            todo = _measure_scale(run, paths, todo, out, options, done, log)
-        run(analyze_one, todo, options, done)
+            gen = _measure_scale(run, paths, todo, out, options, done, log, say)
+            while True:
+                try:
+                    what = next(gen)
+                except StopIteration as stop:
+                    todo = stop.value
+                    break
+                yield len(rows), n_todo, what
+        for what in run(analyze_one, todo, options, done):
+            yield len(rows), n_todo, what
     elapsed = time.perf_counter() - t0
     n_ok = sum(r["status"] == "ok" for r in rows)
     peaks: dict[int, float] = {}
@@ -483,7 +622,7 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
         f"({60 * len(rows) / max(elapsed, 1e-9):.1f} images/min)"
     )
     log(last)
-    print(last)
+    say(last)
     pooled = pooled_domain_check(list(cohort.rows.values()))
     if pooled is not None:
         from .classify.anomaly import shift_warning
@@ -499,12 +638,49 @@ def run_analysis(paths: list[Path], out: Path, args) -> int:
                 f"{pooled['p_value']:.2g}): like the model's training cells"
             )
         log(line)
-        print(line)
+        say(line)
     hint = scale_hint(list(cohort.rows.values()))
     if hint and not options.get("pool_scale"):
         log(hint)
-        print(hint)
-    return 0 if n_ok == len(rows) else 1
+        say(hint)
+    else:
+        hint = None
+    return {
+        "images": len(paths),
+        "skipped": len(paths) - n_todo,
+        "ok": n_ok,
+        "failed": len(rows) - n_ok,
+        "seconds": elapsed,
+        "rows": [{k: v for k, v in r.items() if k not in ("trace", "diameters")} for r in rows],
+        "domain_check": pooled,
+        "scale": options.get("pooled_scale"),
+        "hint": hint,
+    }
+
+
+def run_analysis(
+    paths: list[Path],
+    out: Path,
+    options: dict[str, Any],
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    timeout: float | None = None,
+    say: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Run :func:`iter_analysis` to the end (the ``analyze`` command); returns its report."""
+
+    def echo(line: str) -> None:
+        if say is not None:
+            say(line)
+            sys.stdout.flush()
+
+    gen = iter_analysis(paths, out, options, workers=workers, scheduler=scheduler, timeout=timeout, say=echo)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
 
 
 def scale_hint(rows: list[dict[str, Any]]) -> str | None:

@@ -365,7 +365,7 @@ def cmd_classify(a) -> int:
 
 
 def cmd_analyze(a) -> int:
-    from ..batch import run_analysis
+    from ..batch import analysis_options, run_analysis
 
     if a.workers < 1:
         raise InputError(f"--workers must be at least 1, got {a.workers}")
@@ -374,7 +374,26 @@ def cmd_analyze(a) -> int:
     _check_red_cell_px(a)
     if a.pool_scale and a.red_cell_px is not None:
         raise InputError("give either --red-cell-px or --pool-scale, not both")
-    return run_analysis(expand_inputs(a.inputs), out_dir(a.out), a)
+    options = analysis_options(
+        model=a.model,
+        speed=a.speed,
+        cells=a.cells,
+        min_area=a.min_area,
+        seed=a.seed,
+        size_check=a.size_check,
+        red_cell_px=a.red_cell_px,
+        pool_scale=a.pool_scale,
+        segmentation=_seg_params(a),
+    )
+    report = run_analysis(
+        expand_inputs(a.inputs),
+        out_dir(a.out),
+        options,
+        workers=a.workers,
+        scheduler=a.scheduler,
+        timeout=a.timeout or None,
+    )
+    return 0 if report["failed"] == 0 else 1
 
 
 def cmd_evaluate_segmentation(a) -> int:

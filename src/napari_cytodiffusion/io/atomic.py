@@ -131,3 +131,23 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def writable_folder(path: str | os.PathLike, name: str = "output folder") -> Path:
+    """``path`` as a folder that exists (made if missing) and can be written; ``name`` is how messages call it.
+
+    Raises
+    ------
+    InputError
+        If it is a file, cannot be made, or is not writable.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{name} {p} exists and is not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {name} {p}: {exc.strerror}") from exc
+    if not os.access(p, os.W_OK):
+        raise InputError(f"{name} {p} is not writable")
+    return p

@@ -8,6 +8,7 @@ a user can act on.
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
@@ -16,6 +17,38 @@ import numpy as np
 from ..errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+def image_paths(items: list[str | os.PathLike]) -> list[Path]:
+    """Files, folders (their images, not recursing) and glob patterns → unique image paths, in order.
+
+    Raises
+    ------
+    InputError
+        For a pattern that matches nothing, a path that does not exist, or no images at all.
+    """
+    out: list[Path] = []
+    for item in map(str, items):
+        matches = (
+            [Path(m) for m in sorted(glob.glob(item))] if any(ch in item for ch in "*?[") else [Path(item)]
+        )
+        if not matches:
+            raise InputError(f"no files match {item}")
+        for m in matches:
+            if m.is_dir():
+                out += sorted(f for f in m.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            elif m.exists():
+                out.append(m)
+            else:
+                raise InputError(f"input not found: {m}")
+    if not out:
+        raise InputError("no input images")
+    seen, uniq = set(), []
+    for p in out:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            uniq.append(p)
+    return uniq
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

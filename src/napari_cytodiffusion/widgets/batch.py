@@ -1,0 +1,317 @@
+"""*Analyze smears*: a folder of smear images → per-image results and a cohort table (``analyze``).
+
+Runs :func:`~napari_cytodiffusion.batch.iter_analysis` in a worker: in napari's process, or on
+dask workers. The cohort table of the output folder is shown as it stands after the run (or
+when an output folder that holds one is chosen); any finished image opens for review in the
+*Classify cells* widget, with its legend, cell inspector and corrections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    Table,
+)
+
+from ..errors import InputError
+from ._model import model_picker, model_spec
+from ._runner import RunnerMixin, notify
+
+#: the cohort columns the table shows (``cohort.csv`` holds more)
+TABLE_COLUMNS = (
+    "image",
+    "status",
+    "n_cells",
+    "n_classified",
+    "percent_flagged",
+    "n_anomalous",
+    "verdict",
+    "error",
+)
+#: the plugin and widget names under which napari lists the review widget
+PLUGIN, REVIEW_WIDGET = "napari-cytodiffusion", "Classify cells"
+
+
+class BatchWidget(Container, RunnerMixin):
+    settings_key = "batch"
+    persisted = (
+        "input_dir",
+        "pattern",
+        "out_dir",
+        "model_dir",
+        "model_name",
+        "speed",
+        "cells",
+        "size_check",
+        "pool_scale",
+        "red_cell_px",
+        "seg_model",
+        "platelets",
+        "border_pad",
+        "workers",
+    )
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self._rows: list[dict[str, Any]] = []  # the cohort table of the output folder
+        self.input_dir = FileEdit(label="smears folder", mode="d", value="")
+        self.pattern = LineEdit(
+            label="file pattern",
+            value="",
+            tooltip="e.g. *.jpg or slide7_*; empty: every image in the folder",
+        )
+        self.out_dir = FileEdit(
+            label="output folder",
+            mode="d",
+            value="",
+            tooltip="per image NAME_labels.tif, NAME_cells.csv, NAME_summary.json; cohort.csv and "
+            "analyze.log for all; images finished here before are skipped",
+        )
+        self.model_name, self.model_dir, self.model_info = model_picker()
+        self.speed = ComboBox(
+            label="speed", choices=["fast", "balanced", "accurate", "full"], value="balanced"
+        )
+        self.cells = ComboBox(
+            label="cells",
+            choices=["stained", "all"],
+            value="stained",
+            tooltip="stained: nucleated cells and platelets; all: every segmented cell",
+        )
+        self.size_check = CheckBox(
+            text="size check",
+            value=True,
+            tooltip="call each cell the best class its size allows",
+        )
+        self.pool_scale = CheckBox(
+            text="one scale for all images",
+            value=False,
+            tooltip="images of one camera and magnification: measure a red cell's size once over the "
+            "whole red cells of every image (for cell-centred images with few red cells each); "
+            "every image is segmented before any is classified",
+        )
+        self.red_cell_px = FloatSpinBox(
+            label="red cell (px, 0 = auto)",
+            value=0.0,
+            min=0.0,
+            max=10_000.0,
+            step=0.5,
+            tooltip="a red cell's diameter in pixels, if you know it (about 7.5 µm / your camera's µm per "
+            "pixel), instead of measuring it",
+        )
+        self.seg_model = ComboBox(
+            label="segmentation",
+            choices=["smear", "cyto3", "cyto2"],
+            value="smear",
+            tooltip="'smear' is bundled and works offline; Cellpose built-ins download on first use",
+        )
+        self.platelets = CheckBox(text="look for platelets", value=True)
+        self.border_pad = FloatSpinBox(
+            label="border mirror (diameters)",
+            value=0.0,
+            min=0.0,
+            max=4.0,
+            step=0.05,
+            tooltip="outline cells cut by the image border like whole ones (0 = off; 0.15 suits "
+            "box-annotated inventories)",
+        )
+        self.workers = SpinBox(
+            label="workers",
+            value=1,
+            min=1,
+            max=64,
+            tooltip="1: in napari's own process; more: that many dask worker processes (on 2 cores "
+            "they do not add throughput)",
+        )
+        self.extend(
+            [
+                self.input_dir,
+                self.pattern,
+                self.out_dir,
+                self.model_name,
+                self.model_dir,
+                self.model_info,
+                self.speed,
+                self.cells,
+                self.size_check,
+                self.pool_scale,
+                self.red_cell_px,
+                self.seg_model,
+                self.platelets,
+                self.border_pad,
+                self.workers,
+            ]
+        )
+        self._init_runner("Analyze")
+        self.cohort_line = Label(value="")
+        self.cohort_line.native.setWordWrap(True)
+        self.table = Table(value=([], [], list(TABLE_COLUMNS)))
+        self.table.read_only = True
+        self.result = ComboBox(
+            label="result", choices=self._finished, tooltip="an image finished in the folder"
+        )
+        self.open_button = PushButton(text="Open for review")
+        self.extend([self.cohort_line, self.table, self.result, self.open_button])
+        self.open_button.changed.connect(lambda: self.open_result(self.result.value))
+        self.out_dir.changed.connect(lambda: self.show_cohort())
+        self.load_settings()
+        self.show_cohort()
+
+    # the run ----------------------------------------------------------------
+    def paths(self) -> list[Path]:
+        """The images the run would analyse (bad input: :class:`InputError`)."""
+        from ..io.images import image_paths
+
+        folder = str(self.input_dir.value or "").strip()
+        if folder in ("", "."):
+            raise InputError("choose the folder of smear images to analyse")
+        if not Path(folder).is_dir():
+            raise InputError(f"the smears folder {folder} does not exist")
+        pattern = self.pattern.value.strip()
+        return image_paths([str(Path(folder) / pattern) if pattern else folder])
+
+    def output(self) -> Path:
+        from ..io.atomic import writable_folder
+
+        folder = str(self.out_dir.value or "").strip()
+        if folder in ("", "."):
+            raise InputError("choose an output folder")
+        return writable_folder(folder)
+
+    def options(self) -> dict[str, Any]:
+        from ..batch import analysis_options
+        from ..segmentation.cellpose_seg import SegmentParams
+
+        spec = model_spec(self.model_name, self.model_dir)
+        if spec is None:
+            raise InputError("choose a model folder")
+        return analysis_options(
+            model=spec,
+            speed=self.speed.value,
+            cells=self.cells.value,
+            size_check=self.size_check.value,
+            red_cell_px=self.red_cell_px.value or None,
+            pool_scale=self.pool_scale.value,
+            segmentation=SegmentParams(
+                model=self.seg_model.value, platelets=self.platelets.value, border_pad=self.border_pad.value
+            ),
+        )
+
+    def _work(self):
+        from ..batch import iter_analysis
+        from ..model.registry import get_model
+
+        paths, out, options = self.paths(), self.output(), self.options()
+        get_model(options["model"])  # a missing or broken model is said now, not once per image
+        workers, lines = int(self.workers.value), []
+
+        def gen():
+            return (yield from iter_analysis(paths, out, options, workers=workers, say=lines.append))
+
+        def done(report: dict[str, Any]) -> None:
+            self.show_cohort()
+            skipped = f", {report['skipped']} done before" if report["skipped"] else ""
+            self.status.value = (
+                f"{report['ok']} analysed, {report['failed']} failed{skipped} ({report['seconds']:.0f} s)"
+            )
+            if report["failed"]:
+                notify(
+                    "warning",
+                    f"{report['failed']} of {report['ok'] + report['failed']} images failed: see the table",
+                )
+            check = report.get("domain_check")
+            if check and check["shifted"]:
+                notify(
+                    "warning", next((ln for ln in lines if ln.startswith("warning: over")), "cohort shifted")
+                )
+            if report.get("hint"):
+                notify("info", report["hint"])
+
+        return gen, done
+
+    def _on_progress(self, item: Any) -> None:
+        if self._stop.is_set():  # progress still queued when Cancel was pressed
+            return
+        done, total, what = item
+        self.progress.max = max(1, int(total))
+        self.progress.value = min(int(done), self.progress.max)
+        self.status.value = f"{done}/{total} images · {what}"
+
+    def _on_finished(self) -> None:
+        super()._on_finished()
+        if self._stop.is_set():
+            self.show_cohort()  # what finished before the cancel stays, and is shown
+
+    # the cohort -------------------------------------------------------------
+    def show_cohort(self) -> None:
+        """Fill the table (and the result list) from the output folder's ``cohort.csv``."""
+        import json
+
+        import pandas as pd
+
+        folder = Path(str(self.out_dir.value or "."))
+        self._rows, line = [], ""
+        f = folder / "cohort.csv"
+        if str(self.out_dir.value or "").strip() not in ("", ".") and f.is_file():
+            try:
+                table = pd.read_csv(f)
+            except (OSError, ValueError) as exc:
+                line = f"cannot read {f}: {exc}"
+            else:
+                self._rows = table.astype(object).where(table.notna(), None).to_dict("records")
+            check = folder / "cohort_domain_check.json"
+            if check.is_file():
+                try:
+                    d = json.loads(check.read_text())
+                    line = (
+                        f"cohort: {d['n_anomalous']} of {d['n']} classified cells over {d['images']} images "
+                        f"anomalous ({d['expected_fraction']:.0%} expected): "
+                        + (
+                            "unlike the model's training cells — review"
+                            if d["shifted"]
+                            else "like the training cells"
+                        )
+                    )
+                except (OSError, ValueError, KeyError) as exc:
+                    line = f"cannot read {check}: {exc}"
+        self.table.value = (
+            [[_cell(r.get(c)) for c in TABLE_COLUMNS] for r in self._rows],
+            [],
+            list(TABLE_COLUMNS),
+        )
+        self.cohort_line.value = line
+        self.result.reset_choices()
+
+    def _finished(self, _=None) -> list[str]:
+        return [str(r["image"]) for r in self._rows if r.get("status") == "ok"]
+
+    def open_result(self, image: str | None) -> None:
+        """Open one finished image's result in the *Classify cells* widget, for review."""
+        if not image:
+            notify("warning", "no finished image to open: run the analysis or choose its output folder")
+            return
+        summary = Path(str(self.out_dir.value)) / f"{Path(image).stem}_summary.json"
+        if not summary.is_file():
+            notify("error", f"{summary} is missing: analyse the image again")
+            return
+        _, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN, REVIEW_WIDGET)
+        row = next((r for r in self._rows if str(r["image"]) == image), {})
+        source = row.get("path")
+        widget.open_saved(str(summary), source if source and Path(source).is_file() else None)
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 1)
+    return "" if v is None else v

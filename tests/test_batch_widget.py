@@ -1,0 +1,82 @@
+"""The *Analyze smears* widget: a folder of smears analysed in a worker, the cohort shown, results reopened."""
+
+import json
+
+import pandas as pd
+from PIL import Image
+
+from napari_cytodiffusion.sample_data import synthetic_smear
+
+
+def test_analyze_smears_widget(make_napari_viewer, qtbot, tmp_path):
+    from napari_cytodiffusion.widgets.batch import BatchWidget
+    from napari_cytodiffusion.widgets.classify import ClassifyWidget
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for s in (1, 2):
+        Image.fromarray(synthetic_smear(seed=s)[0]).save(inp / f"smear{s}.png")
+    (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    (inp / "notes.txt").write_text("not an image")
+    viewer = make_napari_viewer()
+    w = BatchWidget(viewer)
+    # bad input: a notification, no worker
+    w.run_button.clicked()
+    assert w.worker is None and w.run_button.enabled
+    w.input_dir.value = inp
+    w.pattern.value = "*.jpg"
+    w.out_dir.value = out
+    w.run_button.clicked()  # the pattern matches nothing
+    assert w.worker is None
+    w.pattern.value = ""
+    w.speed.value = "fast"
+    w.run_button.clicked()
+    qtbot.waitUntil(lambda: w.worker is not None and w.run_button.enabled, timeout=300_000)
+    cohort = pd.read_csv(out / "cohort.csv").set_index("image")
+    assert cohort.loc["broken.png", "status"] == "error"
+    assert (cohort.loc[["smear1.png", "smear2.png"], "status"] == "ok").all()
+    assert w.status.value.startswith("2 analysed, 1 failed")
+    assert len(w.table.data.to_list()) == 3 and w.table.column_headers[0] == "image"
+    shown = {r[0]: r for r in w.table.data.to_list()}
+    assert shown["smear1.png"][1] == "ok" and "cannot read" in shown["broken.png"][-1]
+    assert w.result.choices == ("smear1.png", "smear2.png")  # only finished images can be opened
+    check = json.loads((out / "cohort_domain_check.json").read_text())
+    assert f"{check['n_anomalous']} of {check['n']} classified cells over 2 images" in w.cohort_line.value
+    summary = json.loads((out / "smear1_summary.json").read_text())
+    assert summary["audit"]["parameters"]["speed"] == "fast"
+    # a second run skips what is done; the table of a folder is shown as soon as it is chosen
+    w.run_button.clicked()
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=300_000)
+    assert "2 done before" in w.status.value
+    other = BatchWidget(viewer)
+    other.out_dir.value = out
+    assert len(other.table.data.to_list()) == 3
+    # a finished image opens for review in the Classify cells widget
+    w.result.value = "smear2.png"
+    w.open_button.clicked()
+    _, review = viewer.window.add_plugin_dock_widget("napari-cytodiffusion", "Classify cells")
+    assert isinstance(review, ClassifyWidget)
+    qtbot.waitUntil(lambda: review.result is not None, timeout=120_000)
+    assert "smear2 cells" in [layer.name for layer in viewer.layers]
+    assert len(viewer.layers["smear2 cells"].features) == len(pd.read_csv(out / "smear2_cells.csv"))
+
+
+def test_analyze_smears_widget_cancel_keeps_finished_images(make_napari_viewer, qtbot, tmp_path):
+    from napari_cytodiffusion.widgets.batch import BatchWidget
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for s in range(4):
+        Image.fromarray(synthetic_smear(seed=s)[0]).save(inp / f"s{s}.png")
+    viewer = make_napari_viewer()
+    w = BatchWidget(viewer)
+    w.input_dir.value, w.out_dir.value, w.speed.value = inp, out, "fast"
+    w.run_button.clicked()
+    qtbot.waitUntil(lambda: (out / "s0_summary.json").is_file(), timeout=300_000)
+    w.cancel_button.clicked()
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=120_000)
+    assert w.status.value == "cancelled"
+    done = sorted(f.name for f in out.glob("*_summary.json"))
+    assert 1 <= len(done) < 4  # stopped within the run, finished images kept ...
+    assert not list(out.glob(".*"))  # ... and nothing half-written
+    assert len(w.table.data.to_list()) == len(done)
