@@ -30,8 +30,17 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path, capsys):
     pooled = json.loads((out / "cohort_domain_check.json").read_text())  # the cells of both smears, pooled
     assert pooled["images"] == 2 and pooled["n"] == cohort["n_scored"].sum() > 0
     assert pooled["n_anomalous"] == cohort["n_anomalous"].sum()
-    said = [ln for ln in capsys.readouterr().out.splitlines() if "over 2 images" in ln]
-    assert len(said) == 1 and f"{pooled['n_anomalous']} of {pooled['n']}" in said[0]
+    said = capsys.readouterr().out.splitlines()
+    check = [
+        ln for ln in said if ln.startswith("domain check over 2 images") or ln.startswith("warning: over 2")
+    ]
+    assert len(check) == 1 and f"{pooled['n_anomalous']} of {pooled['n']}" in check[0]
+    # the white-cell differential of both fields pooled, with its counting error
+    diff = json.loads((out / "cohort_differential.json").read_text())
+    white = list(diff["percent"])
+    assert diff["images"] == 2 and diff["leukocytes"] == sum(cohort[f"n_{c}"].sum() for c in white) > 0
+    assert diff["counts"]["platelet"] == cohort["n_platelet"].sum()
+    assert [ln for ln in said if ln.startswith("over 2 images, white-cell differential of")]
     # re-running skips finished images: only the broken one is tried again; a run killed between an
     # image's outputs and its cohort row (here: no table at all) gets the rows rebuilt from the summaries
     (out / "cohort.csv").unlink()

@@ -42,6 +42,7 @@ def test_analyze_smears_widget(make_napari_viewer, qtbot, tmp_path):
     assert w.result.choices == ("smear1.png", "smear2.png")  # only finished images can be opened
     check = json.loads((out / "cohort_domain_check.json").read_text())
     assert f"{check['n_anomalous']} of {check['n']} classified cells over 2 images" in w.cohort_line.value
+    assert "white-cell differential of" in w.cohort_line.value  # both fields' white cells pooled
     summary = json.loads((out / "smear1_summary.json").read_text())
     assert summary["audit"]["parameters"]["speed"] == "fast"
     # a second run skips what is done; the table of a folder is shown as soon as it is chosen

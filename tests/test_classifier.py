@@ -570,3 +570,10 @@ def test_single_cell_crops_at_a_given_scale_ignore_the_framing(shared_data, tmp_
     )
     audit = json.loads((out / "predictions.csv.audit.json").read_text())
     assert audit["parameters"]["red_cell_px"] == pytest.approx(red_cell_px)
+    # single-cell images (an analyser's export of a slide's white cells): their differential
+    import pandas as pd
+
+    calls = pd.read_csv(out / "predictions.csv")["class"]
+    diff = json.loads((out / "differential.json").read_text())
+    white = [c for c in diff["percent"]]
+    assert diff["leukocytes"] == int(calls.isin(white).sum()) and diff["imprecise"]

@@ -329,6 +329,28 @@ def pooled_domain_check(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"images": len(ok), **pooled}
 
 
+def cohort_differential(rows: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    """The white-cell differential over every finished image (a slide's fields pooled).
+
+    One field holds a few white cells; a differential needs 100 or more. The counts of the
+    cohort rows (``n_<class>``) are summed; ``images`` says over how many. None without rows or
+    white-cell classes.
+    """
+    from .differential import differential
+    from .model.registry import get_model
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if not ok:
+        return None
+    md = get_model(model).metadata
+    counts = {
+        c: int(sum(float(r[f"n_{c}"]) for r in ok if not _isnan(r.get(f"n_{c}", float("nan")))))
+        for c in md.classes
+    }
+    d = differential(counts, md.classes, md.extra)
+    return None if d is None else {"images": len(ok), "counts": counts, **d}
+
+
 def _images(n: int) -> str:
     return f"{n} image" if n == 1 else f"{n} images"
 
@@ -574,7 +596,8 @@ def iter_analysis(
     dict
         ``images``, ``skipped`` (finished before), ``ok``, ``failed``, ``seconds``, ``rows`` (this
         run's cohort rows), ``domain_check`` (over every finished image of ``out``, or None),
-        ``scale`` (the pooled scale, or None) and ``hint`` (a note to pool the scale, or None).
+        ``differential`` (the white-cell differential of those images pooled, or None), ``scale``
+        (the pooled scale, or None) and ``hint`` (a note to pool the scale, or None).
     """
     say = say or (lambda line: None)
     options = dict(options)
@@ -639,6 +662,17 @@ def iter_analysis(
             )
         log(line)
         say(line)
+    diff = cohort_differential(list(cohort.rows.values()), options["model"])
+    if diff is not None:
+        from .differential import differential_line
+        from .io.atomic import write_json
+
+        write_json(out / "cohort_differential.json", diff)
+        line = differential_line(diff)
+        if line:
+            line = f"over {_images(diff['images'])}, {line}"
+            log(line)
+            say(line)
     hint = scale_hint(list(cohort.rows.values()))
     if hint and not options.get("pool_scale"):
         log(hint)
@@ -653,6 +687,7 @@ def iter_analysis(
         "seconds": elapsed,
         "rows": [{k: v for k, v in r.items() if k not in ("trace", "diameters")} for r in rows],
         "domain_check": pooled,
+        "differential": diff,
         "scale": options.get("pooled_scale"),
         "hint": hint,
     }

@@ -62,11 +62,23 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
         f"<b>{summary['verdict'].upper()}</b> — {summary['n_classified']} classified, "
         f"{summary['n_flagged']} flagged ({summary['percent_flagged']:.1f}%)"
     ]
+    diff = summary.get("differential")
+    if diff and diff["leukocytes"]:
+        n = diff["leukocytes"]
+        rows.append(
+            f"white-cell differential of {n} cell{'' if n == 1 else 's'} (95% CI)"
+            + (" — too few for a precise one" if diff["imprecise"] else "")
+        )
     for c, col in zip(classes, colours, strict=True):
         k = summary["counts"].get(c, 0)
-        rows.append(
-            f"<span style='color:{col}'>&#9632;</span> {c}: {k} ({summary['percent'].get(c, 0):.1f}%)"
-        )
+        swatch = f"<span style='color:{col}'>&#9632;</span> {c}: {k}"
+        if diff and diff["leukocytes"] and c in diff["percent"]:
+            lo, hi = diff["ci95"][c]
+            rows.append(f"{swatch} — {diff['percent'][c]:.0f}% ({lo:.0f}–{hi:.0f}%)")
+        elif diff and diff["leukocytes"] and c in diff["per_100_leukocytes"]:
+            rows.append(f"{swatch} — {diff['per_100_leukocytes'][c]['value']:.0f} per 100 white cells")
+        else:
+            rows.append(f"{swatch} ({summary['percent'].get(c, 0):.1f}% of classified)")
     rows += [f"<i>{r}</i>" for r in summary.get("reasons", [])]
     left_out = [c for c in summary.get("flag_exempt_classes") or [] if summary["counts"].get(c)]
     if left_out:  # the model has no reference for their smear form (pipeline.exempt_classes)

@@ -252,14 +252,21 @@ def summarize(
     classes: list[str],
     triage: dict[str, Any] | None = None,
     anomaly_reference: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Differential count, flagged cells and a triage verdict (routine / needs review).
+
+    ``differential``: the white-cell differential with 95 % intervals
+    (:func:`~napari_cytodiffusion.differential.differential`; ``extra``: the model's metadata
+    ``extra``, which may say which classes are white cells).
 
     With ``anomaly_reference`` (the model's ``calibration["anomaly"]``: ``threshold`` and
     ``specificity``), the summary also says whether the classified cells, as a set, look unlike
     the model's calibration cells (:func:`~napari_cytodiffusion.classify.anomaly.domain_check`);
     if so, that is a reason for review.
     """
+    from .differential import differential
+
     triage = {**DEFAULT_TRIAGE, **(triage or {})}
     classified = table[table["classified"]] if "classified" in table else table.iloc[0:0]
     n = len(classified)
@@ -286,10 +293,14 @@ def summarize(
     )
     stuck = off_size & (by_look == classified["class"]).to_numpy(dtype=bool)  # no class fits its size
     plausible_counts = Counter(classified["class"][~stuck]) if n else Counter()
+    diff = differential(counts, classes, extra)
     for cls, limit in triage["alert_classes"].items():
-        if cls in counts and n and plausible_counts[cls] / n > limit:
+        # a white-cell class's limit is a share of the white cells (IG > 2 %), as a differential reports it
+        white = bool(diff and diff["leukocytes"] and cls in diff["percent"])
+        base, of = (diff["leukocytes"], " of white cells") if white else (n, "")
+        if cls in counts and base and plausible_counts[cls] / base > limit:
             k = plausible_counts[cls]
-            reasons.append(f"{cls}: {k} cell{'' if k == 1 else 's'} ({100.0 * k / n:.1f}%)")
+            reasons.append(f"{cls}: {k} cell{'' if k == 1 else 's'} ({100.0 * k / base:.1f}%{of})")
     n_off = int(off_size.sum())
     if n_off:
         moves = Counter(
@@ -315,6 +326,7 @@ def summarize(
         "n_not_classified": int(len(table) - n),
         "counts": counts,
         "percent": pct,
+        "differential": diff,
         "n_flagged": n_flag,
         "n_size_implausible": n_off,
         "percent_flagged": 100.0 * n_flag / n if n else 0.0,
@@ -452,7 +464,9 @@ def iter_analyze(
             result = item
     table = attach_classification(table, sel, result, model.classes)
     table = mark_sizes(table, sizes, ranges)
-    summary = summarize(table, model.classes, triage, calibration_for(model, speed).get("anomaly"))
+    summary = summarize(
+        table, model.classes, triage, calibration_for(model, speed).get("anomaly"), model.metadata.extra
+    )
     red = whole_red_cells(table, score)
     summary["reference_diameter"] = {
         "pixels": None if reference is None else round(reference, 2),

@@ -266,7 +266,7 @@ def cmd_demo(a) -> int:
         f"segmented {s['n_cells']} cells; classified {s['n_classified']} stained cells "
         f"({s['n_flagged']} flagged) in {time.perf_counter() - t0:.1f} s"
     )
-    print("differential: " + ", ".join(f"{c} {k}" for c, k in s["counts"].items() if k))
+    print("cells by class: " + ", ".join(f"{c} {k}" for c, k in s["counts"].items() if k))
     print(
         f"the sample's {len(smear.classes)} cells were drawn by the model, one per class: "
         f"{agree} called the class they were generated as, "
@@ -358,6 +358,16 @@ def cmd_classify(a) -> int:
         f"classified {len(paths)} cells in {res.seconds:.1f} s ({len(paths) / max(res.seconds, 1e-9):.2f} cells/s); "
         f"{int(res.flagged.sum())} flagged → {out / 'predictions.csv'}"
     )
+    from ..differential import differential, differential_line
+    from ..io.atomic import write_json
+
+    # single-cell images (an analyser's export of a slide's white cells): their differential
+    diff = differential(df["class"].value_counts().to_dict(), model.classes, model.metadata.extra)
+    if diff is not None:
+        write_json(out / "differential.json", diff)
+        line = differential_line(diff)
+        if line:
+            print(line)
     domain = domain_check_against(res.anomaly, calibration_for(model, a.speed).get("anomaly"))
     if domain and domain["shifted"]:
         print(f"warning: {shift_warning(domain)}")

@@ -255,42 +255,26 @@ class BatchWidget(Container, RunnerMixin):
 
     # the cohort -------------------------------------------------------------
     def show_cohort(self) -> None:
-        """Fill the table (and the result list) from the output folder's ``cohort.csv``."""
-        import json
-
+        """Fill the table (and the result list) from the output folder's ``cohort.csv``, and the
+        line above it from its pooled domain check and white-cell differential."""
         import pandas as pd
 
-        folder = Path(str(self.out_dir.value or "."))
-        self._rows, line = [], ""
-        f = folder / "cohort.csv"
-        if str(self.out_dir.value or "").strip() not in ("", ".") and f.is_file():
+        self._rows, lines = [], []
+        folder = Path(str(self.out_dir.value or "").strip() or ".")
+        if str(folder) != "." and (folder / "cohort.csv").is_file():
             try:
-                table = pd.read_csv(f)
+                table = pd.read_csv(folder / "cohort.csv")
             except (OSError, ValueError) as exc:
-                line = f"cannot read {f}: {exc}"
+                lines.append(f"cannot read {folder / 'cohort.csv'}: {exc}")
             else:
                 self._rows = table.astype(object).where(table.notna(), None).to_dict("records")
-            check = folder / "cohort_domain_check.json"
-            if check.is_file():
-                try:
-                    d = json.loads(check.read_text())
-                    line = (
-                        f"cohort: {d['n_anomalous']} of {d['n']} classified cells over {d['images']} images "
-                        f"anomalous ({d['expected_fraction']:.0%} expected): "
-                        + (
-                            "unlike the model's training cells — review"
-                            if d["shifted"]
-                            else "like the training cells"
-                        )
-                    )
-                except (OSError, ValueError, KeyError) as exc:
-                    line = f"cannot read {check}: {exc}"
+            lines += [ln for ln in (_cohort_check(folder), _cohort_differential(folder)) if ln]
         self.table.value = (
             [[_cell(r.get(c)) for c in TABLE_COLUMNS] for r in self._rows],
             [],
             list(TABLE_COLUMNS),
         )
-        self.cohort_line.value = line
+        self.cohort_line.value = "<br>".join(lines)
         self.result.reset_choices()
 
     def _finished(self, _=None) -> list[str]:
@@ -315,3 +299,42 @@ def _cell(v: Any) -> Any:
     if isinstance(v, float):
         return round(v, 1)
     return "" if v is None else v
+
+
+def _read_json(path: Path) -> tuple[dict | None, str | None]:
+    import json
+
+    if not path.is_file():
+        return None, None
+    try:
+        return json.loads(path.read_text()), None
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read {path}: {exc}"
+
+
+def _cohort_check(folder: Path) -> str | None:
+    """The line for ``cohort_domain_check.json``."""
+    d, problem = _read_json(folder / "cohort_domain_check.json")
+    if d is None:
+        return problem
+    try:
+        return (
+            f"cohort: {d['n_anomalous']} of {d['n']} classified cells over {d['images']} images anomalous "
+            f"({d['expected_fraction']:.0%} expected): "
+            + ("unlike the model's training cells — review" if d["shifted"] else "like the training cells")
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"cannot read {folder / 'cohort_domain_check.json'}: {exc!r}"
+
+
+def _cohort_differential(folder: Path) -> str | None:
+    """The line for ``cohort_differential.json``."""
+    from ..differential import differential_line
+
+    d, problem = _read_json(folder / "cohort_differential.json")
+    if d is None:
+        return problem
+    try:
+        return differential_line(d)
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"cannot read {folder / 'cohort_differential.json'}: {exc!r}"

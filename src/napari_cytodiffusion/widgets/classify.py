@@ -476,6 +476,7 @@ class ClassifyWidget(Container, RunnerMixin):
                 model.classes,
                 r["summary"]["triage_thresholds"],
                 calibration_for(model, r["params"].get("speed", "balanced")).get("anomaly"),
+                model.metadata.extra,
             ),
         }
         src = getattr(r["image_layer"], "source", None)
