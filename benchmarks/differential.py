@@ -31,13 +31,31 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
 #: population differentials (shares of white cells) the slides are drawn from
 POPULATIONS = {
+    # healthy adults: IG under 1 % (0.5 % here)
     "normal adult": {
-        "neutrophil": 0.58,
+        "neutrophil": 0.60,
         "lymphocyte": 0.30,
         "monocyte": 0.06,
         "eosinophil": 0.03,
-        "basophil": 0.01,
-        "ig": 0.02,
+        "basophil": 0.005,
+        "ig": 0.005,
+    },
+    "normal adult, 1 erythroblast per 100 white cells": {
+        "neutrophil": 0.60,
+        "lymphocyte": 0.30,
+        "monocyte": 0.06,
+        "eosinophil": 0.03,
+        "basophil": 0.005,
+        "ig": 0.005,
+        "erythroblast": 0.01,
+    },
+    "IG 5 %": {
+        "neutrophil": 0.555,
+        "lymphocyte": 0.30,
+        "monocyte": 0.06,
+        "eosinophil": 0.03,
+        "basophil": 0.005,
+        "ig": 0.05,
     },
     "left shift": {
         "neutrophil": 0.70,
@@ -87,29 +105,49 @@ def classify_val(pbc: Path, model_name: str, speed: str, cache: Path | None) -> 
 def simulate(
     calls: dict[str, np.ndarray], population: dict[str, float], n_cells: int, slides: int, seed: int
 ):
-    """Per slide: population counts drawn, cells drawn, model's and true differentials."""
+    """Per slide: population counts drawn, cells drawn, model's and true differentials, alerts.
+
+    ``population`` gives shares of white cells; an ``erythroblast`` entry is a rate per 100 white
+    cells (a Poisson number of them joins the slide).
+    """
     from napari_cytodiffusion.differential import differential
+    from napari_cytodiffusion.pipeline import DEFAULT_TRIAGE
 
     classes = [str(c) for c in calls["classes"]]
     rng = np.random.default_rng(seed)
-    white = list(population)
+    white = [c for c in population if c != "erythroblast"]
     share = np.array([population[c] for c in white])
-    pools = {c: np.flatnonzero(calls["true"] == classes.index(c)) for c in white}
+    nrbc = population.get("erythroblast", 0.0)
+    pools = {c: np.flatnonzero(calls["true"] == classes.index(c)) for c in [*white, "erythroblast"]}
     rows = []
     for _ in range(slides):
-        counts = rng.multinomial(n_cells, share / share.sum())
+        counts = dict(zip(white, rng.multinomial(n_cells, share / share.sum()), strict=True))
+        counts["erythroblast"] = int(rng.poisson(nrbc * n_cells)) if nrbc else 0
         idx = np.concatenate(
-            [
-                rng.choice(pools[c], size=k, replace=k > len(pools[c]))
-                for c, k in zip(white, counts, strict=True)
-            ]
+            [rng.choice(pools[c], size=k, replace=k > len(pools[c])) for c, k in counts.items()]
         )
-        true = {c: int(k) for c, k in zip(white, counts, strict=True)}
+        true = {c: int(k) for c, k in counts.items()}
         pred = {c: int((calls["pred"][idx] == i).sum()) for i, c in enumerate(classes)}
+        sure = ~calls["flagged"][idx]
+        unflagged = {c: int(((calls["pred"][idx] == i) & sure).sum()) for i, c in enumerate(classes)}
+        d_true, d_model = differential(true, classes), differential(pred, classes)
+        alerts = {}
+        for c, limit in DEFAULT_TRIAGE["alert_classes"].items():
+            if c not in classes:
+                continue
+            # the triage's rule: a white-cell class as a share of the white cells, others of all cells
+            base_t = d_true["leukocytes"] if c in d_true["percent"] else len(idx)
+            base_m = d_model["leukocytes"] if c in d_model["percent"] else len(idx)
+            alerts[c] = {
+                "true": bool(base_t and true.get(c, 0) / base_t > limit),
+                "all calls": bool(base_m and pred[c] / base_m > limit),
+                "unflagged calls": bool(base_m and unflagged[c] / base_m > limit),
+            }
         rows.append(
             {
-                "true": differential(true, classes),
-                "model": differential(pred, classes),
+                "true": d_true,
+                "model": d_model,
+                "alerts": alerts,
                 "left_out": int(sum(pred[c] for c in classes if c not in white)),
                 "flagged": float(calls["flagged"][idx].mean()),
             }
@@ -120,6 +158,8 @@ def simulate(
 def summarise(rows, population: dict[str, float]) -> dict:
     out = {"per_class": {}}
     for c, p in population.items():
+        if c not in rows[0]["model"]["percent"]:
+            continue
         model_pct = np.array([r["model"]["percent"][c] for r in rows], dtype=float)
         true_pct = np.array([r["true"]["percent"][c] for r in rows], dtype=float)
 
@@ -134,6 +174,11 @@ def summarise(rows, population: dict[str, float]) -> dict:
             "coverage_true_counts": covers("true"),
             "ci_width": float(np.mean([r["model"]["ci95"][c][1] - r["model"]["ci95"][c][0] for r in rows])),
         }
+    # the triage's alerts (IG > 2 % of the white cells, any erythroblast): how often they fire
+    out["alerts"] = {
+        c: {key: float(np.mean([r["alerts"][c][key] for r in rows])) for key in rows[0]["alerts"][c]}
+        for c in rows[0]["alerts"]
+    }
     out["left_out_per_slide"] = float(np.mean([r["left_out"] for r in rows]))
     out["flagged"] = float(np.mean([r["flagged"] for r in rows]))
     return out
@@ -165,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{c:<12} {r['population_percent']:5.1f} {r['bias']:+6.2f} {r['mae']:5.2f} {r['ci_width']:8.1f}"
                     f"   {r['coverage_model']:.1%} / {r['coverage_true_counts']:.1%}"
+                )
+            for c, a in s["alerts"].items():
+                print(
+                    f"triage alert {c}: fires on {a['all calls']:.1%} of slides counting every call, "
+                    f"{a['unflagged calls']:.1%} counting unflagged calls (true counts: {a['true']:.1%})"
                 )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

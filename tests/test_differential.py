@@ -3,6 +3,7 @@
 import pytest
 
 from napari_cytodiffusion.differential import binomial_interval, differential, differential_line
+from napari_cytodiffusion.errors import InputError
 
 PBC = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 
@@ -89,14 +90,31 @@ def test_ig_alert_is_a_share_of_the_white_cells():
 
     from napari_cytodiffusion.pipeline import summarize
 
-    def table(cls):
+    def table(cls, flagged=()):
         n = len(cls)
         return pd.DataFrame(
-            {"label": np.arange(1, n + 1), "class": cls, "classified": True, "flagged": False, "anomaly": 0.0}
+            {
+                "label": np.arange(1, n + 1),
+                "class": cls,
+                "classified": True,
+                "flagged": np.isin(np.arange(n), list(flagged)),
+                "anomaly": 0.0,
+            }
         )
 
     # 1 IG in 41 white cells (2.4 %) with 20 platelets: 1.6 % of the classified cells, but above 2 % of the white
     s = summarize(table(["ig"] + ["neutrophil"] * 40 + ["platelet"] * 20), PBC)
-    assert "ig: 1 cell (2.4% of white cells)" in s["reasons"]
+    assert "ig: 1 unflagged call (2.4% of white cells)" in s["reasons"]
     s = summarize(table(["ig"] + ["neutrophil"] * 60), PBC)
     assert not any(r.startswith("ig:") for r in s["reasons"])  # 1.6 %
+    # a flagged call is a star to review, not an alert (its neutrophil look-alikes are mostly flagged) ...
+    cells = ["ig", "ig", "erythroblast"] + ["neutrophil"] * 40
+    s = summarize(table(cells, flagged=[0, 1, 2]), PBC)
+    assert not any(r.startswith(("ig:", "erythroblast:")) for r in s["reasons"])
+    assert s["n_flagged"] == 3 and s["triage_thresholds"]["alert_count"] == "unflagged"
+    # ... unless the triage counts every call
+    s = summarize(table(cells, flagged=[0, 1, 2]), PBC, {"alert_count": "all"})
+    assert "ig: 2 cells (4.8% of white cells)" in s["reasons"]
+    assert "erythroblast: 1 cell (2.3%)" in s["reasons"]  # erythroblasts: a share of the classified cells
+    with pytest.raises(InputError):
+        summarize(table(cells), PBC, {"alert_count": "some"})

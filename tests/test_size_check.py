@@ -72,7 +72,9 @@ def test_appearance_and_size_disagree_is_flagged_not_an_alert():
     d[-3], d[-1] = 11, 20
     table = mark_sizes(_table(d, [*calls[:-1], "neutrophil"]), size_ratio(np.array(d, float), 10.0), ranges)
     s = summarize(table, names)
-    assert s["n_size_implausible"] == 0 and any(r.startswith("erythroblast: 1 cell") for r in s["reasons"])
+    assert s["n_size_implausible"] == 0 and any(
+        r.startswith("erythroblast: 1 unflagged call") for r in s["reasons"]
+    )
     # without ranges (a model without sizes, or the check off) nothing is ruled out
     assert not mark_sizes(_table(d, calls), size_ratio(np.array(d, float), 10.0), {})[
         "size_implausible"
