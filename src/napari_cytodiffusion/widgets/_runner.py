@@ -201,7 +201,12 @@ def append_panel(parent: Container, panel: Container, title: str) -> None:
     """
     heading = Label(value=f"<b>{title}</b>")
     for w in (heading, panel):
-        parent.append(w)
-        wrapper = w._labeled_widget() if hasattr(w, "_labeled_widget") else None
-        if wrapper is not None:  # hide the empty label column magicgui added
-            wrapper._label_widget.visible = False
+        append_full_width(parent, w)
+
+
+def append_full_width(parent: Container, widget) -> None:
+    """Append a widget without a label, using the parent's full width (a table, a line of text)."""
+    parent.append(widget)
+    wrapper = widget._labeled_widget() if hasattr(widget, "_labeled_widget") else None
+    if wrapper is not None:  # hide the empty label column magicgui added
+        wrapper._label_widget.visible = False

@@ -26,19 +26,19 @@ from magicgui.widgets import (
 
 from ..errors import InputError
 from ._model import model_picker, model_spec
-from ._runner import RunnerMixin, notify
+from ._runner import RunnerMixin, append_full_width, notify
 
-#: the cohort columns the table shows (``cohort.csv`` holds more)
-TABLE_COLUMNS = (
-    "image",
-    "status",
-    "n_cells",
-    "n_classified",
-    "percent_flagged",
-    "n_anomalous",
-    "verdict",
-    "error",
-)
+#: the cohort columns the table shows (``cohort.csv`` holds more) and their headers
+TABLE_COLUMNS = {
+    "image": "image",
+    "status": "status",
+    "n_cells": "cells",
+    "n_classified": "classified",
+    "percent_flagged": "% flagged",
+    "n_anomalous": "anomalous",
+    "verdict": "verdict",
+    "error": "error",
+}
 #: the plugin and widget names under which napari lists the review widget
 PLUGIN, REVIEW_WIDGET = "napari-cytodiffusion", "Classify cells"
 
@@ -156,13 +156,16 @@ class BatchWidget(Container, RunnerMixin):
         self._init_runner("Analyze")
         self.cohort_line = Label(value="")
         self.cohort_line.native.setWordWrap(True)
-        self.table = Table(value=([], [], list(TABLE_COLUMNS)))
+        self.table = Table(value=([], [], list(TABLE_COLUMNS.values())))
         self.table.read_only = True
+        self.table.min_height = 220
         self.result = ComboBox(
             label="result", choices=self._finished, tooltip="an image finished in the folder"
         )
         self.open_button = PushButton(text="Open for review")
-        self.extend([self.cohort_line, self.table, self.result, self.open_button])
+        for widget in (self.cohort_line, self.table):
+            append_full_width(self, widget)
+        self.extend([self.result, self.open_button])
         self.open_button.changed.connect(lambda: self.open_result(self.result.value))
         self.out_dir.changed.connect(lambda: self.show_cohort())
         self.load_settings()
@@ -272,8 +275,9 @@ class BatchWidget(Container, RunnerMixin):
         self.table.value = (
             [[_cell(r.get(c)) for c in TABLE_COLUMNS] for r in self._rows],
             [],
-            list(TABLE_COLUMNS),
+            list(TABLE_COLUMNS.values()),
         )
+        self.table.native.resizeColumnsToContents()
         self.cohort_line.value = "<br>".join(lines)
         self.result.reset_choices()
 
@@ -296,8 +300,9 @@ class BatchWidget(Container, RunnerMixin):
 
 
 def _cell(v: Any) -> Any:
+    """A table cell: whole numbers as such, other numbers to one decimal, text as it is."""
     if isinstance(v, float):
-        return round(v, 1)
+        return str(int(v)) if v.is_integer() else f"{v:.1f}"
     return "" if v is None else v
 
 
