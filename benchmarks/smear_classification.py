@@ -38,7 +38,7 @@ LEFT_OUT = "not classified"
 
 
 def reason_kind(reason: str) -> str:
-    if "flagged" in reason:
+    if "flagged (>" in reason:  # not "ig: 1 unflagged call", an alert
         return "flagged share"
     if "unlike the model's training cells" in reason:
         return "domain check"
