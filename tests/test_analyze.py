@@ -40,6 +40,7 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path, capsys):
     white = list(diff["percent"])
     assert diff["images"] == 2 and diff["leukocytes"] == sum(cohort[f"n_{c}"].sum() for c in white) > 0
     assert diff["counts"]["platelet"] == cohort["n_platelet"].sum()
+    assert (out / "cohort_differential.png").read_bytes().startswith(b"\x89PNG")
     assert [ln for ln in said if ln.startswith("over 2 images, white-cell differential of")]
     # re-running skips finished images: only the broken one is tried again; a run killed between an
     # image's outputs and its cohort row (here: no table at all) gets the rows rebuilt from the summaries

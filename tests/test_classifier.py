@@ -577,3 +577,4 @@ def test_single_cell_crops_at_a_given_scale_ignore_the_framing(shared_data, tmp_
     diff = json.loads((out / "differential.json").read_text())
     white = [c for c in diff["percent"]]
     assert diff["leukocytes"] == int(calls.isin(white).sum()) and diff["imprecise"]
+    assert (out / "differential.png").is_file() == (diff["leukocytes"] > 0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from napari_cytodiffusion.differential import binomial_interval, differential, differential_line
+from napari_cytodiffusion.differential import binomial_interval, differential, differential_line, percent_text
 from napari_cytodiffusion.errors import InputError
 
 PBC = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
@@ -36,7 +36,7 @@ def test_differential_of_pbc_classes():
     assert sum(d["percent"].values()) == pytest.approx(100.0)
     line = differential_line(d)
     assert line.startswith("white-cell differential of 100 cells (95% CI): neutrophil 60% (50-70)")
-    assert "erythroblast 4 per 100 white cells" in line and "imprecise" not in line
+    assert "erythroblast 4.0 per 100 white cells" in line and "imprecise" not in line
     few = differential({"neutrophil": 3, "lymphocyte": 1}, PBC)
     assert few["imprecise"] and differential_line(few).endswith("fewer than 100 white cells: imprecise")
     none = differential({"platelet": 4}, PBC)
@@ -79,8 +79,8 @@ def test_summary_and_legend_carry_the_differential():
     html = legend_html(s, PBC, ["#000000"] * len(PBC))
     assert "white-cell differential of 9 cells (95% CI) — too few for a precise one" in html
     lo, hi = s["differential"]["ci95"]["neutrophil"]
-    assert f"neutrophil: 6 — 67% ({lo:.0f}–{hi:.0f}%)" in html
-    assert "erythroblast: 1 — 11 per 100 white cells" in html
+    assert f"neutrophil: 6 — 67% ({percent_text(lo)}–{hi:.0f}%)" in html
+    assert "erythroblast: 1 — 11 per 100 white cells" in html  # 11.1, shown without decimals above 10
     assert "platelet: 2 (16.7% of classified)" in html
 
 

@@ -668,6 +668,12 @@ def iter_analysis(
         from .io.atomic import write_json
 
         write_json(out / "cohort_differential.json", diff)
+        if diff["leukocytes"]:
+            from .evaluate.plots import differential_png
+
+            differential_png(
+                diff, out / "cohort_differential.png", f"White-cell differential, {_images(diff['images'])}"
+            )
         line = differential_line(diff)
         if line:
             line = f"over {_images(diff['images'])}, {line}"

@@ -120,16 +120,23 @@ def differential(
     }
 
 
+def percent_text(p: float) -> str:
+    """A share as people read it: one decimal under 10 %, none above (``"0.5"``, ``"61"``)."""
+    return f"{p:.1f}" if p < 10 else f"{p:.0f}"
+
+
 def differential_line(d: Mapping[str, Any] | None) -> str | None:
     """One line for a log or status: ``"white-cell differential of 120 cells: neutrophil 61% (52-70), ..."``."""
     if not d or not d["leukocytes"]:
         return None
     parts = [
-        f"{c} {p:.0f}% ({d['ci95'][c][0]:.0f}-{d['ci95'][c][1]:.0f})"
+        f"{c} {percent_text(p)}% ({percent_text(d['ci95'][c][0])}-{percent_text(d['ci95'][c][1])})"
         for c, p in sorted(d["percent"].items(), key=lambda kv: -kv[1])
     ]
     extra = [
-        f"{c} {v['value']:.0f} per 100 white cells" for c, v in d["per_100_leukocytes"].items() if v["count"]
+        f"{c} {percent_text(v['value'])} per 100 white cells"
+        for c, v in d["per_100_leukocytes"].items()
+        if v["count"]
     ]
     n = d["leukocytes"]
     line = f"white-cell differential of {n} cell{'' if n == 1 else 's'} (95% CI): " + ", ".join(parts + extra)

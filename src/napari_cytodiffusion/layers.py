@@ -62,6 +62,8 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
         f"<b>{summary['verdict'].upper()}</b> — {summary['n_classified']} classified, "
         f"{summary['n_flagged']} flagged ({summary['percent_flagged']:.1f}%)"
     ]
+    from .differential import percent_text as pct
+
     diff = summary.get("differential")
     if diff and diff["leukocytes"]:
         n = diff["leukocytes"]
@@ -74,9 +76,9 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
         swatch = f"<span style='color:{col}'>&#9632;</span> {c}: {k}"
         if diff and diff["leukocytes"] and c in diff["percent"]:
             lo, hi = diff["ci95"][c]
-            rows.append(f"{swatch} — {diff['percent'][c]:.0f}% ({lo:.0f}–{hi:.0f}%)")
+            rows.append(f"{swatch} — {pct(diff['percent'][c])}% ({pct(lo)}–{pct(hi)}%)")
         elif diff and diff["leukocytes"] and c in diff["per_100_leukocytes"]:
-            rows.append(f"{swatch} — {diff['per_100_leukocytes'][c]['value']:.0f} per 100 white cells")
+            rows.append(f"{swatch} — {pct(diff['per_100_leukocytes'][c]['value'])} per 100 white cells")
         else:
             rows.append(f"{swatch} ({summary['percent'].get(c, 0):.1f}% of classified)")
     rows += [f"<i>{r}</i>" for r in summary.get("reasons", [])]

@@ -365,6 +365,10 @@ def cmd_classify(a) -> int:
     diff = differential(df["class"].value_counts().to_dict(), model.classes, model.metadata.extra)
     if diff is not None:
         write_json(out / "differential.json", diff)
+        if diff["leukocytes"]:
+            from ..evaluate.plots import differential_png
+
+            differential_png(diff, out / "differential.png", f"White-cell differential, {len(paths)} images")
         line = differential_line(diff)
         if line:
             print(line)

@@ -80,3 +80,37 @@ def reliability_png(
     out = write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return out
+
+
+def differential_png(diff: dict, path: str | os.PathLike, title: str = "White-cell differential") -> Path:
+    """Bars of each white-cell class's share with its 95 % interval (a :func:`~napari_cytodiffusion.differential.differential`)."""
+    from ..differential import percent_text
+
+    plt = _figure()
+    classes = [c for c in diff["percent"] if diff["percent"][c] is not None]
+    pct = np.array([diff["percent"][c] for c in classes], dtype=float)
+    lo = np.array([diff["ci95"][c][0] for c in classes], dtype=float)
+    hi = np.array([diff["ci95"][c][1] for c in classes], dtype=float)
+    fig, ax = plt.subplots(figsize=(6.0, 0.9 + 0.45 * max(len(classes), 1)))
+    y = np.arange(len(classes))[::-1]
+    ax.barh(y, pct, color="#7a9cc6")
+    ax.errorbar(pct, y, xerr=[pct - lo, hi - pct], fmt="none", ecolor="black", capsize=3, lw=1)
+    for yi, p, h in zip(y, pct, hi, strict=True):
+        ax.text(min(h + 1.5, 101), yi, f"{percent_text(p)}%", va="center", fontsize=8)
+    ax.set_yticks(y, classes)
+    ax.set_xlim(0, 108)
+    ax.set_xlabel("% of white cells (bars: 95% interval, counting error only)")
+    n = diff["leukocytes"]
+    sub = f"{n} white cells" + (" — fewer than 100: imprecise" if diff.get("imprecise") else "")
+    per100 = [
+        f"{c} {percent_text(v['value'])} per 100 white cells"
+        for c, v in diff.get("per_100_leukocytes", {}).items()
+        if v["count"]
+    ]
+    if per100:
+        sub += "; " + ", ".join(per100)
+    ax.set_title(f"{title}\n{sub}", fontsize=10)
+    fig.tight_layout()
+    out = write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return out
