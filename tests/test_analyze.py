@@ -216,3 +216,23 @@ def test_scale_hint_suggests_pooling_when_images_lack_red_cells():
     )
     assert scale_hint([row(60), row(45), row(4)]) is None  # smears: their own scale is steady
     assert scale_hint([row(3, "given")] * 4 + [{"status": "error"}, row(float("nan"))]) is None
+
+
+def test_analysis_options_are_checked_before_any_work():
+    import pytest
+
+    from napari_cytodiffusion.batch import analysis_options
+    from napari_cytodiffusion.errors import InputError
+    from napari_cytodiffusion.segmentation.cellpose_seg import SegmentParams
+
+    opts = analysis_options(model="pbc32-fast", speed="fast", segmentation=SegmentParams(platelets=False))
+    assert opts["model"] == "pbc32-fast" and opts["segmentation"]["platelets"] is False
+    json.dumps(opts)  # plain data: dask sends it to its workers
+    for bad, message in [
+        (dict(speed="quick"), "unknown speed"),
+        (dict(cells="some"), "cells must be"),
+        (dict(red_cell_px=-3), "positive number of pixels"),
+        (dict(red_cell_px=40, pool_scale=True), "not both"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            analysis_options(**bad)
