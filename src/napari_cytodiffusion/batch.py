@@ -40,12 +40,26 @@ def analyze_one(path: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
     With a pooled scale (``options["pooled_scale"]``, from :func:`measure_one` over the run's
     images) the labels that :func:`measure_one` wrote are classified at that scale.
     """
-    gen = iter_analyze_one(path, out, options)
+    return _run_to_end(iter_analyze_one(path, out, options))
+
+
+def _run_to_end(gen: Generator) -> Any:
+    """Run a generator to its end and return its return value."""
     while True:
         try:
             next(gen)
         except StopIteration as stop:
             return stop.value
+
+
+def _mapped(gen: Generator, fn: Callable[[Any], Any]) -> Generator:
+    """``gen`` with ``fn`` applied to what it yields; returns what it returns."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield fn(item)
 
 
 def iter_analyze_one(path: str, out: str, options: dict[str, Any]) -> Generator[Any, None, dict[str, Any]]:
@@ -455,20 +469,14 @@ def _stop_overdue(client, running: dict, timeout: float, done, log) -> int:
 
 def _run_here(fn, todo: list[Path], out: Path, options: dict, done) -> Iterator[str]:
     """Run ``fn`` for every image in this process, yielding what it is doing (stage by stage)."""
-    from .pipeline import Stage
 
     for p in todo:
         yield p.name
         if fn is analyze_one:
-            gen = iter_analyze_one(str(p), str(out), options)
-            while True:
-                try:
-                    item = next(gen)
-                except StopIteration as stop:
-                    row = stop.value
-                    break
-                if isinstance(item, Stage):
-                    yield f"{p.name}: {item.stage} {item.done}/{item.total}"
+            row = yield from _mapped(
+                iter_analyze_one(str(p), str(out), options),
+                lambda st, name=p.name: f"{name}: {st.stage} {st.done}/{st.total}",
+            )
         else:
             row = fn(str(p), str(out), options)
         done(row)
@@ -622,14 +630,10 @@ def iter_analysis(
     yield 0, n_todo, "starting"
     with _executor(workers, scheduler, options, out, timeout, log) as run:
         if options.get("pool_scale") and todo:
-            gen = _measure_scale(run, paths, todo, out, options, done, log, say)
-            while True:
-                try:
-                    what = next(gen)
-                except StopIteration as stop:
-                    todo = stop.value
-                    break
-                yield len(rows), n_todo, what
+            todo = yield from _mapped(
+                _measure_scale(run, paths, todo, out, options, done, log, say),
+                lambda what: (len(rows), n_todo, what),
+            )
         for what in run(analyze_one, todo, options, done):
             yield len(rows), n_todo, what
     elapsed = time.perf_counter() - t0
@@ -716,12 +720,9 @@ def run_analysis(
             say(line)
             sys.stdout.flush()
 
-    gen = iter_analysis(paths, out, options, workers=workers, scheduler=scheduler, timeout=timeout, say=echo)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return _run_to_end(
+        iter_analysis(paths, out, options, workers=workers, scheduler=scheduler, timeout=timeout, say=echo)
+    )
 
 
 def scale_hint(rows: list[dict[str, Any]]) -> str | None:

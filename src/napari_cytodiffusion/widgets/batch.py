@@ -16,7 +16,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     Label,
     LineEdit,
     PushButton,
@@ -25,6 +24,15 @@ from magicgui.widgets import (
 )
 
 from ..errors import InputError
+from ._controls import (
+    border_pad_box,
+    cells_choice,
+    platelets_box,
+    red_cell_px_box,
+    segmentation_model_choice,
+    size_check_box,
+    speed_choice,
+)
 from ._model import model_picker, model_spec
 from ._runner import RunnerMixin, append_full_width, notify
 
@@ -80,20 +88,9 @@ class BatchWidget(Container, RunnerMixin):
             "analyze.log for all; images finished here before are skipped",
         )
         self.model_name, self.model_dir, self.model_info = model_picker()
-        self.speed = ComboBox(
-            label="speed", choices=["fast", "balanced", "accurate", "full"], value="balanced"
-        )
-        self.cells = ComboBox(
-            label="cells",
-            choices=["stained", "all"],
-            value="stained",
-            tooltip="stained: nucleated cells and platelets; all: every segmented cell",
-        )
-        self.size_check = CheckBox(
-            text="size check",
-            value=True,
-            tooltip="call each cell the best class its size allows",
-        )
+        self.speed = speed_choice()
+        self.cells = cells_choice()
+        self.size_check = size_check_box()
         self.pool_scale = CheckBox(
             text="one scale for all images",
             value=False,
@@ -101,31 +98,10 @@ class BatchWidget(Container, RunnerMixin):
             "whole red cells of every image (for cell-centred images with few red cells each); "
             "every image is segmented before any is classified",
         )
-        self.red_cell_px = FloatSpinBox(
-            label="red cell (px, 0 = auto)",
-            value=0.0,
-            min=0.0,
-            max=10_000.0,
-            step=0.5,
-            tooltip="a red cell's diameter in pixels, if you know it (about 7.5 µm / your camera's µm per "
-            "pixel), instead of measuring it",
-        )
-        self.seg_model = ComboBox(
-            label="segmentation",
-            choices=["smear", "cyto3", "cyto2"],
-            value="smear",
-            tooltip="'smear' is bundled and works offline; Cellpose built-ins download on first use",
-        )
-        self.platelets = CheckBox(text="look for platelets", value=True)
-        self.border_pad = FloatSpinBox(
-            label="border mirror (diameters)",
-            value=0.0,
-            min=0.0,
-            max=4.0,
-            step=0.05,
-            tooltip="outline cells cut by the image border like whole ones (0 = off; 0.15 suits "
-            "box-annotated inventories)",
-        )
+        self.red_cell_px = red_cell_px_box()
+        self.seg_model = segmentation_model_choice("segmentation")
+        self.platelets = platelets_box()
+        self.border_pad = border_pad_box()
         self.workers = SpinBox(
             label="workers",
             value=1,

@@ -9,6 +9,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 
 from ..errors import InputError, ModelError
 from ..model.card import model_classes
+from ._controls import cells_choice, red_cell_px_box, size_check_box, speed_choice
 from ._model import model_picker, model_spec
 from ._runner import RunnerMixin, append_panel, n_cells, notify, unique_layer_name
 
@@ -34,36 +35,16 @@ class ClassifyWidget(Container, RunnerMixin):
         self.image = ComboBox(label="image", choices=lambda _: self._layers("Image"))
         self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layers("Labels"))
         self.model_name, self.model_dir, self.model_info = model_picker()
-        self.speed = ComboBox(
-            label="speed", choices=["fast", "balanced", "accurate", "full"], value="balanced"
-        )
-        self.cells = ComboBox(
-            label="cells",
-            choices=["stained", "all"],
-            value="stained",
-            tooltip="stained: nucleated cells and platelets; all: every labelled cell",
-        )
+        self.speed = speed_choice()
+        self.cells = cells_choice()
         self.only_selected = CheckBox(
             text="only selected cells",
             value=False,
             tooltip="cells selected in the last result's points layer, else the label selected in the labels layer",
         )
         self.min_area = SpinBox(label="min area (px)", value=0, min=0, max=10**7)
-        self.size_check = CheckBox(
-            text="size check",
-            value=True,
-            tooltip="call each cell the best class its size allows (a platelet-sized blob is no "
-            "erythroblast); cells whose appearance and size disagree are flagged",
-        )
-        self.red_cell_px = FloatSpinBox(
-            label="red cell (px, 0 = auto)",
-            value=0.0,
-            min=0.0,
-            max=10_000.0,
-            step=0.5,
-            tooltip="a red cell's diameter in pixels, if you know it (about 7.5 µm / your camera's µm per "
-            "pixel); sets the scale of every crop and size instead of measuring the field's red cells",
-        )
+        self.size_check = size_check_box()
+        self.red_cell_px = red_cell_px_box()
         self.max_flagged = FloatSpinBox(label="review if flagged >", value=0.10, min=0.0, max=1.0, step=0.01)
         self.extend(
             [

@@ -6,6 +6,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
 
 from ..errors import InputError
+from ._controls import border_pad_box, platelets_box, segmentation_model_choice
 from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
 
@@ -29,12 +30,7 @@ class SegmentWidget(Container, RunnerMixin):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=self._images)
-        self.model = ComboBox(
-            label="model",
-            choices=["smear", "cyto3", "cyto2", "nuclei"],
-            value="smear",
-            tooltip="'smear' is bundled and works offline; built-ins download on first use",
-        )
+        self.model = segmentation_model_choice()
         self.diameter = FloatSpinBox(label="diameter (0 = auto)", value=0.0, min=0.0, max=1000.0)
         self.flow_threshold = FloatSpinBox(label="flow threshold", value=0.4, min=0.0, max=3.0, step=0.05)
         self.cellprob_threshold = FloatSpinBox(
@@ -50,15 +46,7 @@ class SegmentWidget(Container, RunnerMixin):
             tooltip="masks larger than this fraction of the image are dropped as spurious",
         )
         self.exclude_border = CheckBox(text="exclude border cells", value=False)
-        self.border_pad = FloatSpinBox(
-            label="border mirror (diameters)",
-            value=0.0,
-            min=0.0,
-            max=4.0,
-            step=0.05,
-            tooltip="mirror the image this many cell diameters beyond its edges before segmenting, so "
-            "cells cut by the border are outlined like whole ones (0 = off)",
-        )
+        self.border_pad = border_pad_box()
         self.augment = CheckBox(
             text="test-time augmentation",
             value=False,
@@ -70,12 +58,7 @@ class SegmentWidget(Container, RunnerMixin):
             tooltip="a second pass at twice the diameter adds cells over twice the size of the rest "
             "that the first pass missed (a white cell among small red cells); ~20 % slower",
         )
-        self.platelets = CheckBox(
-            text="look for platelets",
-            value=True,
-            tooltip="adds the small violet blobs between the cells that the network left out "
-            "(platelets) as cells of their own",
-        )
+        self.platelets = platelets_box()
         self.extend(
             [
                 self.image,
