@@ -119,3 +119,23 @@ def test_stack_is_segmented_plane_by_plane():
     stack = np.stack([smear[:240, :320], np.full((240, 320, 3), 230, np.uint8)])  # 4-D (Z, Y, X, C)
     labels = segment(stack, diameter=46.0)
     assert labels.shape == (2, 240, 320) and labels[0].max() > 5 and labels[1].max() == 0
+
+
+@pytest.mark.parametrize("command", ["analyze", "segment"])
+def test_images_that_would_share_outputs_are_refused_before_any_work(tmp_path, capsys, command):
+    """slide1/f01.jpg and slide2/F01.png would write (or, resumed, skip) each other's NAME_* files."""
+    from PIL import Image
+
+    for folder, name in (("slide1", "f01.jpg"), ("slide2", "F01.png"), ("slide2", "f02.png")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / folder / name)
+    out = tmp_path / "out"
+    argv = [command, str(tmp_path / "slide1"), str(tmp_path / "slide2"), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "would write the same outputs (f01_*)" in err, err
+    assert not [f for f in out.glob("*") if f.name != "analyze.log"] if out.exists() else True
+    # one folder at a time, each into its own output folder, is fine
+    if command == "segment":
+        assert main([command, str(tmp_path / "slide2"), "--out", str(out / "slide2")]) == 0
+        assert sorted(f.name for f in (out / "slide2").glob("*.tif")) == ["F01_labels.tif", "f02_labels.tif"]

@@ -599,6 +599,11 @@ def iter_analysis(
         generator (a cancelled run) stops at the next stage; finished images keep their outputs
         and rows, and a re-run goes on from there.
 
+    Raises
+    ------
+    InputError
+        Before any work, when two images would write outputs of the same name.
+
     Returns
     -------
     dict
@@ -607,6 +612,9 @@ def iter_analysis(
         ``differential`` (the white-cell differential of those images pooled, or None), ``scale``
         (the pooled scale, or None) and ``hint`` (a note to pool the scale, or None).
     """
+    from .io.images import check_distinct_stems
+
+    check_distinct_stems(paths)
     say = say or (lambda line: None)
     options = dict(options)
     todo = [p for p in paths if not (out / f"{p.stem}_summary.json").exists()]

@@ -281,13 +281,15 @@ def cmd_demo(a) -> int:
 
 def cmd_segment(a) -> int:
     from ..export import audit_trail, write_cells_csv, write_labels_tiff
-    from ..io.images import read_image
+    from ..io.images import check_distinct_stems, read_image
     from ..segmentation.cellpose_seg import segment
     from ..segmentation.table import cells_table
 
     out = out_dir(a.out)
     params = _seg_params(a)
-    for path in expand_inputs(a.images):
+    paths = expand_inputs(a.images)
+    check_distinct_stems(paths)
+    for path in paths:
         t0 = time.perf_counter()
         img = read_image(path)
         labels = segment(img, params)

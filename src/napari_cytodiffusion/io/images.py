@@ -51,6 +51,35 @@ def image_paths(items: list[str | os.PathLike]) -> list[Path]:
     return uniq
 
 
+def check_distinct_stems(paths: list[Path]) -> None:
+    """Refuse images whose per-image outputs (``NAME_labels.tif``, ``NAME_summary.json``) would share a name.
+
+    ``a.png`` and ``a.jpg``, or ``slide1/f01.jpg`` and ``slide2/f01.jpg``, would write (or, on a
+    resumed run, skip) each other's results. Names are compared ignoring case, as some file
+    systems do.
+
+    Raises
+    ------
+    InputError
+        Naming the first clash and how many there are.
+    """
+    first: dict[str, Path] = {}
+    clashes: list[tuple[Path, Path]] = []
+    for p in map(Path, paths):
+        key = p.stem.lower()
+        if key in first:
+            clashes.append((first[key], p))
+        else:
+            first[key] = p
+    if clashes:
+        a, b = clashes[0]
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        raise InputError(
+            f"{a} and {b} would write the same outputs ({a.stem}_*){more}: rename them or give each "
+            "folder its own output folder"
+        )
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file into a numpy array (no conversion).
 

@@ -150,7 +150,7 @@ class BatchWidget(Container, RunnerMixin):
     # the run ----------------------------------------------------------------
     def paths(self) -> list[Path]:
         """The images the run would analyse (bad input: :class:`InputError`)."""
-        from ..io.images import image_paths
+        from ..io.images import check_distinct_stems, image_paths
 
         folder = str(self.input_dir.value or "").strip()
         if folder in ("", "."):
@@ -158,7 +158,9 @@ class BatchWidget(Container, RunnerMixin):
         if not Path(folder).is_dir():
             raise InputError(f"the smears folder {folder} does not exist")
         pattern = self.pattern.value.strip()
-        return image_paths([str(Path(folder) / pattern) if pattern else folder])
+        paths = image_paths([str(Path(folder) / pattern) if pattern else folder])
+        check_distinct_stems(paths)  # a.png and a.jpg would share their outputs
+        return paths
 
     def output(self) -> Path:
         from ..io.atomic import writable_folder
