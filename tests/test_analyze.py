@@ -39,6 +39,7 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path, capsys):
     diff = json.loads((out / "cohort_differential.json").read_text())
     white = list(diff["percent"])
     assert diff["images"] == 2 and diff["leukocytes"] == sum(cohort[f"n_{c}"].sum() for c in white) > 0
+    assert diff["leukocytes"] == cohort["n_white_cells"].sum()
     assert diff["counts"]["platelet"] == cohort["n_platelet"].sum()
     assert (out / "cohort_differential.png").read_bytes().startswith(b"\x89PNG")
     assert [ln for ln in said if ln.startswith("over 2 images, white-cell differential of")]

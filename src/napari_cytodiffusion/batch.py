@@ -207,6 +207,7 @@ def _summary_fields(s: dict[str, Any]) -> dict[str, Any]:
         "red_cell_from": scale.get("cells"),
         "whole_red_cells": scale.get("whole_red_cells"),
         "n_classified": s.get("n_classified"),
+        "n_white_cells": (s.get("differential") or {}).get("leukocytes"),
         **{f"n_{c}": k for c, k in s.get("counts", {}).items()},
         "percent_flagged": s.get("percent_flagged"),
         "n_anomalous": domain.get("n_anomalous"),

@@ -42,6 +42,7 @@ TABLE_COLUMNS = {
     "status": "status",
     "n_cells": "cells",
     "n_classified": "classified",
+    "n_white_cells": "white cells",
     "percent_flagged": "% flagged",
     "n_anomalous": "anomalous",
     "verdict": "verdict",
