@@ -14,6 +14,11 @@ platelet leave the white-cell count, as they would on a smear). Per class it pri
 
     python benchmarks/differential.py --cache runs/differential_pbcval.npz [--model default]
         [--speed balanced] [--slides 500] [--cells 100 200] [--out runs/differential.json]
+        [--smear-slide 100 --work runs/differential_slide]
+
+``--smear-slide N`` also sends one mock slide of N PBC val images through ``analyze --pool-scale``
+(segmentation, stained cells, the size check) and compares the pooled differential with the classes
+of the images' centre cells.
 
 Measured figures: README, *White-cell differential*.
 """
@@ -184,6 +189,50 @@ def summarise(rows, population: dict[str, float]) -> dict:
     return out
 
 
+def smear_slide(pbc: Path, model: str, speed: str, n: int, seed: int, work: Path) -> dict:
+    """One mock slide through the smear path: ``analyze --pool-scale`` on N PBC val images.
+
+    The images are drawn by the normal adult population (each holds one white cell at its centre,
+    often with platelets or red cells around it) and linked into ``work/fields``; the pooled
+    differential of the run is compared with the classes of the centre cells.
+    """
+    import pandas as pd
+
+    from napari_cytodiffusion.batch import analysis_options, run_analysis
+
+    population = POPULATIONS["normal adult"]
+    df = pd.read_csv(pbc / "labels.csv")
+    df = df[df.split == "val"]
+    rng = np.random.default_rng(seed)
+    counts = {
+        c: int(k) for c, k in zip(population, rng.multinomial(n, list(population.values())), strict=True)
+    }
+    fields, out = work / "fields", work / "out"
+    fields.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for c, k in counts.items():
+        pool = df[df["class"] == c]["path"].to_numpy()
+        for rel in rng.choice(pool, size=k, replace=False):
+            link = fields / Path(rel).name
+            if not link.exists():
+                link.symlink_to((pbc / rel).resolve())
+    paths = sorted(fields.iterdir())
+    t0 = time.perf_counter()
+    report = run_analysis(paths, out, analysis_options(model=model, speed=speed, pool_scale=True), say=None)
+    diff = report["differential"]
+    true = {c: 100.0 * k / n for c, k in counts.items()}
+    print(
+        f"\nsmear path: {n} PBC val images (normal adult draw) through analyze --pool-scale in "
+        f"{time.perf_counter() - t0:.0f} s; {diff['leukocytes']} white cells counted"
+    )
+    print("class        true %  model %  95% interval")
+    for c in population:
+        lo, hi = diff["ci95"][c]
+        print(f"{c:<12} {true[c]:6.1f} {diff['percent'][c]:8.1f}  {lo:.1f}-{hi:.1f}")
+    print("not counted:", {c: diff["counts"][c] for c in diff["counts"] if c not in population})
+    return {"true_counts": counts, "differential": diff, "images_failed": report["failed"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pbc", type=Path, default=SHARED / "pbc")
@@ -194,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", type=int, nargs="+", default=[100, 200])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--smear-slide",
+        type=int,
+        default=0,
+        help="also run one mock slide of this many PBC val images through analyze (the smear path)",
+    )
+    ap.add_argument("--work", type=Path, default=Path("runs/differential_slide"), help="for --smear-slide")
     args = ap.parse_args(argv)
     calls = classify_val(args.pbc, args.model, args.speed, args.cache)
     report = {"model": str(calls["key"]), "slides": args.slides, "results": {}}
@@ -216,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"triage alert {c}: fires on {a['all calls']:.1%} of slides counting every call, "
                     f"{a['unflagged calls']:.1%} counting unflagged calls (true counts: {a['true']:.1%})"
                 )
+    if args.smear_slide:
+        report["smear_slide"] = smear_slide(
+            args.pbc, args.model, args.speed, args.smear_slide, args.seed, args.work
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1))
