@@ -32,7 +32,10 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path, capsys):
     assert pooled["n_anomalous"] == cohort["n_anomalous"].sum()
     said = capsys.readouterr().out.splitlines()
     check = [
-        ln for ln in said if ln.startswith("domain check over 2 images") or ln.startswith("warning: over 2")
+        ln
+        for ln in said
+        if ln.startswith("domain check over 2 images")
+        or (ln.startswith("warning: over 2") and "expected" in ln)
     ]
     assert len(check) == 1 and f"{pooled['n_anomalous']} of {pooled['n']}" in check[0]
     # the white-cell differential of both fields pooled, with its counting error
@@ -40,6 +43,11 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path, capsys):
     white = list(diff["percent"])
     assert diff["images"] == 2 and diff["leukocytes"] == sum(cohort[f"n_{c}"].sum() for c in white) > 0
     assert diff["leukocytes"] == cohort["n_white_cells"].sum()
+    # the slide's alerts pool what each field's alerts counted (unflagged calls)
+    assert set(diff["alert_counts"]) == {"erythroblast", "ig"}
+    assert diff["alert_counts"]["ig"] == cohort["alert_n_ig"].sum() <= cohort["n_ig"].sum()
+    for alert in diff["alerts"]:  # each said as a warning
+        assert f"warning: over 2 images, {alert}" in said
     assert diff["counts"]["platelet"] == cohort["n_platelet"].sum()
     assert (out / "cohort_differential.png").read_bytes().startswith(b"\x89PNG")
     assert [ln for ln in said if ln.startswith("over 2 images, white-cell differential of")]

@@ -118,3 +118,20 @@ def test_ig_alert_is_a_share_of_the_white_cells():
     assert "erythroblast: 1 cell (2.3%)" in s["reasons"]  # erythroblasts: a share of the classified cells
     with pytest.raises(InputError):
         summarize(table(cells), PBC, {"alert_count": "some"})
+
+
+def test_alerts_pooled_over_fields_are_a_slides_not_a_fields():
+    from napari_cytodiffusion.pipeline import DEFAULT_TRIAGE, alert_reasons
+
+    # one field: 1 unflagged IG call among 2 white cells is "50 %"; a slide of 60 such fields with
+    # 2 IG calls among 120 white cells is 1.7 %: no alert
+    field = differential({"ig": 1, "neutrophil": 1}, PBC)
+    assert alert_reasons({"ig": 1, "erythroblast": 0}, field, 3, DEFAULT_TRIAGE) == [
+        "ig: 1 unflagged call (50.0% of white cells)"
+    ]
+    slide = differential({"ig": 2, "neutrophil": 118, "platelet": 40}, PBC)
+    assert alert_reasons({"ig": 2, "erythroblast": 0}, slide, 160, DEFAULT_TRIAGE) == []
+    assert alert_reasons({"ig": 3, "erythroblast": 1}, slide, 161, {"alert_count": "all"}) == [
+        "erythroblast: 1 cell (0.6%)",
+        "ig: 3 cells (2.5% of white cells)",
+    ]

@@ -209,6 +209,8 @@ def _summary_fields(s: dict[str, Any]) -> dict[str, Any]:
         "n_classified": s.get("n_classified"),
         "n_white_cells": (s.get("differential") or {}).get("leukocytes"),
         **{f"n_{c}": k for c, k in s.get("counts", {}).items()},
+        # the calls the triage's alerts counted (unflagged ones by default), to pool them over the cohort
+        **{f"alert_n_{c}": k for c, k in s.get("alert_counts", {}).items()},
         "percent_flagged": s.get("percent_flagged"),
         "n_anomalous": domain.get("n_anomalous"),
         "n_scored": domain.get("n"),
@@ -353,6 +355,7 @@ def cohort_differential(rows: list[dict[str, Any]], model: str) -> dict[str, Any
     """
     from .differential import differential
     from .model.registry import get_model
+    from .pipeline import DEFAULT_TRIAGE, alert_reasons
 
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
@@ -363,7 +366,22 @@ def cohort_differential(rows: list[dict[str, Any]], model: str) -> dict[str, Any
         for c in md.classes
     }
     d = differential(counts, md.classes, md.extra)
-    return None if d is None else {"images": len(ok), "counts": counts, **d}
+    if d is None:
+        return None
+    alerted = {
+        c: int(sum(float(r[f"alert_n_{c}"]) for r in ok if not _isnan(r.get(f"alert_n_{c}", float("nan")))))
+        for c in DEFAULT_TRIAGE["alert_classes"]
+        if c in md.classes and any(f"alert_n_{c}" in r for r in ok)
+    }
+    n_classified = int(sum(float(r.get("n_classified") or 0) for r in ok))
+    return {
+        "images": len(ok),
+        "counts": counts,
+        **d,
+        "alert_counts": alerted,
+        # the slide's alerts: one field's 1-3 white cells make any IG call "over 2 %"; pooled they do not
+        "alerts": alert_reasons(alerted, d, n_classified, DEFAULT_TRIAGE),
+    }
 
 
 def _images(n: int) -> str:
@@ -690,6 +708,10 @@ def iter_analysis(
         line = differential_line(diff)
         if line:
             line = f"over {_images(diff['images'])}, {line}"
+            log(line)
+            say(line)
+        for alert in diff["alerts"]:
+            line = f"warning: over {_images(diff['images'])}, {alert}"
             log(line)
             say(line)
     hint = scale_hint(list(cohort.rows.values()))

@@ -305,14 +305,9 @@ def summarize(
         sure &= ~classified["flagged"].to_numpy(dtype=bool)
     alert_counts = Counter(classified["class"][sure]) if n else Counter()
     diff = differential(counts, classes, extra)
-    for cls, limit in triage["alert_classes"].items():
-        # a white-cell class's limit is a share of the white cells (IG > 2 %), as a differential reports it
-        white = bool(diff and diff["leukocytes"] and cls in diff["percent"])
-        base, of = (diff["leukocytes"], " of white cells") if white else (n, "")
-        if cls in counts and base and alert_counts[cls] / base > limit:
-            k = alert_counts[cls]
-            what = "unflagged call" if triage["alert_count"] == "unflagged" else "cell"
-            reasons.append(f"{cls}: {k} {what}{'' if k == 1 else 's'} ({100.0 * k / base:.1f}%{of})")
+    reasons += alert_reasons(
+        {c: alert_counts[c] for c in triage["alert_classes"] if c in counts}, diff, n, triage
+    )
     n_off = int(off_size.sum())
     if n_off:
         moves = Counter(
@@ -348,9 +343,33 @@ def summarize(
         "flag_exempt_classes": left_out,
         "verdict": "needs review" if reasons else "routine",
         "reasons": reasons,
+        # the calls each alert class counted (triage alert_count), for alerts over many images
+        "alert_counts": {c: int(alert_counts[c]) for c in triage["alert_classes"] if c in counts},
         "triage_thresholds": triage,
         "domain_check": domain,
     }
+
+
+def alert_reasons(
+    alert_counts: dict[str, int], diff: dict[str, Any] | None, n_classified: int, triage: dict[str, Any]
+) -> list[str]:
+    """The triage's alerts (``alert_classes``) for counted calls, one field's or many pooled.
+
+    A white-cell class's limit is a share of the white cells (IG > 2 %), as a differential reports
+    it; any other class's a share of the classified cells.
+    """
+    triage = {**DEFAULT_TRIAGE, **triage}
+    what = "unflagged call" if triage["alert_count"] == "unflagged" else "cell"
+    out = []
+    for cls, limit in triage["alert_classes"].items():
+        if cls not in alert_counts:
+            continue
+        white = bool(diff and diff["leukocytes"] and cls in diff["percent"])
+        base, of = (diff["leukocytes"], " of white cells") if white else (n_classified, "")
+        k = int(alert_counts[cls])
+        if base and k / base > limit:
+            out.append(f"{cls}: {k} {what}{'' if k == 1 else 's'} ({100.0 * k / base:.1f}%{of})")
+    return out
 
 
 def exempt_classes(

@@ -319,6 +319,8 @@ def _cohort_differential(folder: Path) -> str | None:
     if d is None:
         return problem
     try:
-        return differential_line(d)
+        line = differential_line(d)
+        alerts = d.get("alerts") or []
+        return "<br>".join(x for x in (line, *(f"<b>alert</b>: {a}" for a in alerts)) if x) or None
     except (KeyError, TypeError, ValueError) as exc:
         return f"cannot read {folder / 'cohort_differential.json'}: {exc!r}"
