@@ -135,3 +135,30 @@ def test_alerts_pooled_over_fields_are_a_slides_not_a_fields():
         "erythroblast: 1 cell (0.6%)",
         "ig: 3 cells (2.5% of white cells)",
     ]
+
+
+def test_a_users_corrections_are_counted():
+    import numpy as np
+    import pandas as pd
+
+    from napari_cytodiffusion.pipeline import summarize
+
+    cls = ["neutrophil"] * 40 + ["ig"] * 2 + ["platelet"]
+    table = pd.DataFrame(
+        {
+            "label": np.arange(1, 44),
+            "class": cls,
+            "classified": True,
+            "flagged": [False] * 40 + [True, True, False],
+            "anomaly": 0.0,
+            "corrected_class": [""] * 40 + ["neutrophil", "ig", "band"],
+        }
+    )
+    s = summarize(table, PBC)
+    # one IG call was a neutrophil; the other, flagged, the user confirmed: a sure call, so an alert
+    assert s["counts"]["neutrophil"] == 41 and s["counts"]["ig"] == 1 and s["n_corrected"] == 3
+    assert "ig: 1 unflagged call (2.3% of white cells)" in s["reasons"]
+    # a class the user added (a band neutrophil) joins the counts and, by its name, the differential
+    assert s["counts"]["band"] == 1 and s["counts"]["platelet"] == 0
+    assert s["differential"]["leukocytes"] == 43 and "band" in s["differential"]["percent"]
+    assert s["n_flagged"] == 2  # the model's flags stay as they were

@@ -113,6 +113,8 @@ def test_open_saved_result_in_napari(make_napari_viewer, qtbot, analyzed, tmp_pa
     summary = json.loads(files["summary"].read_text())
     assert summary["reference_diameter"]["cells"].startswith("pooled")
     assert pd.read_csv(files["corrections"])["class"].tolist() == ["monocyte"]
+    assert summary["n_corrected"] == 1 and summary["counts"]["monocyte"] >= 1  # counted as corrected
+    assert widget.result["summary"]["n_corrected"] == 1  # the legend was recounted at once
     # fine-tuning on the reopened result re-classifies at the saved (pooled) scale and says so
     for i, cls in enumerate(["monocyte"] * 4 + ["lymphocyte"] * 4):
         points.selected_data = {i}

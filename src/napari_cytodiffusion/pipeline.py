@@ -276,7 +276,16 @@ def summarize(
     triage = {**DEFAULT_TRIAGE, **(triage or {})}
     classified = table[table["classified"]] if "classified" in table else table.iloc[0:0]
     n = len(classified)
-    counts = {c: int((classified["class"] == c).sum()) for c in classes}
+    # a user's correction (corrected_class) is the cell's class in the counts, the differential and
+    # the alerts, and a sure call; flags, the size check and the domain check stay the model's
+    calls = classified["class"].astype(str)
+    reviewed = np.zeros(n, bool)
+    if "corrected_class" in classified and n:
+        corr = classified["corrected_class"].fillna("").astype(str).str.strip()
+        reviewed = (corr != "").to_numpy()
+        calls = calls.where(~reviewed, corr)
+    counted = [*classes, *sorted(set(calls[reviewed]) - set(classes))]  # classes a user added
+    counts = {c: int((calls == c).sum()) for c in counted}
     pct = {c: (100.0 * k / n if n else 0.0) for c, k in counts.items()}
     n_flag = int(classified["flagged"].sum()) if n else 0
     left_out = exempt_classes(triage, anomaly_reference, classes)
@@ -303,8 +312,9 @@ def summarize(
     sure = ~stuck
     if triage["alert_count"] == "unflagged" and n:
         sure &= ~classified["flagged"].to_numpy(dtype=bool)
-    alert_counts = Counter(classified["class"][sure]) if n else Counter()
-    diff = differential(counts, classes, extra)
+    sure |= reviewed
+    alert_counts = Counter(calls[sure]) if n else Counter()
+    diff = differential(counts, counted, extra)
     reasons += alert_reasons(
         {c: alert_counts[c] for c in triage["alert_classes"] if c in counts}, diff, n, triage
     )
@@ -331,6 +341,7 @@ def summarize(
         "n_cells": int(len(table)),
         "n_classified": n,
         "n_not_classified": int(len(table) - n),
+        "n_corrected": int(reviewed.sum()),
         "counts": counts,
         "percent": pct,
         "differential": diff,

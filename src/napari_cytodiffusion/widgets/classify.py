@@ -429,7 +429,29 @@ class ClassifyWidget(Container, RunnerMixin):
         md = self.result["model"].metadata
         pts.face_color = class_colours(feats, md.classes, md.colours)
         self._recolour()
+        self._recount()
         self.status.value = f"{len(sel)} cell(s) set to {self.correct_to.value}"
+
+    def _recount(self) -> None:
+        """The legend's counts, differential and alerts with the user's corrections."""
+        from ..classify.classifier import calibration_for
+        from ..layers import legend_html
+        from ..pipeline import summarize
+
+        r = self.result
+        model = r["model"]
+        table = r["points"].features.drop(columns=["uncertainty"], errors="ignore")
+        r["summary"] = {
+            **r["summary"],
+            **summarize(
+                table,
+                model.classes,
+                r["summary"]["triage_thresholds"],
+                calibration_for(model, r["params"].get("speed", "balanced")).get("anomaly"),
+                model.metadata.extra,
+            ),
+        }
+        self.legend.value = legend_html(r["summary"], model.metadata.classes, model.metadata.colours)
 
     def export(self, folder) -> dict[str, Path] | None:
         """Cells CSV, summary JSON, labels TIFF with audit trail, and corrected cells as a training set."""
