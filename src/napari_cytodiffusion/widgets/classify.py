@@ -432,8 +432,8 @@ class ClassifyWidget(Container, RunnerMixin):
         self._recount()
         self.status.value = f"{len(sel)} cell(s) set to {self.correct_to.value}"
 
-    def _recount(self) -> None:
-        """The legend's counts, differential and alerts with the user's corrections."""
+    def _recount(self) -> dict:
+        """Recount the summary (counts, differential, alerts) with the user's corrections; update the legend."""
         from ..classify.classifier import calibration_for
         from ..layers import legend_html
         from ..pipeline import summarize
@@ -452,14 +452,14 @@ class ClassifyWidget(Container, RunnerMixin):
             ),
         }
         self.legend.value = legend_html(r["summary"], model.metadata.classes, model.metadata.colours)
+        return r["summary"]
 
     def export(self, folder) -> dict[str, Path] | None:
         """Cells CSV, summary JSON, labels TIFF with audit trail, and corrected cells as a training set."""
-        from ..classify.classifier import calibration_for
         from ..crops import crops_from_labels
         from ..export import audit_trail, write_cells_csv, write_labels_tiff, write_summary_json
         from ..io.atomic import write_with
-        from ..pipeline import run_reference, summarize
+        from ..pipeline import run_reference
 
         if not self.result:
             notify("warning", "nothing to export yet")
@@ -472,16 +472,7 @@ class ClassifyWidget(Container, RunnerMixin):
         table = r["points"].features.drop(columns=["uncertainty"], errors="ignore")
         model = r["model"]
         stem = r["image_layer"].name.replace("/", "_")
-        summary = {  # recounted with the user's corrections; the run's other entries kept
-            **r["summary"],
-            **summarize(
-                table,
-                model.classes,
-                r["summary"]["triage_thresholds"],
-                calibration_for(model, r["params"].get("speed", "balanced")).get("anomaly"),
-                model.metadata.extra,
-            ),
-        }
+        summary = self._recount()  # with the user's corrections; the run's other entries kept
         src = getattr(r["image_layer"], "source", None)
         audit = audit_trail(model, r["params"], input_path=getattr(src, "path", None), input_array=r["image"])
         out = {
