@@ -8,7 +8,8 @@ from PIL import Image
 from napari_cytodiffusion.sample_data import synthetic_smear
 
 
-def test_analyze_smears_widget(make_napari_viewer, qtbot, tmp_path):
+def test_analyze_smears_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from napari_cytodiffusion.widgets import batch as batch_widget
     from napari_cytodiffusion.widgets.batch import BatchWidget
     from napari_cytodiffusion.widgets.classify import ClassifyWidget
 
@@ -45,6 +46,16 @@ def test_analyze_smears_widget(make_napari_viewer, qtbot, tmp_path):
     assert "white-cell differential of" in w.cohort_line.value  # both fields' white cells pooled
     summary = json.loads((out / "smear1_summary.json").read_text())
     assert summary["audit"]["parameters"]["speed"] == "fast"
+    # the review page, written by the run, is written again in a worker and opened in the browser
+    page = out / "report.html"
+    assert page.is_file()
+    page.unlink()
+    opened = []
+    monkeypatch.setattr(batch_widget, "open_in_browser", lambda p: opened.append(p) or True)
+    w.report_button.clicked()
+    qtbot.waitUntil(lambda: bool(opened) and w.run_button.enabled, timeout=60_000)
+    assert opened == [page] and "smear2.png #" in page.read_text(encoding="utf-8")
+    assert w.status.value == f"report: {page}"
     # a second run skips what is done; the table of a folder is shown as soon as it is chosen
     w.run_button.clicked()
     qtbot.waitUntil(lambda: w.run_button.enabled, timeout=300_000)

@@ -353,25 +353,33 @@ def cohort_differential(rows: list[dict[str, Any]], model: str) -> dict[str, Any
     cohort rows (``n_<class>``) are summed; ``images`` says over how many. None without rows or
     white-cell classes.
     """
-    from .differential import differential
     from .model.registry import get_model
+
+    md = get_model(model).metadata
+    return pooled_differential(rows, md.classes, md.extra)
+
+
+def pooled_differential(
+    rows: list[dict[str, Any]], classes: list[str], extra: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """:func:`cohort_differential` for a model's ``classes`` (and metadata ``extra``)."""
+    from .differential import differential
     from .pipeline import DEFAULT_TRIAGE, alert_reasons
 
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         return None
-    md = get_model(model).metadata
     counts = {
         c: int(sum(float(r[f"n_{c}"]) for r in ok if not _isnan(r.get(f"n_{c}", float("nan")))))
-        for c in md.classes
+        for c in classes
     }
-    d = differential(counts, md.classes, md.extra)
+    d = differential(counts, classes, extra)
     if d is None:
         return None
     alerted = {
         c: int(sum(float(r[f"alert_n_{c}"]) for r in ok if not _isnan(r.get(f"alert_n_{c}", float("nan")))))
         for c in DEFAULT_TRIAGE["alert_classes"]
-        if c in md.classes and any(f"alert_n_{c}" in r for r in ok)
+        if c in classes and any(f"alert_n_{c}" in r for r in ok)
     }
     n_classified = int(sum(float(r.get("n_classified") or 0) for r in ok))
     return {
@@ -592,6 +600,7 @@ def iter_analysis(
     scheduler: str | None = None,
     timeout: float | None = None,
     say: Callable[[str], None] | None = None,
+    report: bool = True,
 ) -> Generator[tuple[int, int, str], None, dict[str, Any]]:
     """Analyse many smears into ``out``: per image labels, cells and summary; a cohort table and log.
 
@@ -610,6 +619,9 @@ def iter_analysis(
         Seconds one image may run on a dask worker before it is marked failed (None: no limit).
     say
         Called with each line worth showing a user (an image finished, the scale, the cohort check).
+    report
+        Write ``report.html`` at the end (:mod:`~napari_cytodiffusion.report`): the pooled
+        differential, alerts, flagged cells and every classified cell by class, for review.
 
     Yields
     ------
@@ -629,7 +641,8 @@ def iter_analysis(
         ``images``, ``skipped`` (finished before), ``ok``, ``failed``, ``seconds``, ``rows`` (this
         run's cohort rows), ``domain_check`` (over every finished image of ``out``, or None),
         ``differential`` (the white-cell differential of those images pooled, or None), ``scale``
-        (the pooled scale, or None) and ``hint`` (a note to pool the scale, or None).
+        (the pooled scale, or None), ``hint`` (a note to pool the scale, or None) and ``report``
+        (the review page's path, or None).
     """
     from .io.images import check_distinct_stems
 
@@ -720,6 +733,13 @@ def iter_analysis(
         say(hint)
     else:
         hint = None
+    page = None
+    if report and any(r.get("status") == "ok" for r in cohort.rows.values()):
+        from .report import iter_report
+
+        page = yield from _mapped(iter_report(out), lambda w: (len(rows), n_todo, f"report: {w[2]}"))
+        log(f"report: {page}")
+        say(f"report: {page}")
     return {
         "images": len(paths),
         "skipped": len(paths) - n_todo,
@@ -731,6 +751,7 @@ def iter_analysis(
         "differential": diff,
         "scale": options.get("pooled_scale"),
         "hint": hint,
+        "report": str(page) if page else None,
     }
 
 
@@ -743,6 +764,7 @@ def run_analysis(
     scheduler: str | None = None,
     timeout: float | None = None,
     say: Callable[[str], None] | None = print,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Run :func:`iter_analysis` to the end (the ``analyze`` command); returns its report."""
 
@@ -752,7 +774,16 @@ def run_analysis(
             sys.stdout.flush()
 
     return _run_to_end(
-        iter_analysis(paths, out, options, workers=workers, scheduler=scheduler, timeout=timeout, say=echo)
+        iter_analysis(
+            paths,
+            out,
+            options,
+            workers=workers,
+            scheduler=scheduler,
+            timeout=timeout,
+            say=echo,
+            report=report,
+        )
     )
 
 

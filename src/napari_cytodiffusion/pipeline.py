@@ -547,6 +547,7 @@ def attach_classification(table, sel: np.ndarray, result, classes: list[str]):
     for col in ("certainty", "p_correct", "anomaly"):
         table[col] = np.nan
     table["flagged"] = False
+    table["flag_reason"] = ""
     for c in classes:
         table[f"p_{c}"] = np.nan
     if result is not None and len(result):
@@ -558,6 +559,7 @@ def attach_classification(table, sel: np.ndarray, result, classes: list[str]):
         table.loc[idx, "p_correct"] = result.p_correct
         table.loc[idx, "anomaly"] = result.anomaly
         table.loc[idx, "flagged"] = result.flagged
+        table.loc[idx, "flag_reason"] = result.flag_reasons
         for j, c in enumerate(classes):
             table.loc[idx, f"p_{c}"] = result.probs[:, j]
     table["corrected_class"] = ""
@@ -575,6 +577,7 @@ def mark_sizes(table, sizes: np.ndarray, ranges: dict[str, tuple[float, float]])
     fits keeps its appearance call and counts towards no alert class in :func:`summarize` (a
     platelet-sized blob is not an erythroblast alert).
     """
+    from .classify.classifier import flag_reason
     from .classify.size import implausible
 
     table = table.copy()
@@ -583,6 +586,13 @@ def mark_sizes(table, sizes: np.ndarray, ranges: dict[str, tuple[float, float]])
     bad = implausible(table["class_by_appearance"].tolist(), table["size"].to_numpy(), ranges)
     table["size_implausible"] = bad & classified
     table["flagged"] = table["flagged"].to_numpy(dtype=bool) | table["size_implausible"].to_numpy()
+    if "flag_reason" in table:
+        size_word = flag_reason(False, False, size=True)
+        reasons = table["flag_reason"].fillna("").astype(str).tolist()
+        table["flag_reason"] = [
+            "; ".join(x for x in (r, size_word) if x) if off else r
+            for r, off in zip(reasons, table["size_implausible"].to_numpy(), strict=True)
+        ]
     return table
 
 

@@ -54,9 +54,23 @@ class Classification:
     settings: dict[str, Any] = field(default_factory=dict)
     #: the class the errors alone pick, where a prior (``allowed``) made ``pred`` another one
     by_appearance: np.ndarray | None = None
+    #: a cell is flagged below this P(correct) ...
+    flag_below: float = 0.9
+    #: ... or above this anomaly score
+    anomaly_threshold: float = float("inf")
 
     def __len__(self) -> int:
         return len(self.pred)
+
+    @property
+    def flag_reasons(self) -> list[str]:
+        """Why each cell is flagged, in words (``""`` for a cell that is not)."""
+        return [
+            flag_reason(bool(u), bool(a))
+            for u, a in zip(
+                self.p_correct < self.flag_below, self.anomaly > self.anomaly_threshold, strict=True
+            )
+        ]
 
     @property
     def pred_names(self) -> list[str]:
@@ -73,12 +87,27 @@ class Classification:
                 "p_correct": self.p_correct,
                 "anomaly": self.anomaly,
                 "flagged": self.flagged,
+                "flag_reason": self.flag_reasons,
                 "unet_calls": self.unet_calls,
             }
         )
         for j, c in enumerate(self.classes):
             df[f"p_{c}"] = self.probs[:, j]
         return df
+
+
+#: the words of :func:`flag_reason`, also used by the size check (``pipeline.mark_sizes``)
+FLAG_WORDS = {
+    "uncertain": "uncertain",
+    "anomalous": "unlike the training cells",
+    "size": "wrong size for its appearance",
+}
+
+
+def flag_reason(uncertain: bool, anomalous: bool, size: bool = False) -> str:
+    """``"uncertain; unlike the training cells"``: the reasons a cell is flagged, or ``""``."""
+    on = {"uncertain": uncertain, "anomalous": anomalous, "size": size}
+    return "; ".join(FLAG_WORDS[k] for k, v in on.items() if v)
 
 
 def engine_config(model, speed: str = "balanced", **overrides: Any) -> EngineConfig:
@@ -250,6 +279,8 @@ def finish(
         seconds=seconds,
         settings=settings,
         by_appearance=by_appearance,
+        flag_below=flag_below,
+        anomaly_threshold=threshold,
     )
 
 

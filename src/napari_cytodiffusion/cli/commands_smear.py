@@ -170,6 +170,12 @@ def register(sub) -> None:
         "whole red cells pooled, instead of each image's own: for cell-centred images with few red "
         "cells each (as analysers export them); every image is segmented before any is classified",
     )
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write report.html (the differential, alerts, flagged cells and cells by class as one "
+        "page; 'napari-cytodiffusion report OUT' writes it later)",
+    )
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser(
@@ -408,6 +414,7 @@ def cmd_analyze(a) -> int:
         workers=a.workers,
         scheduler=a.scheduler,
         timeout=a.timeout or None,
+        report=not a.no_report,
     )
     return 0 if report["failed"] == 0 else 1
 

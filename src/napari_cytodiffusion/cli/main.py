@@ -22,6 +22,7 @@ COMMANDS = (
     "finetune",
     "agreement",
     "models",
+    "report",
 )
 
 
@@ -31,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import commands_adapt, commands_model, commands_smear
+    from . import commands_adapt, commands_model, commands_report, commands_smear
 
     p = _Parser(
         prog="napari-cytodiffusion",
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_smear.register(sub)
     commands_model.register(sub)
     commands_adapt.register(sub)
+    commands_report.register(sub)
     return p
 
 

@@ -20,7 +20,7 @@ from ..errors import InputError
 
 _SUFFIXES = ("_summary.json", "_cells.csv", "_labels.tif")
 #: text columns of the cells table that are empty for some cells (read back as NaN from CSV)
-_TEXT_COLUMNS = ("class", "class_by_appearance", "corrected_class")
+_TEXT_COLUMNS = ("class", "class_by_appearance", "corrected_class", "flag_reason")
 _BOOL_COLUMNS = ("touches_border", "classified", "flagged", "size_implausible")
 
 

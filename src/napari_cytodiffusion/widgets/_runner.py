@@ -49,8 +49,11 @@ class RunnerMixin:
         except CytoDiffusionError as exc:
             notify("error", str(exc))
             return
-        if job is None:
-            return
+        if job is not None:
+            self._launch(job)
+
+    def _launch(self, job: tuple[Callable[[], Generator], Callable[[Any], None]]) -> None:
+        """Run a ``(generator factory, on_result)`` job in a worker, with the progress bar and Cancel."""
         gen_factory, on_result = job
         from napari.qt.threading import create_worker
 

@@ -3,7 +3,9 @@
 Runs :func:`~napari_cytodiffusion.batch.iter_analysis` in a worker: in napari's process, or on
 dask workers. The cohort table of the output folder is shown as it stands after the run (or
 when an output folder that holds one is chosen); any finished image opens for review in the
-*Classify cells* widget, with its legend, cell inspector and corrections.
+*Classify cells* widget, with its legend, cell inspector and corrections, and the folder's review
+page (``report.html``: differential, alerts, flagged cells, cells by class) is written again, with
+the corrections saved since, and opened in the web browser.
 """
 
 from __future__ import annotations
@@ -140,10 +142,16 @@ class BatchWidget(Container, RunnerMixin):
             label="result", choices=self._finished, tooltip="an image finished in the folder"
         )
         self.open_button = PushButton(text="Open for review")
+        self.report_button = PushButton(
+            text="Open report",
+            tooltip="write the folder's report.html again (with corrections saved since) and open it in "
+            "the web browser: differential, alerts, flagged cells first, every cell by class",
+        )
         for widget in (self.cohort_line, self.table):
             append_full_width(self, widget)
-        self.extend([self.result, self.open_button])
+        self.extend([self.result, self.open_button, self.report_button])
         self.open_button.changed.connect(lambda: self.open_result(self.result.value))
+        self.report_button.changed.connect(self.open_report)
         self.out_dir.changed.connect(lambda: self.show_cohort())
         self.load_settings()
         self.show_cohort()
@@ -260,6 +268,25 @@ class BatchWidget(Container, RunnerMixin):
         self.cohort_line.value = "<br>".join(lines)
         self.result.reset_choices()
 
+    def open_report(self) -> None:
+        """Write the output folder's ``report.html`` in a worker, then open it in the web browser."""
+        from ..report import iter_report
+
+        folder = Path(str(self.out_dir.value or "").strip() or ".")
+        if str(folder) == "." or not self._finished():
+            notify("warning", "no finished image to report on: run the analysis or choose its output folder")
+            return
+
+        def gen():
+            return (yield from iter_report(folder))
+
+        def done(page: Path) -> None:
+            self.status.value = f"report: {page}"
+            if not open_in_browser(page):
+                notify("info", f"open {page} in a web browser")
+
+        self._launch((gen, done))
+
     def _finished(self, _=None) -> list[str]:
         return [str(r["image"]) for r in self._rows if r.get("status") == "ok"]
 
@@ -276,6 +303,14 @@ class BatchWidget(Container, RunnerMixin):
         row = next((r for r in self._rows if str(r["image"]) == image), {})
         source = row.get("path")
         widget.open_saved(str(summary), source if source and Path(source).is_file() else None)
+
+
+def open_in_browser(page: Path) -> bool:
+    """Open a local page in the system's web browser; False when none could be started."""
+    from qtpy.QtCore import QUrl
+    from qtpy.QtGui import QDesktopServices
+
+    return bool(QDesktopServices.openUrl(QUrl.fromLocalFile(str(page.resolve()))))
 
 
 def _cell(v: Any) -> Any:

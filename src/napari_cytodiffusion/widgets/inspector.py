@@ -76,6 +76,7 @@ class CellInspector(Container):
             f"cell {int(row['label'])}: {row['class']} — certainty {row['certainty']:.2f}, "
             f"P(correct) {row['p_correct']:.2f}, anomaly {row['anomaly']:.2f}"
             + (" — FLAGGED" if row["flagged"] else "")
+            + (f": {row['flag_reason']}" if row["flagged"] and str(row.get("flag_reason") or "") else "")
             + (
                 f" (size {row['size']:.2f} red-cell diameters: too small or large for "
                 f"{row.get('class_by_appearance', row['class'])}, the class it looks like)"
