@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .thumbnails import hex_rgb
 
 #: cells are cut out at least this many red-cell diameters wide (one magnification for a smear)
 RED_CELLS_PER_PICTURE = 3.0
@@ -194,12 +195,8 @@ def iter_collect(
     InputError
         When the folder holds no smear result.
     """
-    from ..adapt.active import labelling_priority
     from ..batch import _summary_fields, pooled_differential, pooled_domain_check
-    from ..crops import as_uint8_rgb
     from ..differential import differential_classes
-    from ..io.results import read_smear_outputs, saved_image
-    from .thumbnails import cell_thumbnail, data_uri, hex_rgb
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -209,87 +206,34 @@ def iter_collect(
     if not paths and not failed_rows:
         raise InputError(f"{folder} holds no smear results (NAME_summary.json from analyze or classify)")
     yield 0, len(paths), "reading the tables"
-    images: list[ReportImage] = []
-    tables: dict[str, Any] = {}
-    first_audit: dict[str, Any] = {}
-    hashes: set[str] = set()
-    for p in paths:
-        try:
-            stem, summary, table = _read_table(p)
-        except InputError as exc:
-            images.append(ReportImage(name=p.name, status="failed", error=str(exc)))
-            continue
-        audit = summary.get("audit") or {}
-        first_audit = first_audit or audit
-        if (audit.get("model") or {}).get("content_hash"):
-            hashes.add(audit["model"]["content_hash"])
-        name = _image_name(stem, summary)
-        images.append(ReportImage(name=name, status="ok", summary=summary, stem=stem))
-        tables[name] = (p, table)
+    images, tables, first_audit, hashes = _read_all(paths)
     images += [
         ReportImage(name=str(r["image"]), status="failed", error=str(r.get("error", ""))) for r in failed_rows
     ]
     model, model_info = _model_info(first_audit, hashes)
     classes, colours = _classes_and_colours(model, [t for _, t in tables.values()])
-
-    cells = {name: _cells(name, t, classes) for name, (_, t) in tables.items()}
+    names = {im.stem: im.name for im in images if im.status == "ok"}
+    cells = {stem: _cells(names[stem], t, classes) for stem, (_, t) in tables.items()}
     everything = [c for cs in cells.values() for c in cs]
     for c in everything:  # a class the user added by correcting joins the gallery
         if c.cls not in classes:
             classes.append(c.cls)
             colours[c.cls] = _FALLBACK_COLOURS[len(colours) % len(_FALLBACK_COLOURS)]
     extra = model.metadata.extra if model is not None else None
-    counts = {k: sum(c.cls == k for c in everything) for k in classes}
-    classes = _class_order(classes, counts, extra)
+    classes = _class_order(classes, {k: sum(c.cls == k for c in everything) for k in classes}, extra)
     by_class_all = {k: [c for c in everything if c.cls == k] for k in classes}
     by_class = {k: _gallery_order(v)[:max_per_class] for k, v in by_class_all.items() if v}
     open_flags = [c for c in everything if c.flagged and not c.corrected]
-    if open_flags:
-        # a wrong white-cell call changes the differential, a wrong platelet call does not: those first
-        white, per100 = differential_classes(classes, extra)
-        counted = set(white) | set(per100)
-        pri = labelling_priority(
-            np.array([c.p_correct for c in open_flags]), np.array([c.anomaly for c in open_flags])
-        )
-        other = np.array([c.cls not in counted for c in open_flags])
-        order = np.lexsort((np.array([c.p_correct for c in open_flags]), -pri, other))
-        review = [open_flags[i] for i in order[:max_review]]
-    else:
-        review = []
-    shown = {(c.image, c.label) for cs in by_class.values() for c in cs} | {
-        (c.image, c.label) for c in review
-    }
+    white, per100 = differential_classes(classes, extra)
+    review = _review_order(open_flags, set(white) | set(per100))[:max_review]
+    shown = {id(c) for c in review} | {id(c) for cs in by_class.values() for c in cs}
 
     outline = {k: hex_rgb(colours[k]) for k in classes}
     for i, img in enumerate(x for x in images if x.status == "ok"):
         yield i, len(tables), f"pictures of {img.name}"
-        mine = [c for c in cells[img.name] if (c.image, c.label) in shown]
-        if not mine:
-            continue
-        try:
-            saved = read_smear_outputs(tables[img.name][0])
-            pixels, warning = saved_image(saved)
-        except InputError as exc:
-            img.error = f"no cell pictures: {exc}"
-            continue
-        if warning:
-            img.error = warning
-        rgb = as_uint8_rgb(pixels)
-        boxes = saved.result.table.set_index("label")[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]]
-        labels = saved.result.labels
-        red_px = (img.summary.get("reference_diameter") or {}).get("pixels") or 0.0
-        for c in mine:
-            pic = cell_thumbnail(
-                rgb,
-                labels,
-                c.label,
-                tuple(boxes.loc[c.label]),
-                picture_px,
-                outline=outline[c.cls],
-                min_side=RED_CELLS_PER_PICTURE * float(red_px),
-            )
-            c.picture = data_uri(pic)
-        del saved, pixels, rgb, labels
+        mine = [c for c in cells[img.stem] if id(c) in shown]
+        if mine:
+            _draw(img, tables[img.stem][0], mine, outline, picture_px)
     yield len(tables), len(tables), "writing"
 
     ok_rows = [{"status": "ok", **_summary_fields(x.summary)} for x in images if x.status == "ok"]
@@ -309,6 +253,70 @@ def iter_collect(
         review=review,
         n_review=len(open_flags),
     )
+
+
+def _read_all(paths: list[Path]):
+    """Pass 1: each result's summary and cells table (by stem), the first audit, the models' hashes."""
+    images: list[ReportImage] = []
+    tables: dict[str, Any] = {}
+    first_audit: dict[str, Any] = {}
+    hashes: set[str] = set()
+    for p in paths:
+        try:
+            stem, summary, table = _read_table(p)
+        except InputError as exc:
+            images.append(ReportImage(name=p.name, status="failed", error=str(exc)))
+            continue
+        audit = summary.get("audit") or {}
+        first_audit = first_audit or audit
+        if (audit.get("model") or {}).get("content_hash"):
+            hashes.add(audit["model"]["content_hash"])
+        images.append(ReportImage(name=_image_name(stem, summary), status="ok", summary=summary, stem=stem))
+        tables[stem] = (p, table)
+    return images, tables, first_audit, hashes
+
+
+def _review_order(flagged: list[ReportCell], counted: set[str]) -> list[ReportCell]:
+    """Flagged cells most worth a look first: those the differential counts (a wrong white-cell call
+    changes it, a wrong platelet call does not), then by labelling priority (least sure, most unusual)."""
+    from ..adapt.active import labelling_priority
+
+    if not flagged:
+        return []
+    p_correct = np.array([c.p_correct for c in flagged])
+    pri = labelling_priority(p_correct, np.array([c.anomaly for c in flagged]))
+    other = np.array([c.cls not in counted for c in flagged])
+    return [flagged[i] for i in np.lexsort((p_correct, -pri, other))]
+
+
+def _draw(img: ReportImage, summary_path: Path, cells: list[ReportCell], outline, picture_px: int) -> None:
+    """Pass 2: cut the pictures of one image's ``cells`` (its labels and pixels read now, then let go)."""
+    from ..crops import as_uint8_rgb
+    from ..io.results import read_smear_outputs, saved_image
+    from .thumbnails import cell_thumbnail, data_uri
+
+    try:
+        saved = read_smear_outputs(summary_path)
+        pixels, warning = saved_image(saved)
+    except InputError as exc:
+        img.error = f"no cell pictures: {exc}"
+        return
+    if warning:
+        img.error = warning
+    rgb = as_uint8_rgb(pixels)
+    boxes = saved.result.table.set_index("label")[["bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]]
+    red_px = float((img.summary.get("reference_diameter") or {}).get("pixels") or 0.0)
+    for c in cells:
+        pic = cell_thumbnail(
+            rgb,
+            saved.result.labels,
+            c.label,
+            tuple(boxes.loc[c.label]),
+            picture_px,
+            outline=outline[c.cls],
+            min_side=RED_CELLS_PER_PICTURE * red_px,
+        )
+        c.picture = data_uri(pic)
 
 
 def _failed_rows(folder: Path) -> list[dict[str, Any]]:
