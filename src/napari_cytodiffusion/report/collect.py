@@ -195,7 +195,7 @@ def iter_collect(
     InputError
         When the folder holds no smear result.
     """
-    from ..batch import _summary_fields, pooled_differential, pooled_domain_check
+    from ..batch.cohort import pooled_differential, pooled_domain_check, summary_fields
     from ..differential import differential_classes
 
     folder = Path(folder)
@@ -236,7 +236,7 @@ def iter_collect(
             _draw(img, tables[img.stem][0], mine, outline, picture_px)
     yield len(tables), len(tables), "writing"
 
-    ok_rows = [{"status": "ok", **_summary_fields(x.summary)} for x in images if x.status == "ok"]
+    ok_rows = [{"status": "ok", **summary_fields(x.summary)} for x in images if x.status == "ok"]
     return ReportData(
         folder=folder,
         created=time.strftime("%Y-%m-%d %H:%M"),
