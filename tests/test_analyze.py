@@ -245,3 +245,51 @@ def test_analysis_options_are_checked_before_any_work():
     ]:
         with pytest.raises(InputError, match=message):
             analysis_options(**bad)
+
+
+def test_analyze_by_folder_gives_each_slide_its_own_differential(tmp_path, capsys):
+    """Fields of two slides share file names; with --by-folder each slide is analysed on its own."""
+    slides = tmp_path / "slides"
+    for name, seed in (("patient 1", 1), ("patient 2", 2)):
+        (slides / name).mkdir(parents=True)
+        Image.fromarray(synthetic_smear(seed=seed)[0]).save(slides / name / "f01.png")
+    out = tmp_path / "out"
+    assert main(["analyze", str(slides / "patient 1"), str(slides / "patient 2"), "--out", str(out)]) == 2
+    assert "would write the same outputs" in capsys.readouterr().err  # one folder: a clash
+    assert main(["analyze", str(slides), "--out", str(out), "--by-folder", "--speed", "fast"]) == 0
+    said = capsys.readouterr().out
+    assert "slide 1/2: patient 1 (1 image)" in said and "slide 2/2: patient 2 (1 image)" in said
+    table = pd.read_csv(out / "slides.csv").set_index("slide")
+    assert list(table.index) == ["patient 1", "patient 2"]
+    for name in table.index:
+        folder = out / name
+        diff = json.loads((folder / "cohort_differential.json").read_text())
+        assert table.loc[name, "white_cells"] == diff["leukocytes"]
+        for c, p in diff["percent"].items():  # None without white cells
+            assert table.loc[name, f"pct_{c}"] == p or (p is None and pd.isna(table.loc[name, f"pct_{c}"]))
+        assert table.loc[name, "alerts"] == "; ".join(diff["alerts"]) or pd.isna(table.loc[name, "alerts"])
+        assert (table.loc[name, "images"], table.loc[name, "ok"], table.loc[name, "failed"]) == (1, 1, 0)
+        assert (folder / "f01_summary.json").is_file()
+        assert (out / table.loc[name, "report"]).is_file()
+        row = pd.read_csv(folder / "cohort.csv").iloc[0]
+        assert row["path"] == str(slides / name / "f01.png")  # each slide's own field, not the other's
+    # a re-run goes on where it stopped: nothing left to do, the table kept
+    assert main(["analyze", str(slides), "--out", str(out), "--by-folder", "--speed", "fast"]) == 0
+    assert "1 images, 1 already done" in (out / "patient 2" / "analyze.log").read_text()
+    assert len(pd.read_csv(out / "slides.csv")) == 2
+
+
+def test_slide_groups_name_each_folder_below_their_common_parent(tmp_path):
+    import pytest
+
+    from napari_cytodiffusion.batch import slide_groups
+    from napari_cytodiffusion.errors import InputError
+
+    a, b, c = tmp_path / "p1" / "s1", tmp_path / "p2" / "s1", tmp_path / "p2"
+    paths = [a / "f1.png", a / "f2.png", b / "f1.png", c / "x.png"]
+    groups = slide_groups(paths)
+    assert list(groups) == ["p1/s1", "p2/s1", "p2"]
+    assert groups["p1/s1"] == paths[:2]
+    assert list(slide_groups(paths[:2])) == ["s1"]
+    with pytest.raises(InputError, match="would write the same outputs"):
+        slide_groups([a / "f1.png", a / "F1.jpg"])

@@ -171,6 +171,13 @@ def register(sub) -> None:
         "cells each (as analysers export them); every image is segmented before any is classified",
     )
     p.add_argument(
+        "--by-folder",
+        action="store_true",
+        help="each folder of images is one slide (or patient), analysed on its own into OUT/<folder>/ "
+        "(its cohort, differential, alerts, domain check and report); a folder given also brings its "
+        "sub-folders' images; OUT/slides.csv has a row per slide",
+    )
+    p.add_argument(
         "--no-report",
         action="store_true",
         help="do not write report.html (the differential, alerts, flagged cells and cells by class as one "
@@ -387,7 +394,8 @@ def cmd_classify(a) -> int:
 
 
 def cmd_analyze(a) -> int:
-    from ..batch import analysis_options, run_analysis
+    from ..batch import analysis_options, run_analysis, run_slides
+    from ..io.images import image_paths
 
     if a.workers < 1:
         raise InputError(f"--workers must be at least 1, got {a.workers}")
@@ -407,8 +415,8 @@ def cmd_analyze(a) -> int:
         pool_scale=a.pool_scale,
         segmentation=_seg_params(a),
     )
-    report = run_analysis(
-        expand_inputs(a.inputs),
+    report = (run_slides if a.by_folder else run_analysis)(
+        image_paths(a.inputs, subfolders=a.by_folder),
         out_dir(a.out),
         options,
         workers=a.workers,

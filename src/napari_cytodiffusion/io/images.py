@@ -19,8 +19,11 @@ from ..errors import InputError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
-def image_paths(items: list[str | os.PathLike]) -> list[Path]:
+def image_paths(items: list[str | os.PathLike], subfolders: bool = False) -> list[Path]:
     """Files, folders (their images, not recursing) and glob patterns → unique image paths, in order.
+
+    With ``subfolders``, a folder also gives the images of its immediate sub-folders (a folder of
+    slides, one sub-folder each).
 
     Raises
     ------
@@ -36,7 +39,11 @@ def image_paths(items: list[str | os.PathLike]) -> list[Path]:
             raise InputError(f"no files match {item}")
         for m in matches:
             if m.is_dir():
-                out += sorted(f for f in m.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+                folders = [m] + (sorted(d for d in m.iterdir() if d.is_dir()) if subfolders else [])
+                for d in folders:
+                    out += sorted(
+                        f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                    )
             elif m.exists():
                 out.append(m)
             else:
