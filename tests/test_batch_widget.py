@@ -92,3 +92,40 @@ def test_analyze_smears_widget_cancel_keeps_finished_images(make_napari_viewer, 
     assert 1 <= len(done) < 4  # stopped within the run, finished images kept ...
     assert not list(out.glob(".*"))  # ... and nothing half-written
     assert len(w.table.data.to_list()) == len(done)
+
+
+def test_analyze_smears_widget_one_slide_per_sub_folder(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from napari_cytodiffusion.widgets import batch as batch_widget
+    from napari_cytodiffusion.widgets.batch import BatchWidget
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    for name, seed in (("slide A", 1), ("slide B", 2)):
+        (inp / name).mkdir(parents=True)
+        Image.fromarray(synthetic_smear(seed=seed)[0]).save(inp / name / "field1.png")
+    viewer = make_napari_viewer()
+    w = BatchWidget(viewer)
+    w.input_dir.value, w.out_dir.value, w.speed.value = inp, out, "fast"
+    w.run_button.clicked()  # one folder: both fields would write field1_*
+    assert w.worker is None
+    w.by_folder.value = True
+    w.run_button.clicked()
+    qtbot.waitUntil(lambda: w.worker is not None and w.run_button.enabled, timeout=300_000)
+    assert w.status.value.startswith("2 analysed, 0 failed")
+    slides = pd.read_csv(out / "slides.csv")
+    assert list(slides["slide"]) == ["slide A", "slide B"]
+    # the table shows one slide at a time; its review and report are that slide's
+    assert not w.slide.native.isHidden() and w.slide.choices == ("slide A", "slide B")
+    assert w.slide.value == "slide A" and w.results_folder() == out / "slide A"
+    assert w.cohort_line.value.startswith("2 slides;") and "Slide slide A" in w.cohort_line.value
+    w.slide.value = "slide B"
+    assert w.results_folder() == out / "slide B" and w.result.choices == ("field1.png",)
+    shown = w.table.data.to_list()
+    assert len(shown) == 1 and int(shown[0][2]) == pd.read_csv(out / "slide B" / "cohort.csv")["n_cells"][0]
+    opened = []
+    monkeypatch.setattr(batch_widget, "open_in_browser", lambda p: opened.append(p) or True)
+    w.report_button.clicked()
+    qtbot.waitUntil(lambda: bool(opened) and w.run_button.enabled, timeout=60_000)
+    assert opened == [out / "slide B" / "report.html"]
+    # a plain output folder hides the slide choice again
+    w.out_dir.value = tmp_path
+    assert w.slide.native.isHidden() and w.results_folder() == tmp_path

@@ -25,6 +25,7 @@ from magicgui.widgets import (
     Table,
 )
 
+from ..batch.slides import SLIDES_TABLE
 from ..errors import InputError
 from ._controls import (
     border_pad_box,
@@ -71,6 +72,7 @@ class BatchWidget(Container, RunnerMixin):
         "platelets",
         "border_pad",
         "workers",
+        "by_folder",
     )
 
     def __init__(self, napari_viewer) -> None:
@@ -105,6 +107,13 @@ class BatchWidget(Container, RunnerMixin):
         self.seg_model = segmentation_model_choice("segmentation")
         self.platelets = platelets_box()
         self.border_pad = border_pad_box()
+        self.by_folder = CheckBox(
+            text="one slide per sub-folder",
+            value=False,
+            tooltip="each sub-folder of the smears folder is one slide (or patient), analysed on its own "
+            "into a sub-folder of the output folder: its own differential, alerts, domain check and report; "
+            "slides.csv lists the slides",
+        )
         self.workers = SpinBox(
             label="workers",
             value=1,
@@ -129,6 +138,7 @@ class BatchWidget(Container, RunnerMixin):
                 self.seg_model,
                 self.platelets,
                 self.border_pad,
+                self.by_folder,
                 self.workers,
             ]
         )
@@ -138,6 +148,12 @@ class BatchWidget(Container, RunnerMixin):
         self.table = Table(value=([], [], list(TABLE_COLUMNS.values())))
         self.table.read_only = True
         self.table.min_height = 220
+        self.slide = ComboBox(
+            label="slide",
+            choices=self._slides,
+            tooltip="the slide whose images the table shows",
+            visible=False,
+        )
         self.result = ComboBox(
             label="result", choices=self._finished, tooltip="an image finished in the folder"
         )
@@ -147,12 +163,14 @@ class BatchWidget(Container, RunnerMixin):
             tooltip="write the folder's report.html again (with corrections saved since) and open it in "
             "the web browser: differential, alerts, flagged cells first, every cell by class",
         )
+        self.extend([self.slide])
         for widget in (self.cohort_line, self.table):
             append_full_width(self, widget)
         self.extend([self.result, self.open_button, self.report_button])
         self.open_button.changed.connect(lambda: self.open_result(self.result.value))
         self.report_button.changed.connect(self.open_report)
         self.out_dir.changed.connect(lambda: self.show_cohort())
+        self.slide.changed.connect(lambda: self.show_cohort(keep_slide=True))
         self.load_settings()
         self.show_cohort()
 
@@ -167,6 +185,12 @@ class BatchWidget(Container, RunnerMixin):
         if not Path(folder).is_dir():
             raise InputError(f"the smears folder {folder} does not exist")
         pattern = self.pattern.value.strip()
+        if self.by_folder.value:
+            from ..batch import slide_groups
+
+            paths = _slide_images(Path(folder), pattern)
+            slide_groups(paths)  # within a slide, a.png and a.jpg would share their outputs
+            return paths
         paths = image_paths([str(Path(folder) / pattern) if pattern else folder])
         check_distinct_stems(paths)  # a.png and a.jpg would share their outputs
         return paths
@@ -199,19 +223,20 @@ class BatchWidget(Container, RunnerMixin):
         )
 
     def _work(self):
-        from ..batch import iter_analysis
+        from ..batch import iter_analysis, iter_slides
         from ..model.registry import get_model
 
         paths, out, options = self.paths(), self.output(), self.options()
         get_model(options["model"])  # a missing or broken model is said now, not once per image
         workers, lines = int(self.workers.value), []
+        run = iter_slides if self.by_folder.value else iter_analysis
 
         def gen():
-            return (yield from iter_analysis(paths, out, options, workers=workers, say=lines.append))
+            return (yield from run(paths, out, options, workers=workers, say=lines.append))
 
         def done(report: dict[str, Any]) -> None:
             self.show_cohort()
-            skipped = f", {report['skipped']} done before" if report["skipped"] else ""
+            skipped = f", {report['skipped']} done before" if report.get("skipped") else ""
             self.status.value = (
                 f"{report['ok']} analysed, {report['failed']} failed{skipped} ({report['seconds']:.0f} s)"
             )
@@ -224,6 +249,14 @@ class BatchWidget(Container, RunnerMixin):
             if check and check["shifted"]:
                 notify(
                     "warning", next((ln for ln in lines if ln.startswith("warning: over")), "cohort shifted")
+                )
+            flagged = [
+                r["slide"] for r in report.get("slides", []) if r["alerts"] or r["unlike_training_cells"]
+            ]
+            if flagged:
+                notify(
+                    "warning",
+                    f"alerts or a domain shift on slide {', '.join(map(str, flagged))}: see the table",
                 )
             if report.get("hint"):
                 notify("info", report["hint"])
@@ -244,13 +277,34 @@ class BatchWidget(Container, RunnerMixin):
             self.show_cohort()  # what finished before the cancel stays, and is shown
 
     # the cohort -------------------------------------------------------------
-    def show_cohort(self) -> None:
-        """Fill the table (and the result list) from the output folder's ``cohort.csv``, and the
+    def _slides(self, _=None) -> list[str]:
+        """The slides of the output folder (``slides.csv`` of a run with one slide per sub-folder)."""
+        import pandas as pd
+
+        folder = Path(str(self.out_dir.value or "").strip() or ".")
+        f = folder / SLIDES_TABLE
+        if str(folder) == "." or not f.is_file():
+            return []
+        try:
+            return [str(s) for s in pd.read_csv(f)["slide"]]
+        except (OSError, ValueError, KeyError):
+            return []
+
+    def results_folder(self) -> Path:
+        """The folder the table shows: the output folder, or the chosen slide's sub-folder of it."""
+        folder = Path(str(self.out_dir.value or "").strip() or ".")
+        return folder / self.slide.value if self.slide.choices and self.slide.value else folder
+
+    def show_cohort(self, keep_slide: bool = False) -> None:
+        """Fill the table (and the result list) from the results folder's ``cohort.csv``, and the
         line above it from its pooled domain check and white-cell differential."""
         import pandas as pd
 
+        if not keep_slide:
+            self.slide.reset_choices()
+            self.slide.visible = bool(self.slide.choices)
         self._rows, lines = [], []
-        folder = Path(str(self.out_dir.value or "").strip() or ".")
+        folder = self.results_folder()
         if str(folder) != "." and (folder / "cohort.csv").is_file():
             try:
                 table = pd.read_csv(folder / "cohort.csv")
@@ -259,6 +313,8 @@ class BatchWidget(Container, RunnerMixin):
             else:
                 self._rows = table.astype(object).where(table.notna(), None).to_dict("records")
             lines += [ln for ln in (_cohort_check(folder), _cohort_differential(folder)) if ln]
+        if self.slide.choices:
+            lines.insert(0, _slides_line(Path(str(self.out_dir.value)) / SLIDES_TABLE, self.slide.value))
         self.table.value = (
             [[_cell(r.get(c)) for c in TABLE_COLUMNS] for r in self._rows],
             [],
@@ -272,7 +328,7 @@ class BatchWidget(Container, RunnerMixin):
         """Write the output folder's ``report.html`` in a worker, then open it in the web browser."""
         from ..report import iter_report
 
-        folder = Path(str(self.out_dir.value or "").strip() or ".")
+        folder = self.results_folder()
         if str(folder) == "." or not self._finished():
             notify("warning", "no finished image to report on: run the analysis or choose its output folder")
             return
@@ -295,7 +351,7 @@ class BatchWidget(Container, RunnerMixin):
         if not image:
             notify("warning", "no finished image to open: run the analysis or choose its output folder")
             return
-        summary = Path(str(self.out_dir.value)) / f"{Path(image).stem}_summary.json"
+        summary = self.results_folder() / f"{Path(image).stem}_summary.json"
         if not summary.is_file():
             notify("error", f"{summary} is missing: analyse the image again")
             return
@@ -303,6 +359,39 @@ class BatchWidget(Container, RunnerMixin):
         row = next((r for r in self._rows if str(r["image"]) == image), {})
         source = row.get("path")
         widget.open_saved(str(summary), source if source and Path(source).is_file() else None)
+
+
+def _slides_line(path: Path, shown: str) -> str:
+    """``"3 slides; alerts or a domain shift on: p2. Slide p1:"``, above the chosen slide's lines."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path)
+        marked = [
+            str(r["slide"])
+            for r in table.to_dict("records")
+            if (isinstance(r.get("alerts"), str) and r["alerts"]) or r.get("unlike_training_cells") is True
+        ]
+    except (OSError, ValueError, KeyError) as exc:
+        return f"cannot read {path}: {exc}"
+    head = f"{len(table)} slide{'s' if len(table) != 1 else ''}"
+    from html import escape
+
+    head += f"; alerts or a domain shift on: {escape(', '.join(marked))}" if marked else "; no alerts"
+    return f"{head}. <b>Slide {escape(shown)}</b>:"
+
+
+def _slide_images(folder: Path, pattern: str) -> list[Path]:
+    """The images of ``folder`` and of its sub-folders (one slide each), matching ``pattern`` if given."""
+    from ..io.images import IMAGE_SUFFIXES, image_paths
+
+    if not pattern:
+        return image_paths([folder], subfolders=True)
+    found = sorted(folder.glob(pattern)) + sorted(folder.glob(f"*/{pattern}"))
+    paths = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not paths:
+        raise InputError(f"no images match {pattern} in {folder} or its sub-folders")
+    return paths
 
 
 def open_in_browser(page: Path) -> bool:
