@@ -363,6 +363,8 @@ class BatchWidget(Container, RunnerMixin):
 
 def _slides_line(path: Path, shown: str) -> str:
     """``"3 slides; alerts or a domain shift on: p2. Slide p1:"``, above the chosen slide's lines."""
+    from html import escape
+
     import pandas as pd
 
     try:
@@ -370,13 +372,12 @@ def _slides_line(path: Path, shown: str) -> str:
         marked = [
             str(r["slide"])
             for r in table.to_dict("records")
-            if (isinstance(r.get("alerts"), str) and r["alerts"]) or r.get("unlike_training_cells") is True
+            if (isinstance(r.get("alerts"), str) and r["alerts"])
+            or str(r.get("unlike_training_cells")) == "True"
         ]
     except (OSError, ValueError, KeyError) as exc:
         return f"cannot read {path}: {exc}"
     head = f"{len(table)} slide{'s' if len(table) != 1 else ''}"
-    from html import escape
-
     head += f"; alerts or a domain shift on: {escape(', '.join(marked))}" if marked else "; no alerts"
     return f"{head}. <b>Slide {escape(shown)}</b>:"
 
