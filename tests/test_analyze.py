@@ -293,3 +293,10 @@ def test_slide_groups_name_each_folder_below_their_common_parent(tmp_path):
     assert list(slide_groups(paths[:2])) == ["s1"]
     with pytest.raises(InputError, match="would write the same outputs"):
         slide_groups([a / "f1.png", a / "F1.jpg"])
+    # a slide may be a folder of links to its fields, wherever those are
+    (tmp_path / "data").mkdir()
+    (tmp_path / "slides" / "s9").mkdir(parents=True)
+    for name in ("u.png", "v.png"):
+        (tmp_path / "data" / name).write_bytes(b"")
+        (tmp_path / "slides" / "s9" / name).symlink_to(tmp_path / "data" / name)
+    assert list(slide_groups(sorted((tmp_path / "slides" / "s9").iterdir()))) == ["s9"]

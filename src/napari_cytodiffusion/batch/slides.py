@@ -41,7 +41,8 @@ def slide_groups(paths: list[Path]) -> dict[str, list[Path]]:
 
     folders: dict[Path, list[Path]] = {}
     for p in paths:
-        folders.setdefault(Path(p).resolve().parent, []).append(Path(p))
+        # the folder as given, links not followed: a slide may be a folder of links to its fields
+        folders.setdefault(Path(os.path.abspath(p)).parent, []).append(Path(p))
     common = Path(os.path.commonpath(list(folders))) if len(folders) > 1 else None
     groups: dict[str, list[Path]] = {}
     for folder, members in folders.items():
