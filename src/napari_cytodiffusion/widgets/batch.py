@@ -145,6 +145,10 @@ class BatchWidget(Container, RunnerMixin):
         self._init_runner("Analyze")
         self.cohort_line = Label(value="")
         self.cohort_line.native.setWordWrap(True)
+        from qtpy.QtWidgets import QSizePolicy
+
+        # the whole width, not a narrow centred column of text
+        self.cohort_line.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.table = Table(value=([], [], list(TABLE_COLUMNS.values())))
         self.table.read_only = True
         self.table.min_height = 220
