@@ -273,6 +273,12 @@ def test_analyze_by_folder_gives_each_slide_its_own_differential(tmp_path, capsy
         assert (out / table.loc[name, "report"]).is_file()
         row = pd.read_csv(folder / "cohort.csv").iloc[0]
         assert row["path"] == str(slides / name / "f01.png")  # each slide's own field, not the other's
+    # the overview links each slide's page; 'report' on the output folder writes them all again
+    overview = (out / "report.html").read_text(encoding="utf-8")
+    assert "<a href='patient 1/report.html'>patient 1</a>" in overview and "patient 2/report.html" in overview
+    (out / "patient 2" / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "patient 2" / "report.html").is_file()
     # a re-run goes on where it stopped: nothing left to do, the table kept
     assert main(["analyze", str(slides), "--out", str(out), "--by-folder", "--speed", "fast"]) == 0
     assert "1 images, 1 already done" in (out / "patient 2" / "analyze.log").read_text()

@@ -109,8 +109,14 @@ def iter_slides(
         ok, failed = ok + rep["ok"], failed + rep["failed"]
         rows[name] = slide_row(name, sub, rep)
         write_with(out / SLIDES_TABLE, lambda tmp: pd.DataFrame(list(rows.values())).to_csv(tmp, index=False))
+    page = None
+    if report and rows:
+        from ..report import write_slides_page
+
+        page = write_slides_page(out)
+        say(f"slides: {page}")
     for r in rows.values():
-        if r["alerts"] or r["unlike_training_cells"]:
+        if r["alerts"] or str(r["unlike_training_cells"]) == "True":
             say(f"slide {r['slide']}: " + "; ".join(x for x in (r["alerts"], r["domain"]) if x))
     return {
         "images": total,
@@ -118,6 +124,7 @@ def iter_slides(
         "failed": failed,
         "seconds": time.perf_counter() - t0,
         "slides": list(rows.values()),
+        "report": str(page) if page else None,
     }
 
 

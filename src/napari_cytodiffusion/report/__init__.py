@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Generator
 from pathlib import Path
 
-from .collect import ReportData, iter_collect
+from ..batch.slides import SLIDES_TABLE
+from .collect import ReportData, iter_collect, result_summaries
 
-__all__ = ["REPORT_NAME", "ReportData", "iter_report", "write_report"]
+__all__ = ["REPORT_NAME", "ReportData", "iter_report", "write_report", "write_slides_page"]
 
 #: the report's file name in a results folder
 REPORT_NAME = "report.html"
@@ -35,7 +36,8 @@ def iter_report(
     ----------
     folder
         A results folder (``analyze``'s output folder, or any folder of ``NAME_summary.json``,
-        ``NAME_cells.csv`` and ``NAME_labels.tif``).
+        ``NAME_cells.csv`` and ``NAME_labels.tif``). The output folder of ``analyze --by-folder``
+        (``slides.csv``) gets each slide's page written again and the overview of the slides.
     out
         The page (default ``folder/report.html``), written atomically.
     max_per_class
@@ -57,12 +59,41 @@ def iter_report(
     for name, v in (("max_per_class", max_per_class), ("max_review", max_review), ("picture_px", picture_px)):
         if v < 1:
             raise InputError(f"{name} must be at least 1, got {v}")
+    folder = Path(folder)
+    if (folder / SLIDES_TABLE).is_file() and not result_summaries(folder):  # analyze --by-folder
+        import pandas as pd
+
+        slides = [str(s) for s in pd.read_csv(folder / SLIDES_TABLE)["slide"]]
+        for i, slide in enumerate(slides):
+            yield i, len(slides), f"slide {slide}"
+            if (folder / slide).is_dir():
+                yield from iter_report(
+                    folder / slide, max_per_class=max_per_class, max_review=max_review, picture_px=picture_px
+                )
+        return write_slides_page(folder, out)
     data = yield from iter_collect(
         folder, max_per_class=max_per_class, max_review=max_review, picture_px=picture_px
     )
     target = Path(out) if out is not None else Path(folder) / REPORT_NAME
     write_text(target, render(data))
     return target
+
+
+def write_slides_page(folder: str | Path, out: str | Path | None = None) -> Path:
+    """``folder/report.html`` (or ``out``) for a run with one slide per folder: its ``slides.csv`` as a page."""
+    import pandas as pd
+
+    from ..errors import InputError
+    from ..io.atomic import write_text
+    from .slides_page import render_slides
+
+    folder = Path(folder)
+    try:
+        table = pd.read_csv(folder / SLIDES_TABLE)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {folder / SLIDES_TABLE}: {exc}") from exc
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    return write_text(Path(out) if out is not None else folder / REPORT_NAME, render_slides(folder, rows))
 
 
 def write_report(folder: str | Path, out: str | Path | None = None, **kwargs) -> Path:
