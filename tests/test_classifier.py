@@ -538,6 +538,17 @@ def test_domain_check_on_real_cells_from_another_lab(shared_data, tmp_path, caps
     assert main(["classify", *files, "--out", str(tmp_path / "cls")]) == 0
     warning = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning:")]
     assert len(warning) == 1 and "unlike the model's training cells" in warning[0]
+    # ... writes it down, and its review page shows each image in the gallery of its class, the shift on top
+    assert json.loads((tmp_path / "cls" / "domain_check.json").read_text())["shifted"]
+    page = (tmp_path / "cls" / "report.html").read_text(encoding="utf-8")
+    assert "<b>Domain check</b>:" in page and "12 cell images" in page
+    gallery = page[page.index("<h2>Cells by class</h2>") :]
+    assert gallery.count("<figure") == 12 and "<h2>Images</h2>" not in page
+    for i in other:
+        assert f"{int(i):03d}.png</figcaption>" in gallery
+    flagged = pd.read_csv(tmp_path / "cls" / "predictions.csv")["flagged"].sum()
+    review = page[page.index("<h2>Review first</h2>") : page.index("<h2>Cells by class</h2>")]
+    assert review.count("<figure") == flagged
 
 
 def test_single_cell_crops_at_a_given_scale_ignore_the_framing(shared_data, tmp_path):

@@ -388,8 +388,13 @@ def cmd_classify(a) -> int:
         if line:
             print(line)
     domain = domain_check_against(res.anomaly, calibration_for(model, a.speed).get("anomaly"))
+    if domain:
+        write_json(out / "domain_check.json", domain)
     if domain and domain["shifted"]:
         print(f"warning: {shift_warning(domain)}")
+    from ..report import write_report
+
+    print(f"report: {write_report(out)}")
     return 0
 
 

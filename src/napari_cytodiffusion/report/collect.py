@@ -74,6 +74,7 @@ class ReportData:
     flagged_totals: dict[str, int]
     review: list[ReportCell]  #: flagged cells, most useful to look at first
     n_review: int  #: flagged cells not yet corrected, in all
+    kind: str = "smears"  #: "smears" (cells cut from smears) or "cells" (single-cell images)
 
 
 def result_summaries(folder: Path) -> list[Path]:
@@ -203,6 +204,14 @@ def iter_collect(
         raise InputError(f"not a folder: {folder}")
     paths = result_summaries(folder)
     failed_rows = _failed_rows(folder)
+    if not paths and not failed_rows and (folder / "predictions.csv").is_file():  # classify of cell images
+        from .cells_folder import iter_collect_cells
+
+        return (
+            yield from iter_collect_cells(
+                folder, max_per_class=max_per_class, max_review=max_review, picture_px=picture_px
+            )
+        )
     if not paths and not failed_rows:
         raise InputError(f"{folder} holds no smear results (NAME_summary.json from analyze or classify)")
     yield 0, len(paths), "reading the tables"

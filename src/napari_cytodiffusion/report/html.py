@@ -52,7 +52,8 @@ def _short(reason: str) -> str:
 
 def _figure(c: ReportCell, show_class: bool) -> str:
     kind = "flagged" if c.flagged and not c.corrected else "corrected" if c.corrected else ""
-    tip = [f"{c.image}, cell {c.label}", f"called {c.predicted}"]
+    where = f"{c.image} #{c.label}" if c.label > 0 else c.image  # a single-cell image has no label
+    tip = [f"{c.image}, cell {c.label}" if c.label > 0 else c.image, f"called {c.predicted}"]
     if c.corrected:
         tip.append(f"corrected to {c.cls}")
     tip.append(f"P(correct) {c.p_correct:.2f}, anomaly {c.anomaly:.2f}")
@@ -71,7 +72,7 @@ def _figure(c: ReportCell, show_class: bool) -> str:
         for x in (
             first,
             f"P {c.p_correct:.2f}" + (f" · {escape(_short(c.reason))}" if c.flagged and c.reason else ""),
-            escape(f"{c.image} #{c.label}"),
+            escape(where),
         )
         if x
     )
@@ -128,8 +129,9 @@ def _checks(data: ReportData) -> str:
     if dc and dc.get("shifted"):
         parts.append(f"<div class='alert'><b>Domain check</b>: {escape(shift_warning(dc))}</div>")
     elif dc:
+        over = "" if data.kind == "cells" else f" over {dc['images']} image{'s' if dc['images'] != 1 else ''}"
         parts.append(
-            f"<div class='ok'>Domain check over {dc['images']} images: {dc['n_anomalous']} of {dc['n']} "
+            f"<div class='ok'>Domain check{over}: {dc['n_anomalous']} of {dc['n']} "
             f"classified cells unlike the training cells ({dc['expected_fraction']:.0%} expected, "
             f"p = {dc['p_value']:.2g}).</div>"
         )
@@ -194,8 +196,11 @@ def _meta(data: ReportData) -> str:
     return " · ".join(bits)
 
 
-def render(data: ReportData) -> str:
-    """The page for :class:`ReportData`."""
+def _what(data: ReportData) -> str:
+    """``"12 images (needs review 3, routine 9)"``, or ``"240 cell images"`` for single-cell images."""
+    if data.kind == "cells":
+        n = sum(data.totals.values())
+        return f"{n} cell image{'s' if n != 1 else ''}"
     ok = [im for im in data.images if im.status == "ok"]
     n_fail = len(data.images) - len(ok)
     verdicts: dict[str, int] = {}
@@ -205,6 +210,12 @@ def render(data: ReportData) -> str:
     tally = ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())) + (
         f", failed {n_fail}" if n_fail else ""
     )
+    return f"{len(data.images)} image{'s' if len(data.images) != 1 else ''} ({escape(tally)})"
+
+
+def render(data: ReportData) -> str:
+    """The page for :class:`ReportData`."""
+    smears = data.kind != "cells"
     review = (
         "<p>The flagged cells no one has corrected yet, most useful to look at first (least sure or most unlike "
         f"the training cells); {len(data.review)} of {data.n_review} shown. A red frame marks a flagged call, "
@@ -217,17 +228,17 @@ def render(data: ReportData) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>CytoDiffusion report: {escape(data.folder.name)}</title><style>{_CSS}</style></head><body>"
         f"<h1>CytoDiffusion report: {escape(data.folder.name)}</h1>"
-        f"<p class='meta'>{len(data.images)} image{'s' if len(data.images) != 1 else ''} ({escape(tally)}) · "
+        f"<p class='meta'>{_what(data)} · "
         f"{_meta(data)} · made {escape(data.created)} by napari-cytodiffusion {escape(__version__)}</p>"
         + _checks(data)
         + "<h2>White-cell differential</h2>"
         + _differential(data)
         + "<h2>Review first</h2>"
         + review
-        + "<h2>Cells by class</h2><p>Flagged cells first, each outlined as the segmentation found it.</p>"
+        + "<h2>Cells by class</h2><p>Flagged cells first"
+        + (", each outlined as the segmentation found it.</p>" if smears else ".</p>")
         + _galleries(data)
-        + "<h2>Images</h2>"
-        + _image_table(data)
+        + ("<h2>Images</h2>" + _image_table(data) if smears else "")
         + "<footer>Calls of a generative classifier for research use, not a diagnostic device: every result needs "
         "a qualified person's review. The differential's interval covers the counting error only. Results folder: "
         f"{escape(str(data.folder))}.</footer></body></html>"
