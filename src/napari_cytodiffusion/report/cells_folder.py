@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .collect import ReportCell, ReportData, _cells, _class_order, _gallery_order, _model_info, _review_order
+from .collect import ReportCell, ReportData, _cells, _model_info, arrange
 
 #: what ``classify`` of single-cell images writes
 PREDICTIONS = "predictions.csv"
@@ -28,7 +28,7 @@ def iter_collect_cells(
     """:func:`~napari_cytodiffusion.report.collect.iter_collect` for a folder of ``classify`` predictions."""
     import pandas as pd
 
-    from ..differential import differential, differential_classes
+    from ..differential import differential
 
     try:
         table = pd.read_csv(folder / PREDICTIONS)
@@ -53,19 +53,10 @@ def iter_collect_cells(
     paths = [Path(p) for p in table["path"]]
     for c, p in zip(cells, paths, strict=True):
         c.image, c.label = p.name, 0  # the image is the cell: no label within it
-    for c in cells:  # a class the user added
-        if c.cls not in classes:
-            classes.append(c.cls)
-            colours[c.cls] = "#888888"
     extra = model.metadata.extra if model else None
-    counts = {k: sum(c.cls == k for c in cells) for k in classes}
-    classes = _class_order(classes, counts, extra)
-    by_class_all = {k: [c for c in cells if c.cls == k] for k in classes}
-    by_class = {k: _gallery_order(v)[:max_per_class] for k, v in by_class_all.items() if v}
-    open_flags = [c for c in cells if c.flagged and not c.corrected]
-    white, per100 = differential_classes(classes, extra)
-    review = _review_order(open_flags, set(white) | set(per100))[:max_review]
-    shown = {id(c) for c in review} | {id(c) for cs in by_class.values() for c in cs}
+    shelves = arrange(cells, classes, colours, extra, max_per_class, max_review)
+    classes = shelves["classes"]
+    shown = {id(c) for c in shelves["review"]} | {id(c) for cs in shelves["by_class"].values() for c in cs}
     where = {id(c): p for c, p in zip(cells, paths, strict=True)}
     todo = [c for c in cells if id(c) in shown]
     missing = 0
@@ -78,6 +69,7 @@ def iter_collect_cells(
     note = f"{missing} of the images are no longer where classify read them" if missing else ""
     if note:
         model_info["warning"] = "; ".join(x for x in (model_info.get("warning"), note) if x)
+    counts = {k: sum(c.cls == k for c in cells) for k in classes}
     d = differential(counts, classes, extra)
     if d is not None:
         d = {"images": len(cells), "counts": counts, **d, "alerts": []}
@@ -91,11 +83,7 @@ def iter_collect_cells(
         images=[],
         differential=d,
         domain_check=_domain(folder),
-        by_class=by_class,
-        totals={k: len(v) for k, v in by_class_all.items() if v},
-        flagged_totals={k: sum(c.flagged for c in v) for k, v in by_class_all.items() if v},
-        review=review,
-        n_review=len(open_flags),
+        **{k: v for k, v in shelves.items() if k != "classes"},
         kind="cells",
     )
 

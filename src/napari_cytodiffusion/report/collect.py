@@ -197,7 +197,6 @@ def iter_collect(
         When the folder holds no smear result.
     """
     from ..batch.cohort import pooled_differential, pooled_domain_check, summary_fields
-    from ..differential import differential_classes
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -223,19 +222,12 @@ def iter_collect(
     classes, colours = _classes_and_colours(model, [t for _, t in tables.values()])
     names = {im.stem: im.name for im in images if im.status == "ok"}
     cells = {stem: _cells(names[stem], t, classes) for stem, (_, t) in tables.items()}
-    everything = [c for cs in cells.values() for c in cs]
-    for c in everything:  # a class the user added by correcting joins the gallery
-        if c.cls not in classes:
-            classes.append(c.cls)
-            colours[c.cls] = _FALLBACK_COLOURS[len(colours) % len(_FALLBACK_COLOURS)]
     extra = model.metadata.extra if model is not None else None
-    classes = _class_order(classes, {k: sum(c.cls == k for c in everything) for k in classes}, extra)
-    by_class_all = {k: [c for c in everything if c.cls == k] for k in classes}
-    by_class = {k: _gallery_order(v)[:max_per_class] for k, v in by_class_all.items() if v}
-    open_flags = [c for c in everything if c.flagged and not c.corrected]
-    white, per100 = differential_classes(classes, extra)
-    review = _review_order(open_flags, set(white) | set(per100))[:max_review]
-    shown = {id(c) for c in review} | {id(c) for cs in by_class.values() for c in cs}
+    shelves = arrange(
+        [c for cs in cells.values() for c in cs], classes, colours, extra, max_per_class, max_review
+    )
+    classes = shelves["classes"]
+    shown = {id(c) for c in shelves["review"]} | {id(c) for cs in shelves["by_class"].values() for c in cs}
 
     outline = {k: hex_rgb(colours[k]) for k in classes}
     for i, img in enumerate(x for x in images if x.status == "ok"):
@@ -256,12 +248,40 @@ def iter_collect(
         images=images,
         differential=pooled_differential(ok_rows, classes, extra),
         domain_check=pooled_domain_check(ok_rows),
-        by_class=by_class,
-        totals={k: len(v) for k, v in by_class_all.items() if v},
-        flagged_totals={k: sum(c.flagged for c in v) for k, v in by_class_all.items() if v},
-        review=review,
-        n_review=len(open_flags),
+        **{k: v for k, v in shelves.items() if k != "classes"},
     )
+
+
+def arrange(
+    cells: list[ReportCell],
+    classes: list[str],
+    colours: dict[str, str],
+    extra: dict[str, Any] | None,
+    max_per_class: int,
+    max_review: int,
+) -> dict[str, Any]:
+    """The cells on the page's shelves: ``classes`` in page order (a class the user added by correcting
+    joins them, with a colour added to ``colours``), ``by_class`` (shown per class), ``totals``,
+    ``flagged_totals``, ``review`` (flagged, uncorrected, most worth a look first) and ``n_review``."""
+    from ..differential import differential_classes
+
+    classes = list(classes)
+    for c in cells:
+        if c.cls not in classes:
+            classes.append(c.cls)
+            colours[c.cls] = _FALLBACK_COLOURS[len(colours) % len(_FALLBACK_COLOURS)]
+    classes = _class_order(classes, {k: sum(c.cls == k for c in cells) for k in classes}, extra)
+    by_class_all = {k: [c for c in cells if c.cls == k] for k in classes}
+    open_flags = [c for c in cells if c.flagged and not c.corrected]
+    white, per100 = differential_classes(classes, extra)
+    return {
+        "classes": classes,
+        "by_class": {k: _gallery_order(v)[:max_per_class] for k, v in by_class_all.items() if v},
+        "totals": {k: len(v) for k, v in by_class_all.items() if v},
+        "flagged_totals": {k: sum(c.flagged for c in v) for k, v in by_class_all.items() if v},
+        "review": _review_order(open_flags, set(white) | set(per100))[:max_review],
+        "n_review": len(open_flags),
+    }
 
 
 def _read_all(paths: list[Path]):
