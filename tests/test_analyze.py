@@ -275,7 +275,10 @@ def test_analyze_by_folder_gives_each_slide_its_own_differential(tmp_path, capsy
         assert row["path"] == str(slides / name / "f01.png")  # each slide's own field, not the other's
     # the overview links each slide's page; 'report' on the output folder writes them all again
     overview = (out / "report.html").read_text(encoding="utf-8")
-    assert "<a href='patient 1/report.html'>patient 1</a>" in overview and "patient 2/report.html" in overview
+    assert (
+        "<a href='patient%201/report.html'>patient 1</a>" in overview
+        and "patient%202/report.html" in overview
+    )
     (out / "patient 2" / "report.html").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "patient 2" / "report.html").is_file()

@@ -32,6 +32,13 @@ footer{margin-top:2em;color:#666;font-size:.8em}
 """
 
 
+def _anchor(cls: str) -> str:
+    """An id for a class's gallery: ``"band neutrophil"`` → ``"class-band-neutrophil"``."""
+    import re
+
+    return "class-" + re.sub(r"[^A-Za-z0-9_-]+", "-", cls)
+
+
 def _pct(p: float | None) -> str:
     from ..differential import percent_text
 
@@ -164,9 +171,7 @@ def _image_table(data: ReportData) -> str:
 def _galleries(data: ReportData) -> str:
     out = [
         "<p>"
-        + " · ".join(
-            f"<a href='#class-{escape(k)}'>{escape(k)}</a> ({data.totals[k]})" for k in data.by_class
-        )
+        + " · ".join(f"<a href='#{_anchor(k)}'>{escape(k)}</a> ({data.totals[k]})" for k in data.by_class)
         + "</p>"
     ]
     for cls, cells in data.by_class.items():
@@ -174,7 +179,7 @@ def _galleries(data: ReportData) -> str:
         col = escape(data.colours.get(cls, "#888"))
         more = f", {total - len(cells)} more not shown" if total > len(cells) else ""
         out.append(
-            f"<h3 id='class-{escape(cls)}'><span class='swatch' style='background:{col}'></span>{escape(cls)}: "
+            f"<h3 id='{_anchor(cls)}'><span class='swatch' style='background:{col}'></span>{escape(cls)}: "
             f"{total} cell{'s' if total != 1 else ''}, {flagged} flagged{more}</h3>"
             "<div class='gallery'>" + "".join(_figure(c, show_class=c.corrected) for c in cells) + "</div>"
         )

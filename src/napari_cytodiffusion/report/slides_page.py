@@ -6,6 +6,7 @@ import time
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .. import __version__
 from .html import _CSS
@@ -31,7 +32,7 @@ def render_slides(folder: Path, rows: list[dict[str, Any]]) -> str:
         alerts = str(r.get("alerts") or "")
         mark = " style='background:#fdecea'" if alerts or shifted else ""
         name = escape(str(r["slide"]))
-        link = f"<a href='{escape(str(r['report']))}'>{name}</a>" if r.get("report") else name
+        link = f"<a href='{escape(quote(str(r['report'])))}'>{name}</a>" if r.get("report") else name
         shares = sorted(((c, _float(r.get(f"pct_{c}"))) for c in classes), key=lambda cp: -cp[1])
         diff = " · ".join(f"{escape(c)} {_num(p)} %" for c, p in shares if p > 0)
         extra = " · ".join(
