@@ -56,6 +56,8 @@ def test_analyze_writes_a_report_of_every_classified_cell(tmp_path, capsys):
     n = diff["leukocytes"]
     assert f"{n} white cell{'s' if n != 1 else ''} counted over 1 image;" in page
     assert "broken.png" in page and "cannot read" in page
+    link = (inp / "smear<1>.png").resolve().as_uri()  # the field itself, to look at whole
+    assert f"<a href='{link}'>smear&lt;1&gt;.png</a>" in page
     # each picture a 96 px JPEG of the cell, outlined in its class's colour
     uri = re.search(r'src="data:image/jpeg;base64,([^"]+)"', gallery[0]).group(1)
     assert Image.open(io.BytesIO(base64.b64decode(uri))).size == (96, 96)

@@ -274,6 +274,9 @@ def cmd_demo(a) -> int:
         out / "generated_montage.png",
         lambda tmp: Image.fromarray(montage(imgs, 4, 3)).save(tmp, format="PNG"),
     )
+    from ..report import write_report
+
+    write_report(out)
     s = res.summary
     print(
         f"segmented {s['n_cells']} cells; classified {s['n_classified']} stained cells "
@@ -287,7 +290,7 @@ def cmd_demo(a) -> int:
     )
     print(
         f"verdict: {s['verdict']}; outputs in {out}: smear.png, cells.csv, labels.tif, summary.json, "
-        f"generated_montage.png (rows 1-8 = {', '.join(model.classes)})"
+        f"report.html (open it in a browser), generated_montage.png (rows 1-8 = {', '.join(model.classes)})"
     )
     return 0
 

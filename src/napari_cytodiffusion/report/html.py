@@ -147,6 +147,16 @@ def _checks(data: ReportData) -> str:
     return "".join(parts)
 
 
+def _image_link(im) -> str:
+    """The image's name, linking the analysed file where it still is (to look at the whole field)."""
+    from pathlib import Path
+
+    path = ((im.summary.get("audit") or {}).get("input") or {}).get("path")
+    if path and Path(path).is_file():
+        return f"<a href='{escape(Path(path).resolve().as_uri())}'>{escape(im.name)}</a>"
+    return escape(im.name)
+
+
 def _image_table(data: ReportData) -> str:
     rows = []
     for im in data.images:
@@ -157,7 +167,7 @@ def _image_table(data: ReportData) -> str:
         white = (s.get("differential") or {}).get("leukocytes", "")
         flagged = s.get("percent_flagged")
         rows.append(
-            f"<tr><td>{escape(im.name)}</td><td>{escape(str(verdict))}</td>"
+            f"<tr><td>{_image_link(im)}</td><td>{escape(str(verdict))}</td>"
             f"<td class='num'>{s.get('n_cells', '')}</td><td class='num'>{s.get('n_classified', '')}</td>"
             f"<td class='num'>{white}</td>"
             f"<td class='num'>{'' if flagged is None else f'{flagged:.0f} %'}</td><td>{escape(note)}</td></tr>"
