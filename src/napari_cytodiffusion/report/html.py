@@ -29,6 +29,8 @@ figure.flagged img{border-color:#c62828} figure.corrected img{border-color:#1565
 figure .missing{width:96px;height:96px;background:#eee;display:flex;align-items:center;justify-content:center}
 .swatch{display:inline-block;width:.9em;height:.9em;border-radius:2px;vertical-align:middle;margin-right:.3em}
 footer{margin-top:2em;color:#666;font-size:.8em}
+body.only-marked #galleries figure:not(.flagged):not(.corrected){display:none}
+@media print{figure{break-inside:avoid} .no-print{display:none}}
 """
 
 
@@ -251,8 +253,12 @@ def render(data: ReportData) -> str:
         + "<h2>Review first</h2>"
         + review
         + "<h2>Cells by class</h2><p>Flagged cells first"
-        + (", each outlined as the segmentation found it.</p>" if smears else ".</p>")
+        + (", each outlined as the segmentation found it." if smears else ".")
+        + " <label class='no-print'><input type='checkbox' onchange=\"document.body.classList.toggle("
+        "'only-marked', this.checked)\"> show only flagged and corrected cells</label></p>"
+        + "<div id='galleries'>"
         + _galleries(data)
+        + "</div>"
         + ("<h2>Images</h2>" + _image_table(data) if smears else "")
         + "<footer>Calls of a generative classifier for research use, not a diagnostic device: every result needs "
         "a qualified person's review. The differential's interval covers the counting error only. Results folder: "
