@@ -63,13 +63,18 @@ def iter_report(
     if (folder / SLIDES_TABLE).is_file() and not result_summaries(folder):  # analyze --by-folder
         import pandas as pd
 
-        slides = [str(s) for s in pd.read_csv(folder / SLIDES_TABLE)["slide"]]
+        try:
+            slides = [str(s) for s in pd.read_csv(folder / SLIDES_TABLE)["slide"]]
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"cannot read {folder / SLIDES_TABLE}: {exc}") from exc
         for i, slide in enumerate(slides):
             yield i, len(slides), f"slide {slide}"
-            if (folder / slide).is_dir():
+            try:
                 yield from iter_report(
                     folder / slide, max_per_class=max_per_class, max_review=max_review, picture_px=picture_px
                 )
+            except InputError:  # a slide without results (every image failed): its row says so
+                continue
         return write_slides_page(folder, out)
     data = yield from iter_collect(
         folder, max_per_class=max_per_class, max_review=max_review, picture_px=picture_px
