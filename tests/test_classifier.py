@@ -551,7 +551,7 @@ def test_domain_check_on_real_cells_from_another_lab(shared_data, tmp_path, caps
     assert review.count("<figure") == flagged
 
 
-def test_single_cell_crops_at_a_given_scale_ignore_the_framing(shared_data, tmp_path):
+def test_single_cell_crops_at_a_given_scale_ignore_the_framing(shared_data, tmp_path, monkeypatch):
     """--red-cell-px: a cell image framed wider (another magnification or export) crops as the original."""
     from PIL import Image
 
@@ -574,7 +574,8 @@ def test_single_cell_crops_at_a_given_scale_ignore_the_framing(shared_data, tmp_
     for k, im in enumerate(framed[:2]):
         Image.fromarray(im).save(tmp_path / f"cell{k}.png")
     out = tmp_path / "cls"
-    files = [str(tmp_path / "cell0.png"), str(tmp_path / "cell1.png")]
+    monkeypatch.chdir(tmp_path)
+    files = ["cell0.png", "cell1.png"]  # given relative to the working folder
     assert (
         main(["classify", *files, "--out", str(out), "--speed", "fast", "--red-cell-px", f"{red_cell_px}"])
         == 0
@@ -589,3 +590,8 @@ def test_single_cell_crops_at_a_given_scale_ignore_the_framing(shared_data, tmp_
     white = [c for c in diff["percent"]]
     assert diff["leukocytes"] == int(calls.isin(white).sum()) and diff["imprecise"]
     assert (out / "differential.png").is_file() == (diff["leukocytes"] > 0)
+    # the images are recorded by their absolute path, so a report made from another folder shows them
+    assert list(pd.read_csv(out / "predictions.csv")["path"]) == [str(tmp_path / f) for f in files]
+    monkeypatch.chdir(out)
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").read_text(encoding="utf-8").count('src="data:image/jpeg') >= 2

@@ -369,7 +369,8 @@ def cmd_classify(a) -> int:
     crops = single_cell_crops([read_image(p) for p in paths], model.metadata.preprocessing, a.red_cell_px)
     res = classify_crops(model, crops, speed=a.speed, seed=a.seed)
     df = res.to_frame()
-    df.insert(0, "path", [str(p) for p in paths])
+    # absolute, as a smear's audit records its image: the report finds the images from any folder
+    df.insert(0, "path", [str(p.resolve()) for p in paths])
     params = {"speed": a.speed, "seed": a.seed, "red_cell_px": a.red_cell_px}
     write_cells_csv(df, out / "predictions.csv", audit_trail(model, params))
     print(
