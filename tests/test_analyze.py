@@ -279,6 +279,9 @@ def test_analyze_by_folder_gives_each_slide_its_own_differential(tmp_path, capsy
         "<a href='patient%201/report.html'>patient 1</a>" in overview
         and "patient%202/report.html" in overview
     )
+    assert "<a href='../report.html'>← all slides</a>" in (out / "patient 1" / "report.html").read_text(
+        encoding="utf-8"
+    )
     (out / "patient 2" / "report.html").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "patient 2" / "report.html").is_file()

@@ -87,6 +87,11 @@ def iter_slides(
         sub = out / name
         sub.mkdir(parents=True, exist_ok=True)
         say(f"slide {i}/{len(groups)}: {name} ({_images(len(members))})")
+        if name not in rows:  # listed before its run: its page, written at the run's end, links the overview
+            rows[name] = {"slide": name}
+            write_with(
+                out / SLIDES_TABLE, lambda tmp: pd.DataFrame(list(rows.values())).to_csv(tmp, index=False)
+            )
 
         def progress(w, name=name, members=members, base=base):
             done, todo, what = w

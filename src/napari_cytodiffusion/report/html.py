@@ -230,6 +230,27 @@ def _what(data: ReportData) -> str:
     return f"{len(data.images)} image{'s' if len(data.images) != 1 else ''} ({escape(tally)})"
 
 
+def _up(data: ReportData) -> str:
+    """A link back to the overview when this folder is one slide of an ``analyze --by-folder`` run."""
+    import pandas as pd
+
+    from ..batch.slides import SLIDES_TABLE
+
+    folder = data.folder.resolve()
+    for depth, parent in enumerate(folder.parents, 1):  # a slide may be nested (patient7/slide2)
+        if (parent / SLIDES_TABLE).is_file():
+            try:
+                slides = {str(x) for x in pd.read_csv(parent / SLIDES_TABLE)["slide"]}
+            except (OSError, ValueError, KeyError):
+                return ""
+            if folder.relative_to(parent).as_posix() not in slides:
+                return ""
+            return f"<p class='meta no-print'><a href='{'../' * depth}report.html'>← all slides</a></p>"
+        if depth == 4:
+            break
+    return ""
+
+
 def render(data: ReportData) -> str:
     """The page for :class:`ReportData`."""
     smears = data.kind != "cells"
@@ -244,7 +265,8 @@ def render(data: ReportData) -> str:
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>CytoDiffusion report: {escape(data.folder.name)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>CytoDiffusion report: {escape(data.folder.name)}</h1>"
+        + _up(data)
+        + f"<h1>CytoDiffusion report: {escape(data.folder.name)}</h1>"
         f"<p class='meta'>{_what(data)} · "
         f"{_meta(data)} · made {escape(data.created)} by napari-cytodiffusion {escape(__version__)}</p>"
         + _checks(data)
