@@ -53,6 +53,18 @@ def output_files(path: str | os.PathLike) -> tuple[str, dict[str, Path]]:
     )
 
 
+def clean_cells_table(table):
+    """A cells table read back from CSV, its columns as written: empty text cells ``""`` (not NaN),
+    flags as booleans (not objects)."""
+    for col in _TEXT_COLUMNS:
+        if col in table:
+            table[col] = table[col].astype(object).fillna("").astype(str)
+    for col in _BOOL_COLUMNS:
+        if col in table:
+            table[col] = table[col].astype(object).fillna(False).astype(bool)
+    return table
+
+
 def read_smear_outputs(path: str | os.PathLike) -> SavedSmear:
     """Read one smear's saved result (give any of its three files).
 
@@ -87,12 +99,7 @@ def read_smear_outputs(path: str | os.PathLike) -> SavedSmear:
             f"{files['cells'].name} and {files['labels'].name} do not belong together: "
             f"{missing.size} cells of the table are not in the labels"
         )
-    for col in _TEXT_COLUMNS:
-        if col in table:
-            table[col] = table[col].astype(object).fillna("").astype(str)
-    for col in _BOOL_COLUMNS:
-        if col in table:
-            table[col] = table[col].astype(object).fillna(False).astype(bool)
+    table = clean_cells_table(table)
     audit = summary.pop("audit", {}) or {}
     source = audit.get("input") or {}
     result = SmearResult(

@@ -29,6 +29,7 @@ def iter_collect_cells(
     import pandas as pd
 
     from ..differential import differential
+    from ..io.results import clean_cells_table
 
     try:
         table = pd.read_csv(folder / PREDICTIONS)
@@ -44,9 +45,7 @@ def iter_collect_cells(
         else [c[2:] for c in table if c.startswith("p_") and c != "p_correct"]
     )
     colours = dict(zip(model.metadata.classes, model.metadata.colours, strict=True)) if model else {}
-    for col in ("corrected_class", "flag_reason"):
-        if col in table:
-            table[col] = table[col].astype(object).fillna("").astype(str)
+    table = clean_cells_table(table)
     table["label"] = np.arange(1, len(table) + 1)
     table["classified"] = True
     cells = _cells("", table, classes)

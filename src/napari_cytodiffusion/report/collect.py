@@ -89,7 +89,7 @@ def _read_table(summary_path: Path):
     """Summary (with audit) and cells table of one result, read light (no labels, no image)."""
     import pandas as pd
 
-    from ..io.results import output_files
+    from ..io.results import clean_cells_table, output_files
 
     stem, files = output_files(summary_path)
     try:
@@ -99,13 +99,7 @@ def _read_table(summary_path: Path):
         raise InputError(f"cannot read {files['summary'].name} or {files['cells'].name}: {exc}") from exc
     if not isinstance(summary, dict) or "n_cells" not in summary or "label" not in table:
         raise InputError(f"{files['summary'].name} is not a smear result")
-    for col in ("class", "corrected_class", "flag_reason"):
-        if col in table:
-            table[col] = table[col].astype(object).fillna("").astype(str)
-    for col in ("classified", "flagged"):
-        if col in table:
-            table[col] = table[col].astype(object).fillna(False).astype(bool)
-    return stem or "smear", summary, table
+    return stem or "smear", summary, clean_cells_table(table)
 
 
 def _image_name(stem: str, summary: dict[str, Any]) -> str:
