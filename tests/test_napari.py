@@ -95,8 +95,10 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     cls.correct_to.value = "violet"
     cls.apply_correction()
     assert pts.features["corrected_class"].iloc[0] == "violet"
-    out = cls.export(tmp_path / "export")
-    for key in ("cells", "summary", "labels", "corrections"):
+    cls.export(tmp_path / "export")  # in a worker
+    _wait(qtbot, cls)
+    out = cls.exported
+    for key in ("cells", "summary", "labels", "corrections", "report"):
         assert out[key].exists()
     import json
 
@@ -246,7 +248,9 @@ def test_active_learning_finetune_and_agreement(make_napari_viewer, qtbot, tiny_
     assert w.result["points"] is new and "smear cells" in viewer.layers  # the first result is kept
     assert list(new.features["corrected_class"].iloc[:8]) == ["redcell"] * 4 + ["violet"] * 4
     assert w.result["model"].short_id().startswith("adapter@")
-    out = w.export(tmp_path / "export")
+    w.export(tmp_path / "export")
+    _wait(qtbot, w)
+    out = w.exported
     assert out["agreement"].exists() and (tmp_path / "export" / "smear_agreement.png").exists()
 
 

@@ -112,3 +112,19 @@ def test_cell_thumbnail_keeps_one_magnification_and_shows_the_field_edge():
         < purple
         < (cell_thumbnail(image, labels, 7, (0, 0, 6, 6), size=48) == (90, 40, 140)).all(axis=2).sum()
     )
+
+
+def test_classify_with_labels_writes_the_smears_report(tmp_path, capsys):
+    import tifffile
+
+    image, truth = synthetic_smear(seed=4)
+    Image.fromarray(image).save(tmp_path / "field.png")
+    tifffile.imwrite(tmp_path / "field_labels.tif", truth.astype(np.uint32))
+    out = tmp_path / "out"
+    args = ["classify", str(tmp_path / "field.png"), "--labels", str(tmp_path / "field_labels.tif")]
+    assert main([*args, "--out", str(out), "--speed", "fast", "--cells", "all"]) == 0
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    page = (out / "report.html").read_text(encoding="utf-8")
+    table = pd.read_csv(out / "field_cells.csv")
+    assert len(_figures(page, "Cells by class")) == int(table["classified"].sum()) > 0
+    assert "segmentation given labels" in page and page.count("data:image/jpeg") >= len(table)

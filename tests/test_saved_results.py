@@ -109,12 +109,39 @@ def test_open_saved_result_in_napari(make_napari_viewer, qtbot, analyzed, tmp_pa
     points.selected_data = {row}
     widget.correct_to.value = "monocyte"
     widget.apply_correction()
-    files = widget.export(tmp_path / "review")
+    widget.export(tmp_path / "review")
+    qtbot.waitUntil(lambda: bool(widget.exported), timeout=120_000)
+    files = widget.exported
+    # the review page of the export folder shows the cells, cut from the reopened image's file
+    page = files["report"].read_text()
+    assert files["report"].name == "report.html" and page.count("data:image/jpeg") >= 1
+    assert json.loads(files["summary"].read_text())["audit"]["input"]["path"].endswith("smear.png")
     summary = json.loads(files["summary"].read_text())
     assert summary["reference_diameter"]["cells"].startswith("pooled")
     assert pd.read_csv(files["corrections"])["class"].tolist() == ["monocyte"]
     assert summary["n_corrected"] == 1 and summary["counts"]["monocyte"] >= 1  # counted as corrected
     assert widget.result["summary"]["n_corrected"] == 1  # the legend was recounted at once
+    # exported again after a change of mind: another smear's corrections in the folder are kept,
+    # this cell's picture moves from monocyte/ to lymphocyte/
+    corrections = tmp_path / "review" / "corrections"
+    (corrections / "basophil").mkdir()
+    Image.new("RGB", (4, 4)).save(corrections / "basophil" / "other_cell3.png")
+    first = pd.read_csv(corrections / "labels.csv")
+    pd.DataFrame(
+        {"path": ["basophil/other_cell3.png", *first["path"]], "class": ["basophil", "monocyte"]}
+    ).to_csv(corrections / "labels.csv", index=False)
+    widget.correct_to.value = "lymphocyte"
+    widget.apply_correction()
+    widget.exported = {}
+    widget.export(tmp_path / "review")
+    qtbot.waitUntil(lambda: bool(widget.exported), timeout=120_000)
+    rows = pd.read_csv(corrections / "labels.csv")
+    assert rows["class"].tolist() == ["basophil", "lymphocyte"] and rows["path"][1].startswith("lymphocyte/")
+    assert (
+        not list((corrections / "monocyte").glob("*.png"))
+        and (corrections / "basophil" / "other_cell3.png").is_file()
+    )
+    assert all((corrections / p).is_file() for p in rows["path"])
     # fine-tuning on the reopened result re-classifies at the saved (pooled) scale and says so
     for i, cls in enumerate(["monocyte"] * 4 + ["lymphocyte"] * 4):
         points.selected_data = {i}

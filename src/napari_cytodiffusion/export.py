@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Generator
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .errors import InputError
 from .io.atomic import write_json, write_with
 
 AUDIT_PACKAGES = ("napari-cytodiffusion", "torch", "diffusers", "cellpose", "numpy", "napari")
@@ -110,3 +112,138 @@ def read_labels_tiff(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any
     except (json.JSONDecodeError, AttributeError):
         audit = {}
     return arr, audit
+
+
+def iter_export_result(
+    folder: str | os.PathLike,
+    stem: str,
+    table,
+    summary: dict[str, Any],
+    labels: np.ndarray,
+    image: np.ndarray,
+    model,
+    parameters: dict[str, Any],
+    *,
+    input_path: str | os.PathLike | None = None,
+    report: bool = True,
+) -> Generator[tuple[int, int, str], None, dict[str, Path]]:
+    """Export one reviewed smear result; yields ``(done, total, what)``, returns the files written.
+
+    Writes ``STEM_cells.csv``, ``STEM_summary.json`` and ``STEM_labels.tif`` with their audit trail
+    (what ``analyze`` writes, so the folder reopens for review and feeds ``report``); where the user
+    corrected cells, their crops as a training set (``corrections/CLASS/STEM_cellN.png`` with
+    ``corrections/labels.csv``, what ``train --data`` and ``finetune`` read) and the agreement
+    between the user and the model (``STEM_agreement.json`` and ``.png``); then, with ``report``,
+    the folder's review page (``report.html``, over every result exported to it).
+
+    Parameters
+    ----------
+    folder
+        Where the files go (made if missing); files of the same ``stem`` are replaced atomically.
+    stem
+        Name of the result's files.
+    table
+        The cells table with the user's ``corrected_class`` ("" where not corrected).
+    summary
+        The smear's summary, recounted with the corrections.
+    labels, image
+        The smear's labels and image (the crops of corrected cells are cut from them).
+    model
+        The model that classified the cells (its name and hash go into the audit trail).
+    parameters
+        The run's parameters (for the audit trail).
+    input_path
+        The image's file, when it came from one: its path and sha256 are recorded, so the result
+        reopens with its image and the review page shows the cells; else the array's hash.
+    report
+        Also write the folder's review page.
+    """
+    from .crops import crops_from_labels
+    from .io.atomic import write_with
+    from .pipeline import run_reference
+
+    folder = Path(folder)
+    corrected = table[table["corrected_class"].fillna("").astype(str) != ""]
+    total = 2 + len(corrected) + int(report)
+    yield 0, total, "export"
+    audit = audit_trail(model, parameters, input_path=input_path, input_array=image)
+    out = {
+        "cells": write_cells_csv(table, folder / f"{stem}_cells.csv", audit),
+        "summary": write_summary_json(summary, folder / f"{stem}_summary.json", audit),
+        "labels": write_labels_tiff(labels, folder / f"{stem}_labels.tif", audit),
+    }
+    yield 1, total, "export"
+    if len(corrected):
+        from PIL import Image
+
+        from .evaluate.agreement import agreement_png, agreement_report
+
+        others = _other_corrections(folder / "corrections", stem)  # read first: a bad table stops here
+        crops, _ = crops_from_labels(
+            image,
+            labels,
+            model.metadata.preprocessing,
+            corrected["label"].to_numpy(),
+            corrected[["centroid_y", "centroid_x"]].to_numpy(),
+            corrected["equivalent_diameter"].to_numpy(),
+            reference_diameter=run_reference(summary, table),
+        )
+        rows = []
+        for i, (crop, (_, row)) in enumerate(zip(crops, corrected.iterrows(), strict=True)):
+            rel = Path(row["corrected_class"]) / f"{stem}_cell{int(row['label'])}.png"
+            write_with(
+                folder / "corrections" / rel,
+                lambda tmp, c=crop: Image.fromarray(c).save(tmp, format="PNG"),
+            )
+            rows.append({"path": str(rel), "class": row["corrected_class"]})
+            yield 2 + i, total, "corrected cells"
+        out["corrections"] = _write_corrections_table(folder / "corrections", stem, others, rows)
+        agreement = agreement_report(table)
+        out["agreement"] = write_json(folder / f"{stem}_agreement.json", agreement)
+        agreement_png(agreement, folder / f"{stem}_agreement.png")
+    if report:
+        from .report import iter_report
+
+        yield total - 1, total, "review page"
+        out["report"] = yield from iter_report(folder)
+    yield total, total, "export"
+    return out
+
+
+def _own_pictures(stem: str):
+    """Whether a file name is one of this smear's correction pictures (``STEM_cellN.png``)."""
+    import re
+
+    return re.compile(rf"{re.escape(stem)}_cell\d+\.png").fullmatch
+
+
+def _other_corrections(folder: Path, stem: str):
+    """The rows of ``folder/labels.csv`` that other smears exported to the same folder wrote."""
+    import pandas as pd
+
+    path = folder / "labels.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["path", "class"])
+    try:
+        rows = pd.read_csv(path, dtype=str)[["path", "class"]]
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot read {path} to add to it: {exc}") from exc
+    mine = _own_pictures(stem)
+    return rows[~rows["path"].map(lambda p: bool(mine(Path(str(p)).name)))]
+
+
+def _write_corrections_table(folder: Path, stem: str, others, rows: list[dict[str, str]]) -> Path:
+    """``labels.csv``: the other smears' rows, then this smear's, which replace its earlier ones.
+
+    This smear's pictures from an earlier export that are no longer corrections (the user has
+    changed the cell's class since) are removed, so the folder of class sub-folders agrees too.
+    """
+    import pandas as pd
+
+    mine = _own_pictures(stem)
+    now = {str(Path(r["path"])) for r in rows}
+    for old in folder.glob("*/*.png"):
+        if mine(old.name) and str(old.relative_to(folder)) not in now:
+            old.unlink()
+    table = pd.concat([others, pd.DataFrame(rows)], ignore_index=True) if len(others) else pd.DataFrame(rows)
+    return write_cells_csv(table, folder / "labels.csv")

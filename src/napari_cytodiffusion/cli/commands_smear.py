@@ -364,6 +364,9 @@ def cmd_classify(a) -> int:
             f"{path.name}: classified {res.summary['n_classified']} cells; verdict {res.summary['verdict']}"
             + "".join(f"\n  - {r}" for r in res.summary["reasons"])
         )
+        from ..report import write_report
+
+        print(f"report: {write_report(out)}")  # of the folder: other smears classified into it too
         return 0
     paths = expand_inputs(a.inputs)
     crops = single_cell_crops([read_image(p) for p in paths], model.metadata.preprocessing, a.red_cell_px)

@@ -173,6 +173,11 @@ def _beside(saved: SavedSmear) -> Path | None:
     return None
 
 
+def saved_image_path(saved: SavedSmear, image_path: str | os.PathLike | None = None) -> Path | None:
+    """Where a result's image is looked for: ``image_path`` if given, the recorded path, else beside it."""
+    return Path(image_path) if image_path else saved.image_path or _beside(saved)
+
+
 def saved_image(saved: SavedSmear, image_path: str | os.PathLike | None = None):
     """The analysed image, and a warning when it is not the file the result was computed from.
 
@@ -184,7 +189,7 @@ def saved_image(saved: SavedSmear, image_path: str | os.PathLike | None = None):
     from ..export import file_sha256
     from .images import read_image
 
-    path = Path(image_path) if image_path else saved.image_path or _beside(saved)
+    path = saved_image_path(saved, image_path)
     if path is None:
         raise InputError(
             "the result records no image file (it was computed from an array): give the image's path"

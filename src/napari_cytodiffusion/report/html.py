@@ -201,7 +201,8 @@ def _galleries(data: ReportData) -> str:
 def _meta(data: ReportData) -> str:
     m = data.model
     p: dict[str, Any] = data.parameters
-    seg = (p.get("segmentation") or {}).get("model", "")
+    seg = p.get("segmentation") or ""  # a run's settings ({"model": ...}), or "given labels"
+    seg = seg.get("model", "") if isinstance(seg, dict) else seg
     model = escape(str(m.get("name", "unknown model"))) + (
         f" ({escape(str(m['content_hash'])[:12])})" if m.get("content_hash") else ""
     )

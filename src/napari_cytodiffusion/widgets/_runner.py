@@ -57,6 +57,10 @@ class RunnerMixin:
         gen_factory, on_result = job
         from napari.qt.threading import create_worker
 
+        if self.busy():
+            notify("warning", "wait for the running job to finish, or cancel it")
+            return
+
         def guarded():
             try:
                 return (yield from gen_factory())
@@ -88,6 +92,10 @@ class RunnerMixin:
         self.status.value = "running…"
         self.save_settings()
         self.worker.start()
+
+    def busy(self) -> bool:
+        """Whether this widget's worker is still running."""
+        return self.worker is not None and self.worker.is_running
 
     def should_stop(self) -> bool:
         return self._stop.is_set()

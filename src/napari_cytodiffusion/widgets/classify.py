@@ -27,6 +27,7 @@ class ClassifyWidget(Container, RunnerMixin):
         "size_check",
         "red_cell_px",
         "max_flagged",
+        "export_open",
     )
 
     def __init__(self, napari_viewer) -> None:
@@ -69,6 +70,7 @@ class ClassifyWidget(Container, RunnerMixin):
         self.correct_button = PushButton(text="Apply correction")
         self.export_dir = FileEdit(label="export folder", mode="d", value="")
         self.export_button = PushButton(text="Export results")
+        self.export_open = CheckBox(text="open the review page", value=False)
         self.extend(
             [
                 self.colour_by,
@@ -76,6 +78,7 @@ class ClassifyWidget(Container, RunnerMixin):
                 self.correct_to,
                 self.correct_button,
                 self.export_dir,
+                self.export_open,
                 self.export_button,
             ]
         )
@@ -118,6 +121,7 @@ class ClassifyWidget(Container, RunnerMixin):
         for w in (self.model_name, self.model_dir):
             w.changed.connect(lambda: self.correct_to.reset_choices())
         self.result = None  # dict: table, summary, model, image layer, labels layer, points layer, params
+        self.exported: dict[str, Path] = {}  # the files of the last export
 
     def _layers(self, kind: str):
         import napari.layers
@@ -178,8 +182,21 @@ class ClassifyWidget(Container, RunnerMixin):
         return gen, done
 
     # results ---------------------------------------------------------------
-    def _show(self, res, model, image_layer, labels_layer, image, corrections: dict | None = None) -> None:
-        """Add a points layer for a result; ``corrections`` ({label: class}) carry a user's labels over."""
+    def _show(
+        self,
+        res,
+        model,
+        image_layer,
+        labels_layer,
+        image,
+        corrections: dict | None = None,
+        image_path: str | Path | None = None,
+    ) -> None:
+        """Add a points layer for a result; ``corrections`` ({label: class}) carry a user's labels over.
+
+        ``image_path``: the image's file (default: the file the image layer was opened from), so an
+        export records it and its review page can show the cells.
+        """
         from ..layers import legend_html, points_layer_kwargs
 
         table = res.table
@@ -215,6 +232,7 @@ class ClassifyWidget(Container, RunnerMixin):
             "params": res.parameters,
             "image": image,
             "labels": res.labels,
+            "image_path": image_path or getattr(getattr(image_layer, "source", None), "path", None),
         }
         self._recolour()
         self.correct_to.reset_choices()
@@ -237,7 +255,7 @@ class ClassifyWidget(Container, RunnerMixin):
         """
         from napari.qt.threading import create_worker
 
-        from ..io.results import read_smear_outputs, saved_image, saved_model
+        from ..io.results import read_smear_outputs, saved_image, saved_image_path, saved_model
 
         if not str(path or "").strip() or Path(str(path)).is_dir():
             notify("warning", "choose a saved result (NAME_summary.json from analyze or Export results)")
@@ -250,10 +268,11 @@ class ClassifyWidget(Container, RunnerMixin):
             saved = read_smear_outputs(path)
             image, image_warning = saved_image(saved, image_path)
             model, model_warning = saved_model(saved, fallback)
-            return saved, image, model, [w for w in (image_warning, model_warning) if w]
+            warnings = [w for w in (image_warning, model_warning) if w]
+            return saved, image, saved_image_path(saved, image_path), model, warnings
 
         def done(out):
-            saved, image, model, warnings = out
+            saved, image, path_now, model, warnings = out
             rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
             image_layer = self.viewer.add_image(
                 image, name=unique_layer_name(self.viewer, saved.stem), rgb=rgb
@@ -263,7 +282,7 @@ class ClassifyWidget(Container, RunnerMixin):
                 name=unique_layer_name(self.viewer, f"{saved.stem} labels"),
                 metadata={"napari-cytodiffusion": {"opened_from": str(path)}},
             )
-            self._show(saved.result, model, image_layer, labels_layer, image)
+            self._show(saved.result, model, image_layer, labels_layer, image, image_path=path_now)
             for w in warnings:
                 notify("warning", w)
             self.status.value = f"opened {Path(str(path)).name}: " + self.status.value
@@ -454,61 +473,42 @@ class ClassifyWidget(Container, RunnerMixin):
         self.legend.value = legend_html(r["summary"], model.metadata.classes, model.metadata.colours)
         return r["summary"]
 
-    def export(self, folder) -> dict[str, Path] | None:
-        """Cells CSV, summary JSON, labels TIFF with audit trail, and corrected cells as a training set."""
-        from ..crops import crops_from_labels
-        from ..export import audit_trail, write_cells_csv, write_labels_tiff, write_summary_json
-        from ..io.atomic import write_with
-        from ..pipeline import run_reference
+    def export(self, folder) -> None:
+        """Export the result as reviewed, in a worker: cells CSV, summary JSON, labels TIFF with the
+        audit trail, the corrected cells as a training set, the user/model agreement and the
+        folder's review page (``report.html``; opened in the browser with *open the review page*).
+
+        The table, labels and summary are taken as they are when asked (corrections made while the
+        files are written go into the next export). Library: :func:`export.iter_export_result`.
+        """
+        from ..export import iter_export_result
 
         if not self.result:
             notify("warning", "nothing to export yet")
-            return None
+            return
         folder = Path(str(folder or ""))
         if str(folder) in ("", "."):
             notify("warning", "choose an export folder")
-            return None
+            return
         r = self.result
-        table = r["points"].features.drop(columns=["uncertainty"], errors="ignore")
-        model = r["model"]
-        stem = r["image_layer"].name.replace("/", "_")
+        table = r["points"].features.drop(columns=["uncertainty"], errors="ignore").copy()
         summary = self._recount()  # with the user's corrections; the run's other entries kept
-        src = getattr(r["image_layer"], "source", None)
-        audit = audit_trail(model, r["params"], input_path=getattr(src, "path", None), input_array=r["image"])
-        out = {
-            "cells": write_cells_csv(table, folder / f"{stem}_cells.csv", audit),
-            "summary": write_summary_json(summary, folder / f"{stem}_summary.json", audit),
-            "labels": write_labels_tiff(r["labels"], folder / f"{stem}_labels.tif", audit),
-        }
-        corrected = table[table["corrected_class"].fillna("").astype(str) != ""]
-        if len(corrected):
-            from PIL import Image
+        args = (folder, r["image_layer"].name.replace("/", "_"), table, summary, np.array(r["labels"]))
+        kwargs = {"input_path": r.get("image_path"), "report": True}
+        image, model, params = r["image"], r["model"], r["params"]
+        open_page = bool(self.export_open.value)
 
-            crops, _ = crops_from_labels(
-                r["image"],
-                r["labels"],
-                model.metadata.preprocessing,
-                corrected["label"].to_numpy(),
-                corrected[["centroid_y", "centroid_x"]].to_numpy(),
-                corrected["equivalent_diameter"].to_numpy(),
-                reference_diameter=run_reference(r["summary"], table),
-            )
-            rows = []
-            for crop, (_, row) in zip(crops, corrected.iterrows(), strict=True):
-                rel = Path(row["corrected_class"]) / f"{stem}_cell{int(row['label'])}.png"
-                write_with(
-                    folder / "corrections" / rel,
-                    lambda tmp, c=crop: Image.fromarray(c).save(tmp, format="PNG"),
-                )
-                rows.append({"path": str(rel), "class": row["corrected_class"]})
-            import pandas as pd
+        def gen():
+            return (yield from iter_export_result(*args, image, model, params, **kwargs))
 
-            out["corrections"] = write_cells_csv(pd.DataFrame(rows), folder / "corrections" / "labels.csv")
-            from ..evaluate.agreement import agreement_png, agreement_report
-            from ..io.atomic import write_json
+        def done(out: dict[str, Path]) -> None:
+            self.exported = out
+            self.status.value = f"exported to {folder}"
+            notify("info", f"exported to {folder}; review page: {out['report'].name}")
+            if open_page:
+                from .batch import open_in_browser
 
-            report = agreement_report(table)
-            out["agreement"] = write_json(folder / f"{stem}_agreement.json", report)
-            agreement_png(report, folder / f"{stem}_agreement.png")
-        notify("info", f"exported to {folder}")
-        return out
+                if not open_in_browser(out["report"]):
+                    notify("info", f"open {out['report']} in a web browser")
+
+        self._launch((gen, done))

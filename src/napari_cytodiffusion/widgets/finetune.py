@@ -105,7 +105,9 @@ class FinetunePanel(Container, RunnerMixin):
 
         def done(value: tuple[Any, Any, str]) -> None:
             res, adapted, adapter_dir = value
-            self._show_result(res, adapted, r["image_layer"], r["labels_layer"], image, corrections)
+            self._show_result(
+                res, adapted, r["image_layer"], r["labels_layer"], image, corrections, r.get("image_path")
+            )
             changed = int(
                 np.sum(
                     res.table.set_index("label")["class"].reindex(table["label"]).to_numpy()
