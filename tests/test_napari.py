@@ -233,6 +233,23 @@ def test_active_learning_finetune_and_agreement(make_napari_viewer, qtbot, tiny_
     assert w.next_to_label() == expected
     assert pts.selected_data == {expected}
     assert "unlabelled" in w.inspector.queue_info.value
+    # labelling from the keyboard (real key presses on the canvas): Ctrl+2 = the model's 2nd class,
+    # then the next cell of the queue is selected; Ctrl+0 moves on without labelling; plain digits
+    # stay napari's (nothing labelled)
+    from qtpy.QtCore import Qt
+
+    classes = w.result["model"].classes
+    assert w.keys_line.value.startswith(f"keys: Ctrl+1 {classes[0]} · Ctrl+2 {classes[1]}")
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, Qt.Key_2, Qt.ControlModifier)
+    assert pts.features["corrected_class"].iloc[expected] == classes[1]
+    following = int(labelling_queue(pts.features)[0])
+    assert following != expected and pts.selected_data == {following}
+    qtbot.keyClick(canvas, Qt.Key_9, Qt.ControlModifier)  # no 9th class: a notification, nothing labelled
+    assert (pts.features["corrected_class"].fillna("") != "").sum() == 1
+    pts.selected_data = set()
+    qtbot.keyClick(canvas, Qt.Key_0, Qt.ControlModifier)
+    assert pts.selected_data == {following}
     for i, cls in enumerate(["redcell"] * 4 + ["violet"] * 4):
         pts.selected_data = {i}
         w.correct_to.value = cls

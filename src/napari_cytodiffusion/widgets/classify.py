@@ -28,6 +28,7 @@ class ClassifyWidget(Container, RunnerMixin):
         "red_cell_px",
         "max_flagged",
         "export_open",
+        "key_next",
     )
 
     def __init__(self, napari_viewer) -> None:
@@ -68,6 +69,13 @@ class ClassifyWidget(Container, RunnerMixin):
         self.legend = Label(value="")
         self.correct_to = ComboBox(label="set selected to", choices=lambda _: self._classes())
         self.correct_button = PushButton(text="Apply correction")
+        self.key_next = CheckBox(
+            text="after a key, go to the next cell to label",
+            value=True,
+            tooltip="Ctrl+1…9 labels the selected cells, then selects the next cell most useful to label",
+        )
+        self.keys_line = Label(value="")
+        self.keys_line.native.setWordWrap(True)  # one long line would widen the dock
         self.export_dir = FileEdit(label="export folder", mode="d", value="")
         self.export_button = PushButton(text="Export results")
         self.export_open = CheckBox(text="open the review page", value=False)
@@ -77,6 +85,8 @@ class ClassifyWidget(Container, RunnerMixin):
                 self.legend,
                 self.correct_to,
                 self.correct_button,
+                self.keys_line,
+                self.key_next,
                 self.export_dir,
                 self.export_open,
                 self.export_button,
@@ -120,6 +130,7 @@ class ClassifyWidget(Container, RunnerMixin):
         self.load_settings()
         for w in (self.model_name, self.model_dir):
             w.changed.connect(lambda: self.correct_to.reset_choices())
+        self._bind_label_keys()
         self.result = None  # dict: table, summary, model, image layer, labels layer, points layer, params
         self.exported: dict[str, Path] = {}  # the files of the last export
 
@@ -236,6 +247,7 @@ class ClassifyWidget(Container, RunnerMixin):
         }
         self._recolour()
         self.correct_to.reset_choices()
+        self._update_keys_line()
         self.inspector.target.choices = md.classes
         points.selected_data.events.items_changed.connect(self._on_select)
         self.legend.value = legend_html(res.summary, md.classes, md.colours)
@@ -320,6 +332,45 @@ class ClassifyWidget(Container, RunnerMixin):
         self.inspect(row)
         self.inspector.queue_info.value = f"{queue.size} unlabelled cell(s) left; this one is the most useful"
         return row
+
+    # labelling from the keyboard --------------------------------------------
+    def _bind_label_keys(self) -> None:
+        """Ctrl+1…9: label the selected cells as the model's 1st…9th class; Ctrl+0: next cell to label.
+
+        Bound on the viewer (whichever layer is active); plain digits stay napari's layer modes.
+        """
+        for k in range(1, 10):
+            self.viewer.bind_key(f"Control-{k}", lambda _v, i=k - 1: self.label_with_key(i), overwrite=True)
+        self.viewer.bind_key("Control-0", lambda _v: self.next_to_label(), overwrite=True)
+        self._update_keys_line()
+        self.model_name.changed.connect(self._update_keys_line)
+        self.model_dir.changed.connect(self._update_keys_line)
+
+    def _update_keys_line(self) -> None:
+        classes = self._classes()[:9]
+        self.keys_line.value = (
+            "keys: " + " · ".join(f"Ctrl+{i} {c}" for i, c in enumerate(classes, 1)) + " · Ctrl+0 next cell"
+            if classes
+            else ""
+        )
+
+    def label_with_key(self, index: int) -> None:
+        """Label the selected cells as the model's class ``index`` (what Ctrl+1…9 do); then, with
+        *after a key, go to the next cell to label*, select and inspect the next cell of the queue."""
+        if not self.result:
+            notify("warning", "classify a smear first")
+            return
+        classes = self.result["model"].classes
+        if index >= len(classes):
+            notify("warning", f"the model has {len(classes)} classes: Ctrl+{index + 1} labels nothing")
+            return
+        if not self.result["points"].selected_data:
+            notify("warning", "select a cell first (Ctrl+0 selects the next cell to label)")
+            return
+        self.correct_to.value = classes[index]
+        self.apply_correction()
+        if self.key_next.value:
+            self.next_to_label()
 
     def counterfactual(self) -> None:
         """SDEdit the inspected cell into the inspector's target class; adds [original | redrawn | difference]."""
