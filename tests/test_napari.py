@@ -250,6 +250,10 @@ def test_active_learning_finetune_and_agreement(make_napari_viewer, qtbot, tiny_
     pts.selected_data = set()
     qtbot.keyClick(canvas, Qt.Key_0, Qt.ControlModifier)
     assert pts.selected_data == {following}
+    n = len(pts.data)
+    viewer.layers.selection.active = pts
+    qtbot.keyClick(canvas, Qt.Key_1)  # napari's "delete selected points", a slip beside Ctrl+1: kept
+    assert len(pts.data) == len(pts.features) == n
     for i, cls in enumerate(["redcell"] * 4 + ["violet"] * 4):
         pts.selected_data = {i}
         w.correct_to.value = cls

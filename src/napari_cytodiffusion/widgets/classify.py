@@ -14,6 +14,7 @@ from ._model import model_picker, model_spec
 from ._runner import RunnerMixin, append_panel, n_cells, notify, unique_layer_name
 
 COLOUR_MODES = ("class", "uncertainty", "anomaly")
+_ONE_KEY = "1 does not delete cells in a result's layer: Ctrl+1…9 label them, Delete removes points"
 
 
 class ClassifyWidget(Container, RunnerMixin):
@@ -233,6 +234,8 @@ class ClassifyWidget(Container, RunnerMixin):
             translate=labels_layer.translate,
             metadata={"napari-cytodiffusion": {"model": model.short_id(), "parameters": res.parameters}},
         )
+        # napari's "1" deletes the selected points: beside Ctrl+1…9 that loses a cell to a slip of the finger
+        points.bind_key("1", lambda _layer: notify("info", _ONE_KEY), overwrite=True)
         self.result = {
             "table": table,
             "summary": res.summary,
