@@ -254,6 +254,9 @@ def test_active_learning_finetune_and_agreement(make_napari_viewer, qtbot, tiny_
     viewer.layers.selection.active = pts
     qtbot.keyClick(canvas, Qt.Key_1)  # napari's "delete selected points", a slip beside Ctrl+1: kept
     assert len(pts.data) == len(pts.features) == n
+    qtbot.keyClick(canvas, Qt.Key_Delete)  # a deliberate removal: the cell leaves counts and legend at once
+    assert len(pts.features) == n - 1 and w.result["summary"]["n_classified"] == n - 1
+    assert "1 cell removed from the result" in w.status.value
     for i, cls in enumerate(["redcell"] * 4 + ["violet"] * 4):
         pts.selected_data = {i}
         w.correct_to.value = cls

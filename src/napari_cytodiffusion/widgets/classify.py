@@ -236,6 +236,7 @@ class ClassifyWidget(Container, RunnerMixin):
         )
         # napari's "1" deletes the selected points: beside Ctrl+1…9 that loses a cell to a slip of the finger
         points.bind_key("1", lambda _layer: notify("info", _ONE_KEY), overwrite=True)
+        points.events.data.connect(lambda event: self._points_removed(points, event))
         self.result = {
             "table": table,
             "summary": res.summary,
@@ -504,6 +505,20 @@ class ClassifyWidget(Container, RunnerMixin):
         self._recolour()
         self._recount()
         self.status.value = f"{len(sel)} cell(s) set to {self.correct_to.value}"
+
+    def _points_removed(self, points, event) -> None:
+        """Cells whose points the user deleted leave the counts, the legend and the export at once."""
+        if (
+            str(getattr(event, "action", "")) != "removed"
+            or not self.result
+            or self.result["points"] is not points
+        ):
+            return
+        n = len(getattr(event, "data_indices", ()) or ())
+        self._inspected = None
+        self._recolour()
+        self._recount()
+        self.status.value = f"{n_cells(n)} removed from the result: left out of the counts and the export"
 
     def _recount(self) -> dict:
         """Recount the summary (counts, differential, alerts) with the user's corrections; update the legend."""
