@@ -11,7 +11,7 @@ With ``--decided-band-units K``, each adaptive speed runs a second time right af
 the same cells, with a decided cell (one class left) evaluated only until each noise band of the
 anomaly profile holds K of its units (``SPEED/decided-K`` in the output). Calls, speed and
 accuracy are comparable (the calls are the same by construction); the anomaly score is not, as the
-model's constants were fitted without the rule (README: measured, not adopted).
+model's constants were fitted without the rule (docs/measurements.md: measured, not adopted).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ platelet leave the white-cell count, as they would on a smear). Per class it pri
 (segmentation, stained cells, the size check) and compares the pooled differential with the classes
 of the images' centre cells.
 
-Measured figures: README, *White-cell differential*.
+Measured figures: docs/measurements.md, *White-cell differential*.
 """
 
 from __future__ import annotations

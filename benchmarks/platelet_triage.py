@@ -5,7 +5,7 @@ domain check (cells above the anomaly threshold against the ~4 % expected, one-s
 cells called platelet counted and left out, and how many of those platelets are anomalous (single platelets:
 too small for any other class, 0.71 red cells for the shipped models). The threshold is that of the model and preset the folder was analysed with.
 
-Usage (the README's figures: 48 PBC val images, 6 per class drawn at random in stop 38, and every other
+Usage (the figures of docs/measurements.md: 48 PBC val images, 6 per class drawn at random in stop 38, and every other
 TXL-PBC val field per source, the source told by the image size)::
 
     python benchmarks/platelet_triage.py --pbc-sample 6 > pbc48.txt   # a fresh stratified draw

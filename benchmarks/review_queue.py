@@ -12,7 +12,7 @@ images' true classes:
     python benchmarks/review_queue.py --out runs/review_queue [--model default] [--speed balanced]
         [--n 0 (all 1,690)] [--reuse]
 
-Measured figures: README, *Review page*.
+Measured figures: docs/measurements.md, *Review page*.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "--init-from",
         default=None,
         help="continue this model's training from its weights ('default' or a folder); an annealing phase "
-        "of the default made it worse (README)",
+        "of the default made it worse (docs/measurements.md)",
     )
     t.add_argument("--max-seconds", type=float, default=None)
     t.add_argument("--device", default=None)

@@ -23,7 +23,7 @@ class GenerateParams:
     ``scheduler``: ``dpm-sde`` (SDE-DPM-Solver++, second order: fresh noise at every step),
     ``dpm`` (DPM-Solver++, deterministic ODE) or ``ddim``. The defaults (``dpm-sde``, 25 steps,
     guidance 4) gave the generated cells that an independent CNN recognised best with the shipped
-    model (``benchmarks/generation_quality.py``; README, *Generated cells*): the stochastic sampler
+    model (``benchmarks/generation_quality.py``; docs/measurements.md, *Generated cells*): the stochastic sampler
     corrects the small network's errors along the way, where the deterministic ones carry them to
     the end (92 % recognised with ``dpm``, 83 % with ``ddim``).
     """

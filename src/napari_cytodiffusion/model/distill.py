@@ -62,7 +62,7 @@ class DistillConfig:
     labels_per_cell: int = 4
     lr: float = 1e-3
     #: the learning rate falls from ``lr`` to this on a cosine over the run (after the warm-up);
-    #: ``None`` keeps it constant. At a constant 1e-3 the student plateaus (see the README).
+    #: ``None`` keeps it constant. At a constant 1e-3 the student plateaus (see docs/measurements.md).
     min_lr: float | None = 1e-5
     weight_decay: float = 0.01
     warmup_steps: int = 200

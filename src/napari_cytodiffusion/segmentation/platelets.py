@@ -16,7 +16,7 @@ The constants were chosen on the 57 TXL-PBC val fields that hold platelets and c
 train fields that do (never used to choose them): platelets found 97 → 125 of 158 (Kaggle source),
 93 → 120 of 162 (BCCD), 14 → 14 of 21 (Raabin-WBC), detection F1 of all cells 0.879 → 0.883,
 0.912 → 0.917 and 0.913 → 0.909. On all 188 TXL-PBC val fields with the border mirror at 0.15,
-platelets found 48 → 69 of 99 for 8 more false positives elsewhere (see the README).
+platelets found 48 → 69 of 99 for 8 more false positives elsewhere (see docs/measurements.md).
 """
 
 from __future__ import annotations
