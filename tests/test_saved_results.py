@@ -1,6 +1,7 @@
 """Reopening saved smear results (analyze / classify --labels / demo / export) for review."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,8 @@ def test_open_saved_result_in_napari(make_napari_viewer, qtbot, analyzed, tmp_pa
     assert image.rgb and np.array_equal(np.unique(labels.data)[1:], np.sort(table["label"].to_numpy()))
     assert len(points.features) == len(table) and list(points.features["class"]) == list(table["class"])
     assert "px across (pooled: " in widget.legend.value
+    # corrections are exported back beside the result unless another folder is chosen
+    assert Path(str(widget.export_dir.value)) == (analyzed / "out").resolve()
     # review as after a fresh run: inspect a classified cell, correct it, export with the saved scale
     row = int(np.flatnonzero(points.features["classified"].to_numpy())[0])
     widget.inspect(row)

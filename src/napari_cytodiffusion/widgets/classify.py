@@ -302,6 +302,8 @@ class ClassifyWidget(Container, RunnerMixin):
             for w in warnings:
                 notify("warning", w)
             self.status.value = f"opened {Path(str(path)).name}: " + self.status.value
+            if str(self.export_dir.value or "").strip() in ("", "."):  # corrections go back beside the result
+                self.export_dir.value = str(Path(str(path)).resolve().parent)
 
         self._open_worker = create_worker(
             work, _start_thread=False, _connect={"returned": done, "errored": self._on_error}
