@@ -300,3 +300,49 @@ def test_classify_selection_and_layer_removed_midway(make_napari_viewer, qtbot, 
     restored = viewer.layers["truth (restored)"]
     assert restored.data.max() == truth.max()
     assert w.result["labels_layer"] is restored
+
+
+def test_widgets_read_full_resolution_and_the_shown_plane():
+    """Multiscale layers give their finest level, stacks the plane on screen; too large is one clear error."""
+    import pytest
+    from napari.components import ViewerModel
+
+    from napari_cytodiffusion.errors import InputError
+    from napari_cytodiffusion.widgets._planes import shown_plane
+
+    viewer = ViewerModel()
+    fine = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    pyramid = viewer.add_image(
+        [fine, fine[::2, ::2], fine[::4, ::4]], rgb=True, multiscale=True, name="slide"
+    )
+    assert np.array_equal(shown_plane(pyramid, viewer), fine)
+    stack = viewer.add_image(
+        np.arange(5)[:, None, None] * np.ones((5, 16, 16)), scale=(2, 1, 1), translate=(4, 0, 0)
+    )
+    viewer.dims.set_point(0, 8)  # world z 8 = plane 2 of the stack (translate 4, scale 2)
+    assert shown_plane(stack, viewer).shape == (16, 16) and shown_plane(stack, viewer)[0, 0] == 2
+    rgb_stack = viewer.add_image(
+        np.stack([fine] * 3) * np.arange(3)[:, None, None, None].astype(np.uint8), rgb=True
+    )
+    viewer.dims.set_point(0, 1)
+    assert np.array_equal(shown_plane(rgb_stack, viewer), fine * np.uint8(1))
+    huge = viewer.add_image(np.broadcast_to(np.zeros((1, 1), np.uint8), (20_001, 20_000)), name="huge")
+    with pytest.raises(InputError, match="huge is 20001 × 20000 pixels at full resolution"):
+        shown_plane(huge, viewer)
+
+
+def test_segment_a_multiscale_image_at_full_resolution(make_napari_viewer, qtbot):
+    from napari_cytodiffusion.sample_data import synthetic_smear
+    from napari_cytodiffusion.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    image, _ = synthetic_smear()
+    layer = viewer.add_image(
+        [image, image[::2, ::2], image[::4, ::4]], rgb=True, multiscale=True, name="scan"
+    )
+    seg = SegmentWidget(viewer)
+    seg.image.value = layer
+    seg.run_button.clicked()
+    _wait(qtbot, seg)
+    labels = viewer.layers["scan labels"]
+    assert labels.data.shape == image.shape[:2] and labels.data.max() >= 40  # not the coarsest level's 1/16

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
 
 from ..errors import InputError
 from ._controls import border_pad_box, platelets_box, segmentation_model_choice
+from ._planes import shown_plane
 from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
 
@@ -108,10 +108,7 @@ class SegmentWidget(Container, RunnerMixin):
         layer = self.image.value
         if layer is None:
             raise InputError("add or open an image first")
-        data = np.asarray(layer.data[-1] if layer.multiscale else layer.data)
-        if data.ndim == 4 or (data.ndim == 3 and not layer.rgb):
-            idx = self.viewer.dims.current_step[0]  # current plane of a stack
-            data = data[min(idx, len(data) - 1)]
+        data = shown_plane(layer, self.viewer)  # full resolution; a stack's current plane
         params = self.params()
         scale, translate, name = layer.scale[-2:], layer.translate[-2:], layer.name
 

@@ -1,0 +1,41 @@
+"""The 2D image a widget works on: full resolution, the plane the viewer shows, read lazily."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+
+#: the most pixels a widget reads at full resolution (labels of 20,000 × 20,000 take 1.6 GB)
+MAX_PIXELS = 20_000 * 20_000
+
+
+def shown_plane(layer, viewer) -> np.ndarray:
+    """The full-resolution 2D (or RGB) plane of an image or labels layer that the viewer shows.
+
+    A multiscale layer gives its finest level (cells are a few pixels wide at the coarser ones);
+    a stack gives the plane at the viewer's current position. Only that plane is read, so a lazy
+    (dask, zarr) stack is never loaded whole.
+
+    Raises
+    ------
+    InputError
+        When the plane has more than :data:`MAX_PIXELS` pixels.
+    """
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    rgb = bool(getattr(layer, "rgb", False))
+    extra = len(data.shape) - (3 if rgb else 2)
+    if extra > 0:
+        position = layer.world_to_data(viewer.dims.point[-layer.ndim :])
+        index = tuple(
+            int(np.clip(round(float(p)), 0, n - 1))
+            for p, n in zip(position[:extra], data.shape[:extra], strict=True)
+        )
+        data = data[index]
+    h, w = (int(n) for n in data.shape[:2])
+    if h * w > MAX_PIXELS:
+        raise InputError(
+            f"{layer.name} is {h} × {w} pixels at full resolution, more than this widget reads at once "
+            f"({MAX_PIXELS:,} pixels): crop a region of it first, or use `napari-cytodiffusion analyze` on tiles"
+        )
+    return np.asarray(data)
