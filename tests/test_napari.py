@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 
 WIDGETS = ["Segment cells", "Classify cells", "Analyze smears", "Generate cells", "Train model"]
 
@@ -95,6 +96,28 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     cls.correct_to.value = "violet"
     cls.apply_correction()
     assert pts.features["corrected_class"].iloc[0] == "violet"
+    # a class the model lacks, typed in: given to the selected cell, then in the list, the keys and the legend
+    pts.selected_data = {1}
+    cls.new_class.value = "a/b"  # it names a folder of the training set: refused, nothing changes
+    cls.apply_correction()
+    assert pts.features["corrected_class"].iloc[1] in ("", None) or pd.isna(
+        pts.features["corrected_class"].iloc[1]
+    )
+    cls.new_class.value = "  band  neutrophil "
+    cls.apply_correction()
+    assert pts.features["corrected_class"].iloc[1] == "band neutrophil" and cls.new_class.value == ""
+    assert cls.correct_to.value == "band neutrophil" and "band neutrophil" in cls.correct_to.choices
+    n_model = len(cls.result["model"].classes)
+    assert f"Ctrl+{n_model + 1} band neutrophil" in cls.keys_line.value
+    assert "band neutrophil (your class): 1" in cls.legend.value
+    from napari_cytodiffusion.layers import hex_to_rgba, user_class_colour
+
+    assert np.allclose(
+        pts.face_color[1][:3], hex_to_rgba(user_class_colour(0))[:3]
+    )  # its own colour, not grey
+    cls.new_class.value = "VIOLET"  # a model class in other case: the model's spelling
+    assert cls._new_class_name() == "violet"
+    cls.new_class.value = ""
     cls.export(tmp_path / "export")  # in a worker
     _wait(qtbot, cls)
     out = cls.exported
@@ -108,7 +131,7 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     from napari_cytodiffusion.io.datasets import read_labelled
 
     corrections = read_labelled(out["corrections"])  # what Train model / `train --data` read
-    assert corrections.classes == ["violet"] and corrections.paths[0].is_file()
+    assert sorted(corrections.classes) == ["band neutrophil", "violet"] and corrections.paths[0].is_file()
 
 
 def test_generate_widget(make_napari_viewer, qtbot, tiny_model):

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
 
 from ..errors import InputError, ModelError
 from ..model.card import model_classes
@@ -70,6 +81,12 @@ class ClassifyWidget(Container, RunnerMixin):
         self.colour_by = ComboBox(label="colour labels by", choices=list(COLOUR_MODES), value="class")
         self.legend = Label(value="")
         self.correct_to = ComboBox(label="set selected to", choices=lambda _: self._classes())
+        self.new_class = LineEdit(
+            label="or a new class",
+            value="",
+            tooltip="a class the model does not have (band, smudge, blast, ...): Apply correction gives it to "
+            "the selected cells; it joins the list, the keys and the export, and fine-tuning adds it",
+        )
         self.correct_button = PushButton(text="Apply correction")
         self.key_next = CheckBox(
             text="after a key, go to the next cell to label",
@@ -86,6 +103,7 @@ class ClassifyWidget(Container, RunnerMixin):
                 self.colour_by,
                 self.legend,
                 self.correct_to,
+                self.new_class,
                 self.correct_button,
                 self.keys_line,
                 self.key_next,
@@ -148,9 +166,13 @@ class ClassifyWidget(Container, RunnerMixin):
         return get_model(model_spec(self.model_name, self.model_dir))
 
     def _classes(self):
+        """The model's classes, then the classes the user has added (for the list and the keys)."""
+        from ..layers import user_classes
+
         result = self.__dict__.get("result")
         if result:
-            return result["model"].classes
+            classes = list(result["model"].classes)
+            return classes + user_classes(result["points"].features, classes)
         try:  # from the metadata: no weights are read on the GUI thread
             return model_classes(model_spec(self.model_name, self.model_dir))
         except ModelError:  # not a model folder (yet): no choices until it is fixed
@@ -367,14 +389,15 @@ class ClassifyWidget(Container, RunnerMixin):
         if not self.result:
             notify("warning", "classify a smear first")
             return
-        classes = self.result["model"].classes
+        classes = self._classes()
         if index >= len(classes):
-            notify("warning", f"the model has {len(classes)} classes: Ctrl+{index + 1} labels nothing")
+            notify("warning", f"there are {len(classes)} classes: Ctrl+{index + 1} labels nothing")
             return
         if not self.result["points"].selected_data:
             notify("warning", "select a cell first (Ctrl+0 selects the next cell to label)")
             return
         self.correct_to.value = classes[index]
+        self.new_class.value = ""
         self.apply_correction()
         if self.key_next.value:
             self.next_to_label()
@@ -497,17 +520,42 @@ class ClassifyWidget(Container, RunnerMixin):
             return
         pts = self.result["points"]
         sel = sorted(pts.selected_data)
-        if not sel or not self.correct_to.value:
+        try:
+            cls = self._new_class_name() or self.correct_to.value
+        except InputError as exc:
+            notify("error", str(exc))
+            return
+        if not sel or not cls:
             notify("warning", "select cells in the points layer and a class")
             return
         feats = pts.features.copy()
-        feats.loc[sel, "corrected_class"] = self.correct_to.value
+        feats.loc[sel, "corrected_class"] = cls
         pts.features = feats
         md = self.result["model"].metadata
         pts.face_color = class_colours(feats, md.classes, md.colours)
         self._recolour()
         self._recount()
-        self.status.value = f"{len(sel)} cell(s) set to {self.correct_to.value}"
+        if self.new_class.value.strip():  # a class of the user's: now in the list and on a key
+            self.new_class.value = ""
+            self.correct_to.reset_choices()
+            self.correct_to.value = cls
+            self._update_keys_line()
+        self.status.value = f"{len(sel)} cell(s) set to {cls}"
+
+    def _new_class_name(self) -> str:
+        """The class typed in *or a new class* ('' when empty), spelt as the model's if it is one."""
+        name = " ".join(str(self.new_class.value or "").split())
+        if not name:
+            return ""
+        known = {c.lower(): c for c in self._classes()}
+        if name.lower() in known:
+            return known[name.lower()]
+        if len(name) > 40 or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _+().-]*", name):
+            raise InputError(
+                f"{name!r} cannot be a class name: up to 40 letters, digits, spaces and _+().- "
+                "(it names a folder of the exported training set)"
+            )
+        return name
 
     def _points_removed(self, points, event) -> None:
         """Cells whose points the user deleted leave the counts, the legend and the export at once."""
