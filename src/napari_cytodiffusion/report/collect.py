@@ -258,12 +258,12 @@ def arrange(
     joins them, with a colour added to ``colours``), ``by_class`` (shown per class), ``totals``,
     ``flagged_totals``, ``review`` (flagged, uncorrected, most worth a look first) and ``n_review``."""
     from ..differential import differential_classes
+    from ..layers import user_class_colour
 
-    classes = list(classes)
-    for c in cells:
-        if c.cls not in classes:
-            classes.append(c.cls)
-            colours[c.cls] = _FALLBACK_COLOURS[len(colours) % len(_FALLBACK_COLOURS)]
+    added = sorted({c.cls for c in cells} - set(classes))  # coloured as napari colours them
+    for i, c in enumerate(added):
+        colours[c] = user_class_colour(i)
+    classes = [*classes, *added]
     classes = _class_order(classes, {k: sum(c.cls == k for c in cells) for k in classes}, extra)
     by_class_all = {k: [c for c in cells if c.cls == k] for k in classes}
     open_flags = [c for c in cells if c.flagged and not c.corrected]
