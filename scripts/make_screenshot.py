@@ -21,7 +21,7 @@ def main() -> int:
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 950)
     viewer.open_sample("napari-cytodiffusion", "synthetic_smear")
-    _, seg = viewer.window.add_plugin_dock_widget("napari-cytodiffusion", "Segment cells")
+    seg_dock, seg = viewer.window.add_plugin_dock_widget("napari-cytodiffusion", "Segment cells")
     _, cls = viewer.window.add_plugin_dock_widget("napari-cytodiffusion", "Classify cells")
     app = QApplication.instance()
 
@@ -31,12 +31,16 @@ def main() -> int:
             app.processEvents()
 
     run(seg)
+    viewer.window.remove_dock_widget(seg_dock)  # the classifier's dock gets the height
     cls.image.reset_choices()
     cls.labels_layer.reset_choices()
     cls.labels_layer.value = viewer.layers["sample smear (generated cells) labels"]
     cls.cells.value = "stained"
     run(cls)
     for _ in range(20):
+        app.processEvents()
+    cls.native.ensureWidgetVisible(cls.keys_line.native)  # the dock scrolls: show the legend and the keys
+    for _ in range(5):
         app.processEvents()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     viewer.reset_view()

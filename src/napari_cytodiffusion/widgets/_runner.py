@@ -21,6 +21,39 @@ def notify(kind: str, message: str) -> None:
     {"error": show_error, "warning": show_warning}.get(kind, show_info)(message)
 
 
+class ScrollableDock:
+    """For a ``Container(scrollable=True)``: ``.native`` is its scroll area, which napari docks.
+
+    magicgui's ``.native`` of a scrollable container is the inner widget, so a dock would hold the
+    widget at full height and force the window taller than a laptop's screen; with the scroll area
+    the dock can be shorter than the widget and scrolls.
+    """
+
+    @property
+    def native(self):
+        return self.root_native_widget
+
+    def _init_scroll(self) -> None:
+        """Keep the dock as wide as the content needs (magicgui fixes it once, at the first widgets).
+
+        Only the height scrolls: the scroll area's minimum width follows the content's minimum width
+        whenever its layout changes (a legend or a table filled in later), so nothing is clipped.
+        """
+        from qtpy.QtCore import QEvent, QObject
+
+        scroll, inner = self.root_native_widget, self.root_native_widget.widget()
+
+        class _FollowWidth(QObject):
+            def eventFilter(self, obj, event):  # Qt calls it by this name
+                if event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
+                    bar = scroll.verticalScrollBar().sizeHint().width()
+                    scroll.setMinimumWidth(inner.minimumSizeHint().width() + bar + 2 * scroll.frameWidth())
+                return False
+
+        self._follow_width = _FollowWidth(scroll)
+        inner.installEventFilter(self._follow_width)
+
+
 class RunnerMixin:
     """Adds ``run_button``, ``cancel_button``, ``progress`` and ``status`` to a Container."""
 

@@ -37,7 +37,7 @@ from ._controls import (
     speed_choice,
 )
 from ._model import model_picker, model_spec
-from ._runner import RunnerMixin, append_full_width, notify
+from ._runner import RunnerMixin, ScrollableDock, append_full_width, notify
 
 #: the cohort columns the table shows (``cohort.csv`` holds more) and their headers
 TABLE_COLUMNS = {
@@ -55,7 +55,7 @@ TABLE_COLUMNS = {
 PLUGIN, REVIEW_WIDGET = "napari-cytodiffusion", "Classify cells"
 
 
-class BatchWidget(Container, RunnerMixin):
+class BatchWidget(ScrollableDock, Container, RunnerMixin):
     settings_key = "batch"
     persisted = (
         "input_dir",
@@ -76,7 +76,8 @@ class BatchWidget(Container, RunnerMixin):
     )
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)  # taller than a laptop's screen
+        self._init_scroll()
         self.viewer = napari_viewer
         self._rows: list[dict[str, Any]] = []  # the cohort table of the output folder
         self.input_dir = FileEdit(label="smears folder", mode="d", value="")

@@ -23,13 +23,13 @@ from ..model.card import model_classes
 from ._controls import cells_choice, red_cell_px_box, size_check_box, speed_choice
 from ._model import model_picker, model_spec
 from ._planes import shown_plane
-from ._runner import RunnerMixin, append_panel, n_cells, notify, unique_layer_name
+from ._runner import RunnerMixin, ScrollableDock, append_panel, n_cells, notify, unique_layer_name
 
 COLOUR_MODES = ("class", "uncertainty", "anomaly")
 _ONE_KEY = "1 does not delete cells in a result's layer: Ctrl+1…9 label them, Delete removes points"
 
 
-class ClassifyWidget(Container, RunnerMixin):
+class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
     settings_key = "classify"
     persisted = (
         "model_dir",
@@ -45,7 +45,8 @@ class ClassifyWidget(Container, RunnerMixin):
     )
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)  # taller than a laptop's screen
+        self._init_scroll()
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=lambda _: self._layers("Image"))
         self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layers("Labels"))
@@ -80,6 +81,7 @@ class ClassifyWidget(Container, RunnerMixin):
         self._init_runner("Classify")
         self.colour_by = ComboBox(label="colour labels by", choices=list(COLOUR_MODES), value="class")
         self.legend = Label(value="")
+        self.legend.native.setWordWrap(True)  # long reasons wrap in the dock instead of widening it
         self.correct_to = ComboBox(label="set selected to", choices=lambda _: self._classes())
         self.new_class = LineEdit(
             label="or a new class",
