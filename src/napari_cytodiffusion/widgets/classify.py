@@ -366,7 +366,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
 
     # labelling from the keyboard --------------------------------------------
     def _bind_label_keys(self) -> None:
-        """Ctrl+1…9: label the selected cells as the model's 1st…9th class; Ctrl+0: next cell to label.
+        """Ctrl+1…9: label the selected cells as the list's 1st…9th class; Ctrl+0: next cell to label.
 
         Bound on the viewer (whichever layer is active); plain digits stay napari's layer modes.
         """
@@ -386,7 +386,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
         )
 
     def label_with_key(self, index: int) -> None:
-        """Label the selected cells as the model's class ``index`` (what Ctrl+1…9 do); then, with
+        """Label the selected cells as class ``index`` of the list (what Ctrl+1…9 do); then, with
         *after a key, go to the next cell to label*, select and inspect the next cell of the queue."""
         if not self.result:
             notify("warning", "classify a smear first")
