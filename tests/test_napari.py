@@ -270,6 +270,10 @@ def test_active_learning_finetune_and_agreement(make_napari_viewer, qtbot, tiny_
     assert pts.features["corrected_class"].iloc[expected] == classes[1]
     following = int(labelling_queue(pts.features)[0])
     assert following != expected and pts.selected_data == {following}
+    qtbot.keyClick(canvas, Qt.Key_Backspace, Qt.ControlModifier)  # taken back: unlabelled, selected again
+    assert pts.features["corrected_class"].fillna("").iloc[expected] == "" and pts.selected_data == {expected}
+    qtbot.keyClick(canvas, Qt.Key_2, Qt.ControlModifier)
+    assert pts.features["corrected_class"].iloc[expected] == classes[1] and pts.selected_data == {following}
     qtbot.keyClick(canvas, Qt.Key_9, Qt.ControlModifier)  # no 9th class: a notification, nothing labelled
     assert (pts.features["corrected_class"].fillna("") != "").sum() == 1
     pts.selected_data = set()
@@ -371,3 +375,40 @@ def test_segment_a_multiscale_image_at_full_resolution(make_napari_viewer, qtbot
     _wait(qtbot, seg)
     labels = viewer.layers["scan labels"]
     assert labels.data.shape == image.shape[:2] and labels.data.max() >= 40  # not the coarsest level's 1/16
+
+
+def test_closing_a_dock_lets_go_of_the_viewer(make_napari_viewer, qtbot, tiny_model):
+    """napari's close button: keys unbound, layer events disconnected, the running job cancelled;
+    a newer widget's keys survive an older widget's close."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    from napari_cytodiffusion.widgets.classify import ClassifyWidget
+    from napari_cytodiffusion.widgets.segment import SegmentWidget
+
+    viewer, w = _classify_synthetic(make_napari_viewer(), tiny_model)
+    dock = viewer.window.add_dock_widget(w, name="Classify cells")
+    inserted = viewer.layers.events.inserted
+    before = len(inserted.callbacks)
+    ctrl1 = coerce_keybinding("Control-1")
+    ours = viewer.keymap[ctrl1]
+    w.run_button.clicked()
+    assert w.busy()
+    dock.destroyOnClose()  # what the dock's close button does
+    qtbot.waitUntil(lambda: not w.busy(), timeout=120_000)
+    assert w.status.value == "cancelled" and "smear cells" not in viewer.layers
+    assert ctrl1 not in viewer.keymap and coerce_keybinding("Control-0") not in viewer.keymap
+    assert len(inserted.callbacks) == before - 2  # its own and the one napari made when docking
+    viewer.add_labels(np.zeros((8, 8), np.uint32), name="later")
+    assert "later" not in [
+        layer.name for layer in w.labels_layer.choices
+    ]  # the closed widget no longer follows
+    # two widgets: closing the older one keeps the newer one's keys
+    old, new = ClassifyWidget(viewer), ClassifyWidget(viewer)
+    old_dock = viewer.window.add_dock_widget(old, name="old")
+    viewer.window.add_dock_widget(new, name="new")
+    old_dock.destroyOnClose()
+    assert viewer.keymap[ctrl1] is not ours and viewer.keymap[ctrl1] is new._keys[0][1]
+    seg_dock = viewer.window.add_dock_widget(SegmentWidget(viewer), name="Segment cells")
+    n = len(inserted.callbacks)
+    seg_dock.destroyOnClose()
+    assert len(inserted.callbacks) == n - 2

@@ -145,6 +145,19 @@ def test_open_saved_result_in_napari(make_napari_viewer, qtbot, analyzed, tmp_pa
         and (corrections / "basophil" / "other_cell3.png").is_file()
     )
     assert all((corrections / p).is_file() for p in rows["path"])
+    # a correction cleared (the model's call stands) leaves the training set at the next export
+    widget.clear_correction()
+    assert points.features["corrected_class"].iloc[row] == "" and widget.result["summary"]["n_corrected"] == 0
+    widget.exported = {}
+    widget.export(tmp_path / "review")
+    qtbot.waitUntil(lambda: bool(widget.exported), timeout=120_000)
+    assert pd.read_csv(corrections / "labels.csv")["class"].tolist() == ["basophil"]
+    assert not list((corrections / "lymphocyte").glob("*.png"))
+    assert not (tmp_path / "review" / "smear_agreement.json").exists()  # no labels left to agree with
+    widget.undo_label()  # Ctrl+Backspace: the clearing taken back
+    assert points.features["corrected_class"].iloc[row] == "lymphocyte" and points.selected_data == {row}
+    widget.undo_label()  # and the change of mind before it
+    assert points.features["corrected_class"].iloc[row] == "monocyte"
     # fine-tuning on the reopened result re-classifies at the saved (pooled) scale and says so
     for i, cls in enumerate(["monocyte"] * 4 + ["lymphocyte"] * 4):
         points.selected_data = {i}

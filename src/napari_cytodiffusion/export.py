@@ -201,6 +201,11 @@ def iter_export_result(
         agreement = agreement_report(table)
         out["agreement"] = write_json(folder / f"{stem}_agreement.json", agreement)
         agreement_png(agreement, folder / f"{stem}_agreement.png")
+    elif (folder / "corrections" / "labels.csv").is_file():  # corrections cleared since the last export
+        others = _other_corrections(folder / "corrections", stem)
+        out["corrections"] = _write_corrections_table(folder / "corrections", stem, others, [])
+        for stale in (folder / f"{stem}_agreement.json", folder / f"{stem}_agreement.png"):
+            stale.unlink(missing_ok=True)
     if report:
         from .report import iter_report
 
@@ -245,5 +250,6 @@ def _write_corrections_table(folder: Path, stem: str, others, rows: list[dict[st
     for old in folder.glob("*/*.png"):
         if mine(old.name) and str(old.relative_to(folder)) not in now:
             old.unlink()
-    table = pd.concat([others, pd.DataFrame(rows)], ignore_index=True) if len(others) else pd.DataFrame(rows)
+    mine_now = pd.DataFrame(rows, columns=["path", "class"])
+    table = pd.concat([others, mine_now], ignore_index=True) if len(others) else mine_now
     return write_cells_csv(table, folder / "labels.csv")

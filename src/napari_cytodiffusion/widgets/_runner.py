@@ -58,6 +58,7 @@ class RunnerMixin:
     """Adds ``run_button``, ``cancel_button``, ``progress`` and ``status`` to a Container."""
 
     settings_key = "widget"
+    title = "the panel"  # as napari's Plugins menu names it
     #: stop a generator worker at its next yield; False lets the work finish cleanly (checkpoint)
     quit_on_cancel = True
 
@@ -71,6 +72,65 @@ class RunnerMixin:
         self.cancel_button.changed.connect(self.cancel)
         self._stop = threading.Event()
         self.worker = None
+        self._busy = False
+        self._hooks: list[tuple[Any, Callable]] = []
+        self._keys: list[tuple[str, Callable]] = []
+        self._watch_dock()
+
+    # the viewer's hold on the widget ----------------------------------------
+    def hook(self, emitter: Any, callback: Callable) -> None:
+        """Connect ``callback`` to a viewer or layer event until napari closes this widget's dock."""
+        emitter.connect(callback)
+        self._hooks.append((emitter, callback))
+
+    def bind_viewer_key(self, key: str, func: Callable) -> None:
+        """Bind a key on the viewer (whichever layer is active) until napari closes this widget's dock."""
+        self.viewer.bind_key(key, func, overwrite=True)
+        self._keys.append((key, func))
+
+    def release_viewer(self) -> None:
+        """Let go of the viewer: disconnect the hooked events, unbind the keys, cancel a running job.
+
+        Called when napari's close button takes the widget out of its dock: it stays alive (the
+        viewer's events and keys hold it) but hidden, so without this a closed *Classify cells*
+        went on labelling cells on Ctrl+1 and refreshing its lists on every new layer.
+        """
+        for emitter, callback in self._hooks:
+            emitter.disconnect(callback)
+        viewer = getattr(self, "viewer", None)  # a sub-panel has none
+        if viewer is not None:
+            events = viewer.layers.events  # napari's docking connects these and never lets go
+            for emitter in (events.inserted, events.removed, events.reordered, events.renamed):
+                emitter.disconnect(self.reset_choices)
+        for key, func in self._keys:
+            unbound = viewer.bind_key(key, None)
+            if unbound is not None and unbound is not func:  # a newer widget's binding: leave it
+                viewer.bind_key(key, unbound)
+        self._hooks, self._keys = [], []
+        if self.busy():
+            self.cancel()
+            notify("info", f"{self.title} was closed: its running job is cancelled")
+
+    def _watch_dock(self: Container) -> None:
+        """Call :meth:`release_viewer` when the docked widget loses its dock (napari's close button)."""
+        from qtpy.QtCore import QEvent, QObject
+
+        owner = self
+
+        class _DockWatch(QObject):
+            docked = False
+
+            def eventFilter(self, obj, event):  # Qt calls it by this name
+                if event.type() == QEvent.Type.ParentChange:
+                    if obj.parent() is not None:
+                        self.docked = True
+                    elif self.docked:
+                        self.docked = False
+                        owner.release_viewer()
+                return False
+
+        self._dock_watch = _DockWatch(self.native)
+        self.native.installEventFilter(self._dock_watch)
 
     # subclasses implement
     def _work(self) -> tuple[Callable[[], Generator], Callable[[Any], None]] | None:  # pragma: no cover
@@ -124,11 +184,12 @@ class RunnerMixin:
         self.progress.value = 0
         self.status.value = "running…"
         self.save_settings()
+        self._busy = True
         self.worker.start()
 
     def busy(self) -> bool:
-        """Whether this widget's worker is still running."""
-        return self.worker is not None and self.worker.is_running
+        """Whether this widget's job is under way (from its launch, before its thread runs, to its end)."""
+        return self._busy
 
     def should_stop(self) -> bool:
         return self._stop.is_set()
@@ -144,7 +205,7 @@ class RunnerMixin:
             done, total = item[0], item[1]
             self.progress.max = max(1, int(total))
             self.progress.value = min(int(done), self.progress.max)
-            if len(item) > 2:
+            if len(item) > 2 and not self._stop.is_set():  # late steps must not hide "cancelling…"
                 self.status.value = f"{item[2]}: {done}/{total}"
 
     def _on_error(self, exc: Exception) -> None:
@@ -157,6 +218,7 @@ class RunnerMixin:
         self.status.value = f"stopped: {exc}"
 
     def _on_finished(self) -> None:
+        self._busy = False
         self.run_button.enabled = True
         self.cancel_button.enabled = False
         self.progress.visible = False

@@ -56,6 +56,7 @@ PLUGIN, REVIEW_WIDGET = "napari-cytodiffusion", "Classify cells"
 
 
 class BatchWidget(ScrollableDock, Container, RunnerMixin):
+    title = "Analyze smears"
     settings_key = "batch"
     persisted = (
         "input_dir",

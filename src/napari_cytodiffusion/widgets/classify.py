@@ -30,6 +30,7 @@ _ONE_KEY = "1 does not delete cells in a result's layer: Ctrl+1…9 label them, 
 
 
 class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
+    title = "Classify cells"
     settings_key = "classify"
     persisted = (
         "model_dir",
@@ -90,6 +91,11 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
             "the selected cells; it joins the list, the keys and the export, and fine-tuning adds it",
         )
         self.correct_button = PushButton(text="Apply correction")
+        self.clear_button = PushButton(
+            text="Clear correction",
+            tooltip="the selected cells go back to the model's call, unlabelled (Ctrl+Backspace takes back "
+            "the last correction)",
+        )
         self.key_next = CheckBox(
             text="after a key, go to the next cell to label",
             value=True,
@@ -106,7 +112,9 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
                 self.legend,
                 self.correct_to,
                 self.new_class,
-                self.correct_button,
+                Container(
+                    widgets=[self.correct_button, self.clear_button], layout="horizontal", labels=False
+                ),
                 self.keys_line,
                 self.key_next,
                 self.export_dir,
@@ -146,15 +154,21 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
         self._inspected = None
         self.colour_by.changed.connect(self._recolour)
         self.correct_button.changed.connect(self.apply_correction)
+        self.clear_button.changed.connect(self.clear_correction)
         self.export_button.changed.connect(lambda: self.export(self.export_dir.value))
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(lambda e: (self.image.reset_choices(), self.labels_layer.reset_choices()))
+            self.hook(ev, lambda e: (self.image.reset_choices(), self.labels_layer.reset_choices()))
         self.load_settings()
         for w in (self.model_name, self.model_dir):
             w.changed.connect(lambda: self.correct_to.reset_choices())
         self._bind_label_keys()
         self.result = None  # dict: table, summary, model, image layer, labels layer, points layer, params
         self.exported: dict[str, Path] = {}  # the files of the last export
+
+    def release_viewer(self) -> None:
+        """Also cancel a running fine-tune when the panel is closed."""
+        super().release_viewer()
+        self.finetune.release_viewer()
 
     def _layers(self, kind: str):
         import napari.layers
@@ -261,7 +275,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
         )
         # napari's "1" deletes the selected points: beside Ctrl+1…9 that loses a cell to a slip of the finger
         points.bind_key("1", lambda _layer: notify("info", _ONE_KEY), overwrite=True)
-        points.events.data.connect(lambda event: self._points_removed(points, event))
+        self.hook(points.events.data, lambda event: self._points_removed(points, event))
         self.result = {
             "table": table,
             "summary": res.summary,
@@ -278,7 +292,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
         self.correct_to.reset_choices()
         self._update_keys_line()
         self.inspector.target.choices = md.classes
-        points.selected_data.events.items_changed.connect(self._on_select)
+        self.hook(points.selected_data.events.items_changed, self._on_select)
         self.legend.value = legend_html(res.summary, md.classes, md.colours)
         self.status.value = f"{n_cells(res.summary['n_classified'])} classified — {res.summary['verdict']}"
         domain = res.summary.get("domain_check") or {}
@@ -359,7 +373,10 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
             return None
         row = int(queue[0])
         pts.selected_data = {row}
-        self.viewer.camera.center = tuple(np.asarray(pts.data[row]) * np.asarray(pts.scale) + pts.translate)
+        camera = (
+            self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
+        )  # 0.9 moved it
+        camera.center = tuple(np.asarray(pts.data[row]) * np.asarray(pts.scale) + pts.translate)
         self.inspect(row)
         self.inspector.queue_info.value = f"{queue.size} unlabelled cell(s) left; this one is the most useful"
         return row
@@ -371,8 +388,9 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
         Bound on the viewer (whichever layer is active); plain digits stay napari's layer modes.
         """
         for k in range(1, 10):
-            self.viewer.bind_key(f"Control-{k}", lambda _v, i=k - 1: self.label_with_key(i), overwrite=True)
-        self.viewer.bind_key("Control-0", lambda _v: self.next_to_label(), overwrite=True)
+            self.bind_viewer_key(f"Control-{k}", lambda _v, i=k - 1: self.label_with_key(i))
+        self.bind_viewer_key("Control-0", lambda _v: self.next_to_label())
+        self.bind_viewer_key("Control-Backspace", lambda _v: self.undo_label())
         self._update_keys_line()
         self.model_name.changed.connect(self._update_keys_line)
         self.model_dir.changed.connect(self._update_keys_line)
@@ -380,7 +398,9 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
     def _update_keys_line(self) -> None:
         classes = self._classes()[:9]
         self.keys_line.value = (
-            "keys: " + " · ".join(f"Ctrl+{i} {c}" for i, c in enumerate(classes, 1)) + " · Ctrl+0 next cell"
+            "keys: "
+            + " · ".join(f"Ctrl+{i} {c}" for i, c in enumerate(classes, 1))
+            + " · Ctrl+0 next cell · Ctrl+Backspace take back"
             if classes
             else ""
         )
@@ -515,13 +535,10 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
 
     def apply_correction(self) -> None:
         """Set the true class of the selected points (kept in features as ``corrected_class``)."""
-        from ..layers import class_colours
-
         if not self.result:
             notify("warning", "classify a smear first")
             return
-        pts = self.result["points"]
-        sel = sorted(pts.selected_data)
+        sel = sorted(self.result["points"].selected_data)
         try:
             cls = self._new_class_name() or self.correct_to.value
         except InputError as exc:
@@ -530,19 +547,73 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
         if not sel or not cls:
             notify("warning", "select cells in the points layer and a class")
             return
-        feats = pts.features.copy()
-        feats.loc[sel, "corrected_class"] = cls
-        pts.features = feats
-        md = self.result["model"].metadata
-        pts.face_color = class_colours(feats, md.classes, md.colours)
-        self._recolour()
-        self._recount()
+        self._set_corrections(sel, cls)
         if self.new_class.value.strip():  # a class of the user's: now in the list and on a key
             self.new_class.value = ""
             self.correct_to.reset_choices()
             self.correct_to.value = cls
             self._update_keys_line()
         self.status.value = f"{len(sel)} cell(s) set to {cls}"
+
+    def clear_correction(self) -> None:
+        """Take the correction off the selected cells: the model's call stands, and they are unlabelled again."""
+        if not self.result:
+            notify("warning", "classify a smear first")
+            return
+        feats = self.result["points"].features
+        sel = [i for i in sorted(self.result["points"].selected_data) if _corrected(feats, i)]
+        if not sel:
+            notify("warning", "select corrected cells in the points layer first")
+            return
+        self._set_corrections(sel, "")
+        self.status.value = f"{len(sel)} correction(s) cleared"
+
+    def undo_label(self) -> None:
+        """Take back the last correction, clearing or key press (Ctrl+Backspace); its cells are selected again."""
+        history = self.result.get("history") if self.result else None
+        if not history:
+            notify("info", "nothing to take back")
+            return
+        previous = history.pop()  # {cell label: its corrected_class before}
+        pts = self.result["points"]
+        rows = {int(lab): i for i, lab in enumerate(pts.features["label"])}
+        here = {rows[lab]: cls for lab, cls in previous.items() if lab in rows}  # deleted cells are gone
+        if not here:
+            notify("info", "the cells of the last correction were removed from the result")
+            return
+        feats = pts.features.copy()
+        for row, cls in here.items():
+            feats.loc[row, "corrected_class"] = cls
+        self._show_corrections(feats)
+        pts.selected_data = set(here)
+        if len(here) == 1:
+            self.inspect(next(iter(here)))
+        self.status.value = f"taken back: {len(here)} cell(s) as they were"
+
+    def _set_corrections(self, rows: list[int], cls: str) -> None:
+        """Give ``rows`` the corrected class ``cls`` ('' clears it), remembering the old values for undo."""
+        feats = self.result["points"].features.copy()
+        if "corrected_class" not in feats:
+            feats["corrected_class"] = ""
+        before = feats.loc[rows, "corrected_class"].fillna("").astype(str)
+        self.result.setdefault("history", []).append(
+            {int(lab): old for lab, old in zip(feats.loc[rows, "label"], before, strict=True)}
+        )
+        feats.loc[rows, "corrected_class"] = cls
+        self._show_corrections(feats)
+
+    def _show_corrections(self, feats) -> None:
+        """Put corrected features on the points layer: colours, labels, counts, legend, class list, keys."""
+        from ..layers import class_colours
+
+        pts = self.result["points"]
+        pts.features = feats
+        md = self.result["model"].metadata
+        pts.face_color = class_colours(feats, md.classes, md.colours)
+        self._recolour()
+        self._recount()
+        self.correct_to.reset_choices()  # a class of the user's that no cell has any more leaves the list
+        self._update_keys_line()
 
     def _new_class_name(self) -> str:
         """The class typed in *or a new class* ('' when empty), spelt as the model's if it is one."""
@@ -634,3 +705,11 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
                     notify("info", f"open {out['report']} in a web browser")
 
         self._launch((gen, done))
+
+
+def _corrected(features, row: int) -> bool:
+    """Whether the cell on ``row`` has a correction."""
+    if "corrected_class" not in features:
+        return False
+    value = features["corrected_class"].iloc[row]
+    return isinstance(value, str) and value != ""

@@ -19,6 +19,7 @@ from ._runner import RunnerMixin, notify
 
 
 class FinetunePanel(Container, RunnerMixin):
+    title = "Fine-tuning"
     settings_key = "finetune"
     persisted = ("rank", "steps")
 

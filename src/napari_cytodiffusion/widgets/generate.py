@@ -12,6 +12,7 @@ from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
 
 class GenerateWidget(Container, RunnerMixin):
+    title = "Generate cells"
     settings_key = "generate"
     persisted = ("model_dir", "model_name", "count", "seed", "steps", "guidance", "scheduler")
 

@@ -11,6 +11,7 @@ from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
 
 class SegmentWidget(Container, RunnerMixin):
+    title = "Segment cells"
     settings_key = "segment"
     persisted = (
         "model",
@@ -77,8 +78,8 @@ class SegmentWidget(Container, RunnerMixin):
         )
         self._init_runner("Segment")
         self.load_settings()
-        self.viewer.layers.events.inserted.connect(lambda e: self.image.reset_choices())
-        self.viewer.layers.events.removed.connect(lambda e: self.image.reset_choices())
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            self.hook(ev, lambda e: self.image.reset_choices())
 
     def _images(self, _=None):
         from napari.layers import Image

@@ -9,6 +9,7 @@ from ._runner import RunnerMixin, notify
 
 
 class TrainWidget(Container, RunnerMixin):
+    title = "Train model"
     settings_key = "train"
     persisted = ("steps", "batch_size", "arch")
     quit_on_cancel = False  # training checkpoints itself when asked to stop
