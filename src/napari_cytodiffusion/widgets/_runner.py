@@ -91,9 +91,9 @@ class RunnerMixin:
     def release_viewer(self) -> None:
         """Let go of the viewer: disconnect the hooked events, unbind the keys, cancel a running job.
 
-        Called when napari's close button takes the widget out of its dock: it stays alive (the
-        viewer's events and keys hold it) but hidden, so without this a closed *Classify cells*
-        went on labelling cells on Ctrl+1 and refreshing its lists on every new layer.
+        Called when napari's close button takes the widget out of its dock. The viewer's events and
+        keys would otherwise keep the hidden widget alive and acting: Ctrl+1 labelling cells through
+        a closed *Classify cells*, its lists refreshed on every new layer.
         """
         for emitter, callback in self._hooks:
             emitter.disconnect(callback)
