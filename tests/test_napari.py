@@ -112,10 +112,11 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     n_model = len(cls.result["model"].classes)
     assert f"Ctrl+{n_model + 1} band neutrophil" in cls.keys_line.value
     assert "band neutrophil (your class): 1" in cls.legend.value
-    from napari_cytodiffusion.layers import hex_to_rgba, user_class_colour
+    from napari_cytodiffusion.colours import user_class_colour
+    from napari_cytodiffusion.layers import hex_to_rgba
 
     assert np.allclose(
-        pts.face_color[1][:3], hex_to_rgba(user_class_colour(0))[:3]
+        pts.face_color[1][:3], hex_to_rgba(user_class_colour(0, cls.result["model"].metadata.colours))[:3]
     )  # its own colour, not grey
     cls.new_class.value = "VIOLET"  # a model class in other case: the model's spelling
     assert cls._new_class_name() == "violet"

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .colours import user_class_colour
+
 UNCLASSIFIED_COLOUR = "#bbbbbb"
 
 
 def hex_to_rgba(colour: str, alpha: float = 1.0) -> np.ndarray:
     c = colour.lstrip("#")
     return np.array([int(c[i : i + 2], 16) / 255 for i in (0, 2, 4)] + [alpha], dtype=np.float32)
-
-
-#: colours of the classes a user adds (a class the model lacks), in the order of their sorted names
-USER_CLASS_COLOURS = ("#17becf", "#e377c2", "#bcbd22", "#ff9896", "#98df8a", "#c5b0d5", "#c49c94", "#9edae5")
 
 
 def user_classes(table, classes: list[str]) -> list[str]:
@@ -24,15 +22,12 @@ def user_classes(table, classes: list[str]) -> list[str]:
     return sorted(set(used[used != ""]) - set(classes))
 
 
-def user_class_colour(index: int) -> str:
-    """The colour of the ``index``-th (sorted) class a user added."""
-    return USER_CLASS_COLOURS[index % len(USER_CLASS_COLOURS)]
-
-
 def class_colours(table, classes: list[str], colours: list[str]) -> np.ndarray:
     """RGBA per row of the cells table by its (corrected, else predicted) class."""
     lut = {c: hex_to_rgba(col) for c, col in zip(classes, colours, strict=True)}
-    lut.update({c: hex_to_rgba(user_class_colour(i)) for i, c in enumerate(user_classes(table, classes))})
+    lut.update(
+        {c: hex_to_rgba(user_class_colour(i, colours)) for i, c in enumerate(user_classes(table, classes))}
+    )
     grey = hex_to_rgba(UNCLASSIFIED_COLOUR)
     return (
         np.stack([lut.get(c, grey) for c in effective_class(table)])
@@ -102,7 +97,8 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
     added = sorted(c for c in summary["counts"] if c not in classes)  # classes the user gave cells
     for i, c in enumerate(added):
         rows.append(
-            f"<span style='color:{user_class_colour(i)}'>&#9632;</span> {c} (your class): {summary['counts'][c]}"
+            f"<span style='color:{user_class_colour(i, colours)}'>&#9632;</span> {c} (your class): "
+            f"{summary['counts'][c]}"
         )
     rows += [f"<i>{r}</i>" for r in summary.get("reasons", [])]
     left_out = [c for c in summary.get("flag_exempt_classes") or [] if summary["counts"].get(c)]

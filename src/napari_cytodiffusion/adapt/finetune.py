@@ -198,9 +198,9 @@ def iter_finetune(
     peft_unet.eval()
 
     base_meta = model.metadata
-    from ..model.folder import default_colours
+    from ..colours import default_colours
 
-    colours = list(base_meta.colours) + default_colours(list(classes))[len(base_classes) :]
+    colours = list(base_meta.colours) + default_colours(list(classes)[len(base_classes) :], base_meta.colours)
     meta: dict[str, Any] = {
         "name": name or out_dir.name,
         "classes": list(classes),

@@ -27,33 +27,10 @@ from ..errors import ModelError
 from ..io.atomic import make_temp_dir
 
 METADATA_FILE = "cytodiffusion.json"
+
 FORMAT_NAME = "napari-cytodiffusion-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
-
-#: Colours for the PBC classes (stable across images and runs; colour-blind-aware set).
-KNOWN_CLASS_COLOURS = {
-    "basophil": "#6a3d9a",
-    "eosinophil": "#ff7f00",
-    "erythroblast": "#e31a1c",
-    "ig": "#b15928",
-    "lymphocyte": "#1f78b4",
-    "monocyte": "#33a02c",
-    "neutrophil": "#fb9a99",
-    "platelet": "#a6cee3",
-}
-_FALLBACK_COLOURS = [
-    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02",
-    "#a6761d", "#666666", "#8dd3c7", "#bebada", "#fb8072", "#80b1d3",
-]  # fmt: skip
-
-
-def default_colours(class_names: list[str]) -> list[str]:
-    """Return a stable colour for each class name."""
-    out = []
-    for i, name in enumerate(class_names):
-        out.append(KNOWN_CLASS_COLOURS.get(name.lower(), _FALLBACK_COLOURS[i % len(_FALLBACK_COLOURS)]))
-    return out
 
 
 def default_preprocessing(size: int) -> dict[str, Any]:

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from ..colours import default_colours
 from ..errors import Cancelled, InputError, ModelError
 from .architecture import DEFAULT_ARCH, ScheduleConfig, alphas_cumprod, build_scheduler, build_unet
 from .augment import AugmentConfig, augment_batch
-from .folder import ModelMetadata, default_colours, default_preprocessing, save_model
+from .folder import ModelMetadata, default_preprocessing, save_model
 
 log = logging.getLogger(__name__)
 

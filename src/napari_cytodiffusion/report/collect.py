@@ -22,7 +22,6 @@ from .thumbnails import hex_rgb
 
 #: cells are cut out at least this many red-cell diameters wide (one magnification for a smear)
 RED_CELLS_PER_PICTURE = 3.0
-_FALLBACK_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
 @dataclass
@@ -257,12 +256,13 @@ def arrange(
     """The cells on the page's shelves: ``classes`` in page order (a class the user added by correcting
     joins them, with a colour added to ``colours``), ``by_class`` (shown per class), ``totals``,
     ``flagged_totals``, ``review`` (flagged, uncorrected, most worth a look first) and ``n_review``."""
+    from ..colours import user_class_colour
     from ..differential import differential_classes
-    from ..layers import user_class_colour
 
     added = sorted({c.cls for c in cells} - set(classes))  # coloured as napari colours them
+    model_colours = [colours[c] for c in classes if c in colours]
     for i, c in enumerate(added):
-        colours[c] = user_class_colour(i)
+        colours[c] = user_class_colour(i, model_colours)
     classes = [*classes, *added]
     classes = _class_order(classes, {k: sum(c.cls == k for c in cells) for k in classes}, extra)
     by_class_all = {k: [c for c in cells if c.cls == k] for k in classes}
@@ -366,5 +366,6 @@ def _classes_and_colours(model, tables) -> tuple[list[str], dict[str, str]]:
         classes += [
             c[2:] for c in t.columns if c.startswith("p_") and c != "p_correct" and c[2:] not in classes
         ]
-    pal = _FALLBACK_COLOURS
-    return classes, {c: pal[i % len(pal)] for i, c in enumerate(classes)}
+    from ..colours import default_colours
+
+    return classes, dict(zip(classes, default_colours(classes), strict=True))
