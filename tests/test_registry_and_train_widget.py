@@ -120,6 +120,20 @@ def test_train_widget_trains_and_cancels(make_napari_viewer, qtbot, tiny_dataset
     w.steps.value = 100_000
     w.run_button.clicked()
     qtbot.waitUntil(lambda: w.progress.value >= 10, timeout=120_000)
+    qtbot.waitUntil(
+        lambda: " h " in w.status.value, timeout=60_000
+    )  # "loss … — step: 25/100000 · about 1 h 05 min left"
+    assert w.status.value.endswith(" min left")
     w.cancel()
     qtbot.waitUntil(lambda: w.run_button.enabled, timeout=120_000)
     assert (tmp_path / "m2" / "checkpoints" / "last.pt").is_file()
+
+
+def test_time_left_is_said_once_the_pace_is_known():
+    from napari_cytodiffusion.widgets._runner import time_left
+
+    assert time_left(0, 30, 100) == "" and time_left(10, 2, 100) == ""  # no pace yet
+    assert time_left(10, 60, 0) == ""  # nothing left
+    assert time_left(10, 10, 3) == "under a minute left"
+    assert time_left(10, 60, 120) == "about 12 min left"
+    assert time_left(100, 60, 20_000) == "about 3 h 20 min left"

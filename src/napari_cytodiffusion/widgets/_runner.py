@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -52,6 +54,19 @@ class ScrollableDock:
 
         self._follow_width = _FollowWidth(scroll)
         inner.installEventFilter(self._follow_width)
+
+
+def time_left(done: float, seconds: float, remaining: float) -> str:
+    """ "about 3 h 20 min left" at the pace of ``done`` units in ``seconds``; '' until that pace means
+    something (under 5 s or no unit done yet) or when nothing remains."""
+    if done <= 0 or seconds < 5 or remaining <= 0:
+        return ""
+    minutes = round(seconds / done * remaining / 60)
+    if minutes < 1:
+        return "under a minute left"
+    if minutes < 60:
+        return f"about {minutes} min left"
+    return f"about {minutes // 60} h {minutes % 60:02d} min left"
 
 
 class RunnerMixin:
@@ -168,6 +183,7 @@ class RunnerMixin:
                 self._safe(on_result, value)
 
         self._stop.clear()
+        self._stage = None  # the pace of each stage is measured from its first progress
         self.worker = create_worker(
             guarded,
             _start_thread=False,
@@ -206,7 +222,13 @@ class RunnerMixin:
             self.progress.max = max(1, int(total))
             self.progress.value = min(int(done), self.progress.max)
             if len(item) > 2 and not self._stop.is_set():  # late steps must not hide "cancelling…"
-                self.status.value = f"{item[2]}: {done}/{total}"
+                # a stage is its text without numbers ("loss 0.0123 — step" stays one stage)
+                stage, now = (re.sub(r"[\d.,]+", "#", str(item[2])), total), time.monotonic()
+                if getattr(self, "_stage", None) != stage or done < self._stage_start[1]:  # its own pace
+                    self._stage, self._stage_start = stage, (now, done)
+                t0, done0 = self._stage_start
+                left = time_left(done - done0, now - t0, total - done)
+                self.status.value = f"{item[2]}: {done}/{total}" + (f" · {left}" if left else "")
 
     def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, Cancelled):
