@@ -373,9 +373,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
             return None
         row = int(queue[0])
         pts.selected_data = {row}
-        camera = (
-            self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
-        )  # 0.9 moved it
+        camera = getattr(self.viewer, "scene", self.viewer).camera  # napari 0.9 moved it to viewer.scene
         camera.center = tuple(np.asarray(pts.data[row]) * np.asarray(pts.scale) + pts.translate)
         self.inspect(row)
         self.inspector.queue_info.value = f"{queue.size} unlabelled cell(s) left; this one is the most useful"
