@@ -65,6 +65,16 @@ def test_generate_cli_writes_class_folders(tiny_model, tmp_path):
     assert (
         (side["scheduler"], side["guidance"]) == (defaults.scheduler, defaults.guidance) == ("dpm-sde", 4.0)
     )
+    # the same seeds again with another guidance: the first cells stay, the new ones take free names;
+    # the same generation again replaces its own files
+    args = ["generate", "--model", str(tiny_model), "--class", "all", "-n", "2", "--steps", "3"]
+    before = {p: p.read_bytes() for p in files}
+    assert main([*args, "--guidance", "1", "--out", str(out)]) == 0
+    assert all(p.read_bytes() == b for p, b in before.items())
+    again = sorted(out.glob("*/*-2.png"))
+    assert len(again) == 4 and json.loads(again[0].with_suffix(".json").read_text())["guidance"] == 1
+    assert main([*args, "--guidance", "1", "--out", str(out)]) == 0
+    assert len(list(out.glob("*/*.png"))) == 8
 
 
 def test_evaluate_generation_feature_distance_and_memorisation(tiny_model, tiny_dataset, tmp_path):

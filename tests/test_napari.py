@@ -1,5 +1,6 @@
 """napari tests: real viewers (Xvfb + Mesa in CI), real models."""
 
+import json
 import subprocess
 import sys
 
@@ -137,7 +138,7 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     assert sorted(corrections.classes) == ["band neutrophil", "violet"] and corrections.paths[0].is_file()
 
 
-def test_generate_widget(make_napari_viewer, qtbot, tiny_model):
+def test_generate_widget(make_napari_viewer, qtbot, tiny_model, tmp_path):
     from napari_cytodiffusion.widgets.generate import GenerateWidget
 
     viewer = make_napari_viewer()
@@ -164,6 +165,10 @@ def test_generate_widget(make_napari_viewer, qtbot, tiny_model):
     assert layer.metadata["napari-cytodiffusion"]["frames"][0] == {"class": "violet", "seed": 0}
     montage = viewer.layers["generated violet montage"]  # beside the stack's frame, not over it
     assert montage.translate[1] >= layer.data.shape[2]
+    w.export_to(tmp_path / "generated")  # what *Export last result…* does after asking for a folder
+    files = sorted((tmp_path / "generated" / "violet").glob("*.png"))
+    assert [f.name for f in files] == ["violet_seed0.png", "violet_seed1.png", "violet_seed2.png"]
+    assert json.loads(files[0].with_suffix(".json").read_text())["steps"] == 3
     # the widget's default sampler is the library's, and gives the library's images
     from napari_cytodiffusion.generate.sampling import GenerateParams, generate
     from napari_cytodiffusion.model.folder import load_model

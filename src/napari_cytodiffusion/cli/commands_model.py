@@ -320,10 +320,8 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_generate(a) -> int:
-    from PIL import Image
-
+    from ..generate.export import write_generated
     from ..generate.sampling import GenerateParams, iter_generate
-    from ..io.atomic import write_json, write_with
     from ..model.registry import get_model
 
     if a.n < 1:
@@ -339,14 +337,11 @@ def cmd_generate(a) -> int:
     for item in iter_generate(model, ids, seeds, params):
         images = item
     dt = time.perf_counter() - t0
-    for i, (c, s) in enumerate(zip(ids, seeds, strict=True)):
-        name = model.classes[c]
-        path = out / name / f"{name}_seed{s}.png"
-        write_with(path, lambda tmp, im=images[i]: Image.fromarray(im).save(tmp, format="PNG"))
-        write_json(
-            path.with_suffix(".json"),
-            {"class": name, "seed": s, **params.to_dict(), "model": model.short_id()},
-        )
+    records = [
+        {"class": model.classes[c], "seed": s, **params.to_dict(), "model": model.short_id()}
+        for c, s in zip(ids, seeds, strict=True)
+    ]
+    write_generated(out, images, records)
     print(f"generated {len(ids)} cells in {dt:.1f} s ({dt / len(ids):.2f} s per cell) → {out}")
     return 0
 

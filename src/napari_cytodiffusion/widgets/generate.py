@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 
-from ..errors import InputError, ModelError
+from ..errors import CytoDiffusionError, InputError, ModelError
 from ..model.card import model_classes
 from ._model import model_picker, model_spec
 from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
@@ -123,18 +122,17 @@ class GenerateWidget(Container, RunnerMixin):
         values = request_values(folder={"annotation": "pathlib.Path", "options": {"mode": "d"}})
         if not values:
             return
-        self.export_to(values["folder"])
+        try:
+            self.export_to(values["folder"])
+        except CytoDiffusionError as exc:
+            notify("error", str(exc))
 
     def export_to(self, folder) -> None:
-        from pathlib import Path
-
-        from PIL import Image
-
-        from ..io.atomic import write_json, write_with
+        """Write the last generated cells as ``folder/CLASS/CLASS_seedS.png`` + recipe (never over other cells)."""
+        from ..generate.export import write_generated
+        from ..io.atomic import writable_folder
 
         images, frames, params, model = self._last
-        for im, fr in zip(images, frames, strict=True):
-            p = Path(folder) / fr["class"] / f"{fr['class']}_seed{fr['seed']}.png"
-            write_with(p, lambda tmp, im=im: Image.fromarray(np.asarray(im)).save(tmp, format="PNG"))
-            write_json(p.with_suffix(".json"), {**fr, **params.to_dict(), "model": model.short_id()})
+        records = [{**fr, **params.to_dict(), "model": model.short_id()} for fr in frames]
+        write_generated(writable_folder(folder, "export folder"), images, records)
         notify("info", f"exported {len(images)} images to {folder}")
