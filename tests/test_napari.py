@@ -311,6 +311,14 @@ def test_active_learning_finetune_and_agreement(make_napari_viewer, qtbot, tiny_
     _wait(qtbot, w)
     out = w.exported
     assert out["agreement"].exists() and (tmp_path / "export" / "smear_agreement.png").exists()
+    # the image layer was made in Python (no file): a copy beside the result shows its cells on the
+    # review page and brings it back when the result is reopened
+    from napari_cytodiffusion.io.results import read_smear_outputs, saved_image
+
+    assert out["image"] == tmp_path / "export" / "smear.tif"
+    assert out["report"].read_text().count("data:image/jpeg") >= 8
+    found, warning = saved_image(read_smear_outputs(out["summary"]))
+    assert np.array_equal(found, viewer.layers["smear"].data) and warning is None
 
 
 def test_classify_selection_and_layer_removed_midway(make_napari_viewer, qtbot, tiny_model):

@@ -264,3 +264,19 @@ def test_drop_a_saved_result_on_napari(make_napari_viewer, analyzed, tmp_path):
         notification_manager.notification_ready.disconnect(hear)
     assert [layer.name for layer in opened] == ["smear labels [1]", "smear cells [1]"]
     assert any("no longer at" in m for m in said), said
+
+
+def test_keep_image_never_replaces_another_file(tmp_path):
+    import tifffile
+
+    from napari_cytodiffusion.export import keep_image
+
+    image = synthetic_smear(seed=3)[0]
+    path = keep_image(tmp_path / "field.tif", image)
+    assert path == tmp_path / "field.tif" and np.array_equal(tifffile.imread(path), image)
+    assert keep_image(path, image) == path  # the same pixels: kept as they are
+    other = synthetic_smear(seed=4)[0]
+    assert keep_image(path, other) is None and np.array_equal(tifffile.imread(path), image)
+    (tmp_path / "notes.tif").write_text("not an image")
+    assert keep_image(tmp_path / "notes.tif", image) is None
+    assert (tmp_path / "notes.tif").read_text() == "not an image"

@@ -101,6 +101,28 @@ def write_labels_tiff(
     )
 
 
+def keep_image(path: str | os.PathLike, image: np.ndarray) -> Path | None:
+    """Save an image that has no file of its own (a napari layer made in Python) as a lossless TIFF.
+
+    Beside a result, as ``STEM.tif``, it is how the result finds its image again: reopening it
+    for review and the review page's cell pictures look there for an image with the pixels the
+    audit trail hashed. A different file already at ``path`` is never replaced (None is returned);
+    the same pixels there are kept as they are.
+    """
+    import tifffile
+
+    from .io.images import read_image
+
+    path, image = Path(path), np.ascontiguousarray(image)
+    if path.exists():
+        try:
+            same = np.array_equal(read_image(path), image)
+        except InputError:
+            same = False
+        return path if same else None
+    return write_with(path, lambda tmp: tifffile.imwrite(tmp, image, compression="zlib", metadata=None))
+
+
 def read_labels_tiff(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     import tifffile
 
@@ -154,7 +176,9 @@ def iter_export_result(
         The run's parameters (for the audit trail).
     input_path
         The image's file, when it came from one: its path and sha256 are recorded, so the result
-        reopens with its image and the review page shows the cells; else the array's hash.
+        reopens with its image and the review page shows the cells. Else the array's hash is
+        recorded and the image is kept beside the result as ``STEM.tif`` (see :func:`keep_image`),
+        which serves the same.
     report
         Also write the folder's review page.
     """
@@ -172,6 +196,10 @@ def iter_export_result(
         "summary": write_summary_json(summary, folder / f"{stem}_summary.json", audit),
         "labels": write_labels_tiff(labels, folder / f"{stem}_labels.tif", audit),
     }
+    if "path" not in audit.get("input", {}):  # an image with no file: keep a copy beside the result
+        kept = keep_image(folder / f"{stem}.tif", image)
+        if kept is not None:
+            out["image"] = kept
     yield 1, total, "export"
     if len(corrected):
         from PIL import Image

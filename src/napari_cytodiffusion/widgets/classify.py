@@ -695,7 +695,10 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
         def done(out: dict[str, Path]) -> None:
             self.exported = out
             self.status.value = f"exported to {folder}"
-            notify("info", f"exported to {folder}; review page: {out['report'].name}")
+            kept = (
+                f"; the image has no file, so a copy is kept as {out['image'].name}" if "image" in out else ""
+            )
+            notify("info", f"exported to {folder}; review page: {out['report'].name}{kept}")
             if open_page:
                 from .batch import open_in_browser
 
