@@ -38,11 +38,11 @@ def class_colours(table, classes: list[str], colours: list[str]) -> np.ndarray:
 
 def effective_class(table) -> list[str]:
     """The user's correction where there is one, the prediction otherwise."""
-    corrected = table["corrected_class"].fillna("").astype(str) if "corrected_class" in table else None
-    out = []
-    for i, c in enumerate(table["class"].astype(str)):
-        out.append(corrected.iloc[i] if corrected is not None and corrected.iloc[i] else c)
-    return out
+    predicted = table["class"].astype(str)
+    if "corrected_class" not in table:
+        return predicted.tolist()
+    corrected = table["corrected_class"].fillna("").astype(str)
+    return corrected.where(corrected != "", predicted).tolist()
 
 
 def label_colour_dict(table, mode: str, classes: list[str], colours: list[str]) -> dict:
