@@ -57,8 +57,11 @@ class ScrollableDock:
 
 
 def time_left(done: float, seconds: float, remaining: float) -> str:
-    """ "about 3 h 20 min left" at the pace of ``done`` units in ``seconds``; '' until that pace means
-    something (under 5 s or no unit done yet) or when nothing remains."""
+    """How long ``remaining`` units take at the pace of ``done`` units in ``seconds``.
+
+    "about 3 h 20 min left"; '' until the pace means something (under 5 s, or no unit done yet)
+    or when nothing remains.
+    """
     if done <= 0 or seconds < 5 or remaining <= 0:
         return ""
     minutes = round(seconds / done * remaining / 60)
@@ -88,6 +91,8 @@ class RunnerMixin:
         self._stop = threading.Event()
         self.worker = None
         self._busy = False
+        self._stage: tuple[str, Any] | None = None  # the current stage of the progress, for its pace
+        self._stage_start: tuple[float, Any] = (0.0, 0)
         self._hooks: list[tuple[Any, Callable]] = []
         self._keys: list[tuple[str, Callable]] = []
         self._watch_dock()
@@ -224,7 +229,7 @@ class RunnerMixin:
             if len(item) > 2 and not self._stop.is_set():  # late steps must not hide "cancelling…"
                 # a stage is its text without numbers ("loss 0.0123 — step" stays one stage)
                 stage, now = (re.sub(r"[\d.,]+", "#", str(item[2])), total), time.monotonic()
-                if getattr(self, "_stage", None) != stage or done < self._stage_start[1]:  # its own pace
+                if self._stage != stage or done < self._stage_start[1]:  # a new stage: its own pace
                     self._stage, self._stage_start = stage, (now, done)
                 t0, done0 = self._stage_start
                 left = time_left(done - done0, now - t0, total - done)
