@@ -12,7 +12,8 @@ Usage::
 The output holds ``errors`` (N, C+1, U) — the last class is the null (unconditional) label, left
 out with ``--without-null`` —
 ``labels`` (N,), ``timesteps`` (U,: with ``--views V``, V views of each
-timestep, view-major as the engine orders them) and ``classes``.
+timestep, view-major as the engine orders them; ``--from-view F`` leaves out the first F, whose
+noise and errors an earlier dump holds, so the two join along the unit axis) and ``classes``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+def join_views(earlier, cell_ids: np.ndarray, errors: np.ndarray, first_units: int) -> np.ndarray:
+    """The earlier dump's ``first_units`` units, then ``errors``' (the same cells, the later views)."""
+    if not np.array_equal(earlier["cell_ids"], cell_ids):
+        raise SystemExit("--append-to holds other cells (same --cache, --split, --per-class and --seed?)")
+    if earlier["errors"].shape[2] != first_units:
+        raise SystemExit("--append-to must hold exactly the views before --from-view")
+    if earlier["errors"].shape[1] != errors.shape[1]:
+        raise SystemExit("--append-to was made with a different --without-null")
+    return np.concatenate([earlier["errors"], errors], axis=2)
 
 
 def main(argv=None) -> int:
@@ -45,6 +57,19 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--views", type=int, default=1, help="test-time views per timestep (as the accurate preset's tta)"
+    )
+    ap.add_argument(
+        "--from-view",
+        type=int,
+        default=0,
+        help="leave out the first views (e.g. --views 4 --from-view 2 adds views 3-4 to a 2-view dump)",
+    )
+    ap.add_argument(
+        "--append-to",
+        type=Path,
+        default=None,
+        help="with --from-view: an earlier dump of the same cells holding the first views; --out then "
+        "holds every view",
     )
     ap.add_argument(
         "--int8", action="store_true", help="the folder's int8 UNet (as the classifier runs on a CPU)"
@@ -91,6 +116,9 @@ def main(argv=None) -> int:
     pick = np.sort(np.array(pick))
     cal = model.metadata.calibration or {}
     cfg = EngineConfig.from_calibration(cal, adaptive=False, tta=args.views)
+    if not 0 <= args.from_view < args.views:
+        raise SystemExit("--from-view must be below --views")
+    first = args.from_view * len(cfg.timesteps)
     n_cls = model.metadata.n_classes + (0 if args.without_null else 1)  # the null label is last
     net = model.inference_unet() if args.int8 else model.unet
     ac = model.alphas_cumprod()
@@ -99,18 +127,23 @@ def main(argv=None) -> int:
     for s in range(0, len(pick), 32):
         ids = pick[s : s + 32]
         x0 = to_model_tensor(x[ids]).to(model.device)
-        parts.append(diffusion_errors(net, ac, x0, n_cls, cfg, cell_ids=ids).errors)
+        parts.append(
+            diffusion_errors(net, ac, x0, n_cls, cfg, cell_ids=ids, first_unit=first).errors[..., first:]
+        )
         print(f"{s + len(ids)}/{len(pick)} cells, {time.perf_counter() - t0:.0f} s", flush=True)
     remap = {c: i for i, c in enumerate(model.classes)}
     labels = np.array([remap.get(cache_classes[v], -1) for v in y[pick]])
+    errors, views = np.concatenate(parts), args.views - args.from_view
+    if args.append_to is not None:
+        errors, views = join_views(np.load(args.append_to), pick, errors, first), args.views
     np.savez(
         args.out,
-        errors=np.concatenate(parts),
+        errors=errors,
         labels=labels,
         cell_ids=pick,
-        timesteps=np.tile(cfg.timesteps, args.views),
-        weights=np.tile(cfg.weights, args.views),
-        scales=np.tile(cfg.scales, args.views),
+        timesteps=np.tile(cfg.timesteps, views),
+        weights=np.tile(cfg.weights, views),
+        scales=np.tile(cfg.scales, views),
         drop_z=cfg.drop_z,
         classes=np.array(model.classes),
     )

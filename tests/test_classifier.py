@@ -186,6 +186,30 @@ def test_tiny_model_separates_two_colours(tiny_model, tiny_dataset):
     assert res.unet_calls[0] == 6
 
 
+def test_later_units_alone_match_a_whole_full_grid(tiny_model, tiny_dataset):
+    """``first_unit`` evaluates only the later units, with the same noise and errors as a whole run."""
+    from napari_cytodiffusion.classify.engine import EngineConfig, diffusion_errors
+    from napari_cytodiffusion.crops import single_cell_crops, to_model_tensor
+    from napari_cytodiffusion.io.datasets import read_labelled
+    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.model.folder import load_model
+
+    model = load_model(tiny_model)
+    ls = read_labelled(tiny_dataset)
+    x0 = to_model_tensor(
+        single_cell_crops([read_image(p) for p in ls.paths[:3]], model.metadata.preprocessing)
+    )
+    cfg = EngineConfig(timesteps=[100, 400], adaptive=False, tta=2)
+    args = (model.unet, model.alphas_cumprod(), x0, model.metadata.n_classes, cfg)
+    whole = diffusion_errors(*args, cell_ids=np.array([5, 6, 7]))
+    later = diffusion_errors(*args, cell_ids=np.array([5, 6, 7]), first_unit=2)
+    assert np.isnan(later.errors[:, :, :2]).all()
+    assert np.allclose(later.errors[:, :, 2:], whole.errors[:, :, 2:], rtol=1e-5)
+    assert (later.calls == whole.calls // 2).all()
+    with pytest.raises(ValueError, match="full-grid"):
+        diffusion_errors(*args[:4], EngineConfig(timesteps=[100, 400], tta=2), first_unit=2)
+
+
 def test_speed_presets_use_their_own_calibration(tiny_model, tiny_dataset):
     """A preset with constants fitted on its own errors uses them; the others use the main block."""
     from napari_cytodiffusion.classify.calibration import softmax_neg

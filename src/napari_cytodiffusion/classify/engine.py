@@ -114,6 +114,7 @@ def diffusion_errors(
     cell_ids: np.ndarray | None = None,
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    first_unit: int = 0,
 ) -> ErrorResult:
     """Compute paired per-class diffusion errors for a batch of cells.
 
@@ -136,6 +137,9 @@ def diffusion_errors(
         Called with the number of UNet evaluations done after each UNet call.
     should_stop
         Polled between UNet calls; raise :class:`~napari_cytodiffusion.errors.Cancelled`.
+    first_unit
+        Full grid only: leave the units before this one unevaluated (NaN), e.g. to add views to
+        an earlier full-grid run; a unit's noise does not depend on which others are evaluated.
     """
     import torch
 
@@ -153,6 +157,8 @@ def diffusion_errors(
     s = np.asarray(config.scales if config.scales is not None else np.ones(k), dtype=np.float64)
     unit_w, unit_s = np.tile(w, views), np.tile(s, views)
     n_units = len(unit_t) if config.max_units is None else min(len(unit_t), int(config.max_units))
+    if first_unit and config.adaptive:
+        raise ValueError("first_unit needs a full-grid run (adaptive=False)")
     if cell_ids is None:
         cell_ids = np.arange(n)
     # per-cell deterministic noise for every unit
@@ -166,7 +172,7 @@ def diffusion_errors(
     errors = np.full((n, n_classes, n_units), np.nan, dtype=np.float64)
     active = np.ones((n, n_classes), dtype=bool)
     calls = np.zeros(n, dtype=np.int64)
-    done_units = 0
+    done_units = int(first_unit)
     per_round = n_units if not config.adaptive else max(1, int(config.units_per_round))
     backend = getattr(unet, "backend", "torch")
     per_cpu_batch = 64 if backend == "torch" else 32 * int(getattr(unet, "workers", 1))
