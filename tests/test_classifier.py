@@ -210,6 +210,19 @@ def test_later_units_alone_match_a_whole_full_grid(tiny_model, tiny_dataset):
         diffusion_errors(*args[:4], EngineConfig(timesteps=[100, 400], tta=2), first_unit=2)
 
 
+def test_unit_noise_is_the_cells_own_and_a_prefix_draw():
+    """A cell's noise depends on its id and seed only, and fewer units draw the first ones."""
+    import torch
+
+    from napari_cytodiffusion.classify.engine import unit_noise
+
+    a = unit_noise(np.array([3, 9]), 5, 8, seed=1)
+    assert a.shape == (2, 5, 3, 8, 8)
+    assert torch.equal(unit_noise(np.array([9]), 5, 8, seed=1)[0], a[1])  # not the batch's
+    assert torch.equal(unit_noise(np.array([3, 9]), 2, 8, seed=1), a[:, :2])
+    assert not torch.equal(unit_noise(np.array([3]), 5, 8, seed=2)[0], a[0])
+
+
 def test_speed_presets_use_their_own_calibration(tiny_model, tiny_dataset):
     """A preset with constants fitted on its own errors uses them; the others use the main block."""
     from napari_cytodiffusion.classify.calibration import softmax_neg

@@ -105,6 +105,21 @@ def _disc_mask(size: int, radius: float | None, device):
     return m / m.mean()
 
 
+def unit_noise(cell_ids, n_units: int, size: int, seed: int = 0):
+    """(N, U, 3, S, S) noise of each cell's first ``n_units`` units, drawn from the cell's own generator.
+
+    A cell's noise depends only on its id and the seed, and a unit's noise is a prefix draw of the
+    cell's generator, so it does not depend on the batch or on how many units are drawn.
+    """
+    import torch
+
+    noise = torch.empty((len(cell_ids), n_units, 3, size, size))
+    for i, cid in enumerate(cell_ids):
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(cid))
+        noise[i] = torch.randn((n_units, 3, size, size), generator=g)
+    return noise
+
+
 def diffusion_errors(
     unet,
     alphas_cumprod,
@@ -161,12 +176,7 @@ def diffusion_errors(
         raise ValueError("first_unit needs a full-grid run (adaptive=False)")
     if cell_ids is None:
         cell_ids = np.arange(n)
-    # per-cell deterministic noise for every unit
-    noise = torch.empty((n, n_units, 3, size, size))
-    for i, cid in enumerate(cell_ids):
-        g = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + int(cid))
-        noise[i] = torch.randn((n_units, 3, size, size), generator=g)
-    noise = noise.to(dev)
+    noise = unit_noise(cell_ids, n_units, size, config.seed).to(dev)
     ac = alphas_cumprod.to(dev)
     mask = _disc_mask(size, config.disc_radius, dev)
     errors = np.full((n, n_classes, n_units), np.nan, dtype=np.float64)
