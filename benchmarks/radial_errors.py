@@ -177,14 +177,17 @@ def replay(args) -> int:
     for k in range(1, n_rings - 1):  # the centre weighted up
         rows[f"centre x2 inside {edges[k + 1]:.2f}"] = np.where(np.arange(n_rings) <= k, 2.0, 1.0)
     rows["corners left out (r <= 1.05)"] = (np.arange(n_rings) < n_rings - 1).astype(float)
+    for k in range(n_rings):  # where the evidence lies
+        rows[f"ring {edges[k]:.2f}-{edges[k + 1]:.2f} alone"] = (np.arange(n_rings) == k).astype(float)
+    rows["outside r > 0.60 only"] = (edges[:-1] >= 0.6 - 1e-9).astype(float)
     rows["fitted on calibration cells"] = fitted_weights(cal)
     print("fitted ring weights:", " ".join(f"{v:.2f}" for v in rows["fitted on calibration cells"]))
     results = {}
     for name, w in rows.items():
-        results[name] = evaluate(cal, test, w, z, classes)
+        results[name] = evaluate(cal, test, w, z, classes) | {"ring_weights": [float(v) for v in w]}
         f, a = results[name]["full"], results[name]["adaptive"]
         print(
-            f"{name:28s} full grid acc {f['accuracy']:.4f} bal {f['balanced_accuracy']:.4f} | "
+            f"{name:30s} full grid acc {f['accuracy']:.4f} bal {f['balanced_accuracy']:.4f} | "
             f"adaptive (z {z:g}) acc {a['accuracy']:.4f} bal {a['balanced_accuracy']:.4f} "
             f"calls {a['calls']:.1f}",
             flush=True,
@@ -200,7 +203,9 @@ def main(argv=None) -> int:
     d = sub.add_parser("dump", help="full-grid errors per ring")
     d.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
     d.add_argument("--cache", type=Path, required=True, help="npz from train_default_model.py prepare")
-    d.add_argument("--split", default="cal", choices=["cal", "val"])
+    d.add_argument(
+        "--split", default="cal", help="the cache's {split}_images / {split}_labels (cal, val, ...)"
+    )
     d.add_argument("--limit", type=int, default=None, help="the first N cells only")
     d.add_argument("--chunk", type=int, default=32, help="cells per noise draw")
     d.add_argument("--int8", action="store_true", help="the folder's int8 UNet")
