@@ -2,7 +2,8 @@
 
 Data: ``../shared/data/segmentation_wbc`` (Zheng et al. 2018; other microscopes and stains than PBC).
 The *adaptation lab* is ``dataset_1`` (rapid stain): a fixed stratified 40 % of its cells is the
-test set; shots (K per class) and calibration cells (up to 10 per class) come only from the other
+test set; shots (K per class) and calibration cells (``--calibration-per-class``, up to 50 per class
+as ``finetune`` holds out by default) come only from the other
 60 %. Cells never move between the two. ``dataset_2`` (CellaVision) is never used for training and
 is reported as a second, unseen lab.
 
@@ -121,6 +122,21 @@ def pooled_calibration(p_correct: np.ndarray, correct: np.ndarray, seed: int) ->
     }
 
 
+def save_pooled(pooled: list[dict], path: Path) -> None:
+    """Every repeat's test P(correct) and correctness (``<setting>_r<repeat>_p_correct`` / ``_correct``).
+
+    So the pooled ECE of any subset of repeats can be recomputed without classifying again.
+    """
+    arrays = {}
+    for r, entry in enumerate(pooled):
+        for setting, (pc, ok) in entry.items():
+            arrays[f"{setting}_r{r}_p_correct"] = pc
+            arrays[f"{setting}_r{r}_correct"] = ok
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 def cnn_balanced(net, tests: dict) -> dict[str, float]:
     from generation_quality import predict
 
@@ -162,7 +178,7 @@ def one_repeat(base, sets, seed: int, args, cnn0, unseen: bool) -> tuple[dict, d
     report["before"]["cnn"] = cnn_balanced(cnn0, tests)
     print(json.dumps(report, indent=1), flush=True)
     for k in args.shots:
-        tr_rel, cal_rel = split_shots(y1[pool], k, seed, max_calibration_per_class=10)
+        tr_rel, cal_rel = split_shots(y1[pool], k, seed, max_calibration_per_class=args.calibration_per_class)
         tr, ca = pool[tr_rel], pool[cal_rel]
         cfg = FinetuneConfig(seed=seed)
         if args.steps:
@@ -256,6 +272,13 @@ def main() -> int:
         help="independent splits (seeds seed, seed+1, ...): new test cells, shots and calibration cells each; "
         "the summary gives mean and spread, and the ECE of P(correct) pooled over every repeat's test cells",
     )
+    ap.add_argument(
+        "--calibration-per-class",
+        type=int,
+        default=50,
+        help="recalibration cells per class from the pool (after the shots); 50 is finetune's default "
+        "(--calibration-cells); the tables of sessions 26-35 used 10",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/fewshot"))
     args = ap.parse_args()
     if args.repeats < 1:
@@ -299,12 +322,14 @@ def main() -> int:
         pooled.append(arrays)
         report = dict(repeats[0])  # the first repeat keeps the single-run layout
         report["cnn_pretrain_seconds"] = cnn_seconds
+        report["calibration_per_class"] = args.calibration_per_class
         if args.repeats > 1:
             report["repeats"] = repeats
             report["summary"] = summarise(repeats, pooled, args.shots, args.seed)
         tmp_out = args.out / "few_shot_adaptation.json.tmp"
         tmp_out.write_text(json.dumps(report, indent=1))
         tmp_out.replace(args.out / "few_shot_adaptation.json")
+        save_pooled(pooled, args.out / "pooled_predictions.npz")
     if args.repeats > 1:
         print(json.dumps({"summary": report["summary"]}, indent=1), flush=True)
     return 0
