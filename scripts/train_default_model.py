@@ -11,10 +11,21 @@ Usage::
     python scripts/train_default_model.py train --cache pbc_cache.npz --out runs/pbc32 [--resume]
         [--steps 30000] [--max-seconds 3600] [--device cuda] [--channels 16,32,64]
 
-Training is resumable: an interrupted run continues from ``OUT/checkpoints/last.pt``. On a lent
-GPU machine (whose files come from this checkout), carry a train-only copy of the cache
-(``slim --cache pbc_cache.npz --out runs/gpu/train.npz``) and the run folder, and train with
-``--device cuda --max-seconds`` under the machine's time per command, resuming in the next call.
+Training is resumable: an interrupted run continues from ``OUT/checkpoints/last.pt``.
+
+On a lent GPU machine everything travels in one 64 MiB (67.1 MB) transfer with the checkout (35.4 MB of
+tracked files in session 38), and files come back at most 16 MiB each, so plan the bytes:
+
+- the data: ``slim --cache pbc_cache.npz --out runs/gpu/train.npz --jpeg-quality 95`` (train split
+  only, each 36 px crop a JPEG without chroma subsampling: 14.4 MB, PSNR 39.3 dB against the crops;
+  quality 90: 10.1 MB, 35.5 dB; lossless: ~35 MB, which no longer fits); ``train`` decodes it;
+- diffusers is not in the device image: carry its wheel (``pip download --no-deps``, 6.4 MB for
+  0.42.1; the device README says how) and put ``src`` on ``PYTHONPATH``;
+- a run's ``checkpoints/last.pt`` (weights, EMA and optimizer, ~44 MB) neither travels nor comes
+  back, so each ~10 min GPU round is a warm restart: ``--init-from default`` (the shipped model,
+  tracked; 35.4 + 14.4 + 6.4 = 56 MB) in the first, the model folder the previous round wrote to
+  ``$OUT`` (``unet/``, ``scheduler/``, ``cytodiffusion.json``: 11 MB; with the quality-90 data
+  63 MB) after it, with ``--device cuda --max-seconds`` under the device time left.
 """
 
 from __future__ import annotations
@@ -65,6 +76,44 @@ def prepare(pbc: Path, cache: Path, size: int = 32, margin: float = 1.125) -> No
     print({k: v.shape for k, v in out.items()})
 
 
+def encode_jpeg(images: np.ndarray, quality: int) -> dict[str, np.ndarray]:
+    """uint8 (N, H, W, 3) crops as JPEG bytes (no chroma subsampling): one buffer and N + 1 offsets."""
+    import io
+
+    from PIL import Image
+
+    if not 1 <= quality <= 100:
+        raise SystemExit("--jpeg-quality must be 1-100")
+    chunks = []
+    for im in images:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="JPEG", quality=quality, subsampling=0)
+        chunks.append(np.frombuffer(buf.getvalue(), np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in chunks])]).astype(np.int64)
+    return {
+        "train_jpeg": np.concatenate(chunks),
+        "train_jpeg_offsets": offsets,
+        "train_shape": np.array(images.shape),
+    }
+
+
+def load_train_split(cache: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Classes, train crops and labels of a cache, decoding a ``slim --jpeg-quality`` copy."""
+    import io
+
+    from PIL import Image
+
+    z = np.load(cache, allow_pickle=False)
+    classes = [str(c) for c in z["classes"]]
+    if "train_images" in z.files:
+        return classes, z["train_images"], z["train_labels"]
+    buf, off = z["train_jpeg"], z["train_jpeg_offsets"]
+    images = np.empty(tuple(int(v) for v in z["train_shape"]), np.uint8)
+    for i in range(len(images)):
+        images[i] = np.asarray(Image.open(io.BytesIO(buf[off[i] : off[i + 1]].tobytes())).convert("RGB"))
+    return classes, images, z["train_labels"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -76,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     sl.add_argument("--cache", type=Path, required=True)
     sl.add_argument("--out", type=Path, required=True)
+    sl.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=None,
+        help="store each crop as a JPEG of this quality (4:4:4) to carry less; default: lossless",
+    )
     t = sub.add_parser("train")
     t.add_argument("--cache", type=Path, required=True)
     t.add_argument("--out", type=Path, required=True)
@@ -105,14 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "prepare":
         prepare(args.pbc, args.cache)
         return 0
-    if args.cmd == "slim":  # 35 MB instead of 42: with the 31 MB checkout it fits a 64 MiB transfer
+    if args.cmd == "slim":
         z = np.load(args.cache, allow_pickle=False)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.out, **{k: z[k] for k in ("classes", "train_images", "train_labels")})
+        keep = {k: z[k] for k in ("classes", "train_labels")}
+        if args.jpeg_quality:
+            keep.update(encode_jpeg(z["train_images"], args.jpeg_quality))
+        else:
+            keep["train_images"] = z["train_images"]
+        np.savez_compressed(args.out, **keep)
+        print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB")
         return 0
-    z = np.load(args.cache, allow_pickle=False)
-    classes = [str(c) for c in z["classes"]]
-    images, labels = z["train_images"], z["train_labels"]
+    classes, images, labels = load_train_split(args.cache)
     name = "pbc32"
     if args.exclude_class:
         k = classes.index(args.exclude_class)
