@@ -26,6 +26,8 @@ tracked files in session 38), and files come back at most 16 MiB each, so plan t
   tracked; 35.4 + 14.4 + 6.4 = 56 MB) in the first, the model folder the previous round wrote to
   ``$OUT`` (``unet/``, ``scheduler/``, ``cytodiffusion.json``: 11 MB; with the quality-90 data
   63 MB) after it, with ``--device cuda --max-seconds`` under the device time left.
+  ``scripts/gpu_round.sh`` is one such round, checked on this CPU (``GPU_ROUND_DEVICE=cpu``, two
+  chained rounds).
 """
 
 from __future__ import annotations
