@@ -217,3 +217,34 @@ def test_model_builds_its_unet_on_first_use_and_checks_weights_at_load(tiny_mode
     w.write_bytes(w.read_bytes()[:-100])
     with pytest.raises(ModelError, match="safetensors"):
         load_model(bad, verify=False)
+
+
+def test_recipe_cache_slimmed_as_jpeg_decodes_to_the_same_crops(tmp_path):
+    """The train split carried to a GPU machine as JPEGs: same labels and shapes, crops within JPEG loss."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from train_default_model import load_train_split
+    from train_default_model import main as recipe
+
+    yy, xx = np.mgrid[0:36, 0:36]
+    images = np.stack(
+        [np.stack([(xx * 7 + k) % 256, (yy * 5 + 3 * k) % 256, ((xx + yy) * 3) % 256], -1) for k in range(6)]
+    ).astype(np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    cache = tmp_path / "cache.npz"
+    np.savez(cache, classes=np.array(["a", "b", "c"]), train_images=images, train_labels=labels,
+             val_images=images[:1], val_labels=labels[:1])  # fmt: skip
+    assert recipe(["slim", "--cache", str(cache), "--out", str(tmp_path / "lossless.npz")]) == 0
+    classes, x, y = load_train_split(tmp_path / "lossless.npz")
+    assert classes == ["a", "b", "c"] and np.array_equal(x, images) and np.array_equal(y, labels)
+    assert "val_images" not in np.load(tmp_path / "lossless.npz").files
+    out = tmp_path / "jpeg.npz"
+    assert recipe(["slim", "--cache", str(cache), "--out", str(out), "--jpeg-quality", "95"]) == 0
+    assert "train_images" not in np.load(out).files
+    classes, x, y = load_train_split(out)
+    assert classes == ["a", "b", "c"] and np.array_equal(y, labels)
+    assert x.shape == images.shape and x.dtype == np.uint8
+    mse = float(((x.astype(float) - images) ** 2).mean())
+    assert 0 < mse and 10 * np.log10(255**2 / mse) > 30
