@@ -84,8 +84,6 @@ def encode_jpeg(images: np.ndarray, quality: int) -> dict[str, np.ndarray]:
 
     from PIL import Image
 
-    if not 1 <= quality <= 100:
-        raise SystemExit("--jpeg-quality must be 1-100")
     chunks = []
     for im in images:
         buf = io.BytesIO()
@@ -163,14 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.pbc, args.cache)
         return 0
     if args.cmd == "slim":
+        if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
+            ap.error("--jpeg-quality must be 1-100")
         z = np.load(args.cache, allow_pickle=False)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         keep = {k: z[k] for k in ("classes", "train_labels")}
-        if args.jpeg_quality:
+        if args.jpeg_quality is not None:
             keep.update(encode_jpeg(z["train_images"], args.jpeg_quality))
         else:
             keep["train_images"] = z["train_images"]
-        np.savez_compressed(args.out, **keep)
+        tmp = args.out.with_name(args.out.name + ".tmp.npz")  # whole or nothing
+        np.savez_compressed(tmp, **keep)
+        tmp.replace(args.out)
         print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB")
         return 0
     classes, images, labels = load_train_split(args.cache)

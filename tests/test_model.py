@@ -248,3 +248,8 @@ def test_recipe_cache_slimmed_as_jpeg_decodes_to_the_same_crops(tmp_path):
     assert x.shape == images.shape and x.dtype == np.uint8
     mse = float(((x.astype(float) - images) ** 2).mean())
     assert 0 < mse and 10 * np.log10(255**2 / mse) > 30
+    left = sorted(f.name for f in tmp_path.iterdir())  # no temporary file left behind
+    assert left == ["cache.npz", "jpeg.npz", "lossless.npz"]
+    with pytest.raises(SystemExit) as bad:  # argparse: exit 2, before any work
+        recipe(["slim", "--cache", str(cache), "--out", str(tmp_path / "q0.npz"), "--jpeg-quality", "0"])
+    assert bad.value.code == 2 and not (tmp_path / "q0.npz").exists()
