@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -111,14 +112,31 @@ def test_infinite_values_and_one_cell_touching_every_border():
     assert len(res) == 1 and 0 <= res.p_correct[0] <= 1
 
 
-def test_stack_is_segmented_plane_by_plane():
+def test_stack_is_segmented_plane_by_plane(tmp_path, capsys):
+    """A (Z, Y, X, C) stack: labels per plane, and one cells table whose ``plane`` column says where."""
+    import pandas as pd
+    import tifffile
+
+    from napari_cytodiffusion.export import read_labels_tiff
     from napari_cytodiffusion.sample_data import synthetic_smear
-    from napari_cytodiffusion.segmentation.cellpose_seg import segment
+    from napari_cytodiffusion.segmentation.table import cells_table
 
     smear, _ = synthetic_smear()
-    stack = np.stack([smear[:240, :320], np.full((240, 320, 3), 230, np.uint8)])  # 4-D (Z, Y, X, C)
-    labels = segment(stack, diameter=46.0)
-    assert labels.shape == (2, 240, 320) and labels[0].max() > 5 and labels[1].max() == 0
+    field = smear[:240, :320]
+    stack = np.stack([field, np.full((240, 320, 3), 230, np.uint8), field])  # 4-D (Z, Y, X, C)
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "stack.tif"), "--diameter", "46", "--out", str(out)]) == 0
+    labels, _ = read_labels_tiff(out / "stack_labels.tif")
+    assert labels.shape == (3, 240, 320) and labels[0].max() > 5 and labels[1].max() == 0
+    assert np.array_equal(labels[0], labels[2])  # each plane on its own, numbered from 1
+    table = pd.read_csv(out / "stack_cells.csv")
+    n = int(labels[0].max())
+    assert list(table["plane"]) == [0] * n + [2] * n and table.columns[0] == "plane"
+    plane0 = cells_table(labels[0], field)
+    assert np.allclose(table[table.plane == 0].drop(columns="plane").to_numpy(float), plane0.to_numpy(float))
+    printed = capsys.readouterr().out
+    assert re.search(rf"stack.tif: {2 * n} cells in 3 planes in [0-9.]+ s", printed), printed
 
 
 @pytest.mark.parametrize("command", ["analyze", "segment"])

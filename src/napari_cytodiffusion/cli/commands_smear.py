@@ -299,7 +299,7 @@ def cmd_segment(a) -> int:
     from ..export import audit_trail, write_cells_csv, write_labels_tiff
     from ..io.images import check_distinct_stems, read_image
     from ..segmentation.cellpose_seg import segment
-    from ..segmentation.table import cells_table
+    from ..segmentation.table import stack_cells_table
 
     out = out_dir(a.out)
     params = _seg_params(a)
@@ -311,9 +311,10 @@ def cmd_segment(a) -> int:
         labels = segment(img, params)
         audit = audit_trail(None, {"segmentation": params.to_dict()}, input_path=path)
         write_labels_tiff(labels, out / f"{path.stem}_labels.tif", audit)
-        if labels.ndim == 2:
-            write_cells_csv(cells_table(labels, img), out / f"{path.stem}_cells.csv", audit)
-        print(f"{path.name}: {int(labels.max())} cells in {time.perf_counter() - t0:.1f} s")
+        table = stack_cells_table(labels, img)  # a stack's table has a ``plane`` column
+        write_cells_csv(table, out / f"{path.stem}_cells.csv", audit)
+        planes = f" in {len(labels)} planes" if labels.ndim == 3 else ""
+        print(f"{path.name}: {len(table)} cells{planes} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

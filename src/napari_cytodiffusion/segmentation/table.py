@@ -66,3 +66,31 @@ def cells_table(labels: np.ndarray, image: np.ndarray | None = None):
         for name in ("mean_r", "mean_g", "mean_b"):
             df[name] = np.nan
     return df[COLUMNS].reset_index(drop=True)
+
+
+def stack_cells_table(labels: np.ndarray, image: np.ndarray | None = None):
+    """:func:`cells_table` of a 2D label image, or of every plane of a (Z, H, W) stack.
+
+    A stack's planes are segmented one by one (:func:`~.cellpose_seg.segment`), so labels restart
+    at 1 in each plane; the table's first column ``plane`` then says which plane a row is of.
+    ``image``: the stack's image, (Z, H, W[, C]), for the mean colours.
+    """
+    import pandas as pd
+
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return cells_table(labels, image)
+    if labels.ndim != 3:
+        from ..errors import InputError
+
+        raise InputError(f"labels must be 2D or a stack of 2D planes, got shape {labels.shape}")
+    if image is not None and len(image) != len(labels):
+        from ..errors import InputError
+
+        raise InputError(f"{len(labels)} label planes for an image of {len(image)} planes")
+    parts = []
+    for z, plane in enumerate(labels):
+        table = cells_table(plane, None if image is None else image[z])
+        table.insert(0, "plane", z)
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True)
