@@ -91,7 +91,7 @@ def dump(args) -> int:
     x, y = z[f"{args.split}_images"], z[f"{args.split}_labels"]
     cache_classes = [str(c) for c in z["classes"]]
     pick = np.arange(len(x)) if args.limit is None else np.arange(min(args.limit, len(x)))
-    cfg = EngineConfig.from_calibration(model.metadata.calibration or {}, adaptive=False)
+    cfg = EngineConfig.from_calibration(model.metadata.calibration or {}, adaptive=False, seed=args.seed)
     net = model.inference_unet() if args.int8 else model.unet
     ac = model.alphas_cumprod()
     n_cls, size = model.metadata.n_classes, model.size
@@ -108,6 +108,8 @@ def dump(args) -> int:
         ids = pick[s : s + args.chunk]
         x0 = to_model_tensor(x[ids]).to(model.device)
         noise = unit_noise(ids, u, size, cfg.seed)
+        if args.negate_noise:  # the antithetic draw of every unit (benchmarks/antithetic_noise.py)
+            noise = -noise
         items = [(i, c, k) for k in range(u) for i in range(len(ids)) for c in range(n_cls)]
         for b in range(0, len(items), batch):
             it = np.array(items[b : b + batch])
@@ -122,7 +124,7 @@ def dump(args) -> int:
             sums = torch.zeros((len(it), n_rings), dtype=torch.float64)
             sums.index_add_(1, rings, sq.double())
             out[s + it[:, 0], it[:, 1], it[:, 2]] = sums.numpy()
-        if s == 0:  # the rings together are the engine's error
+        if s == 0 and not args.negate_noise:  # the rings together are the engine's error
             check = min(4, len(ids))
             ref = diffusion_errors(net, ac, x0[:check], n_cls, cfg, cell_ids=ids[:check]).errors
             mine = out[:check].sum(axis=3) / (size * size)
@@ -135,7 +137,7 @@ def dump(args) -> int:
     labels = np.array([remap.get(cache_classes[v], -1) for v in y[pick]])
     np.savez(
         args.out, ring_sums=out, ring_pixels=pixels, edges=np.array(SPACES[args.space]),
-        space=args.space, labels=labels,
+        space=args.space, negated=args.negate_noise, seed=cfg.seed, labels=labels,
         cell_ids=pick, timesteps=ts, drop_z=cfg.drop_z, classes=np.array(model.classes),
     )  # fmt: skip
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
@@ -282,6 +284,8 @@ def main(argv=None) -> int:
     d.add_argument("--limit", type=int, default=None, help="the first N cells only")
     d.add_argument("--chunk", type=int, default=32, help="cells per noise draw")
     d.add_argument("--int8", action="store_true", help="the folder's int8 UNet")
+    d.add_argument("--seed", type=int, default=None, help="noise seed (default: the engine's)")
+    d.add_argument("--negate-noise", action="store_true", help="every unit under minus its noise")
     d.add_argument(
         "--space", choices=sorted(SPACES), default="pixels",
         help="rings of the crop (pixels) or bands of spatial frequency",
