@@ -130,6 +130,8 @@ def test_stack_is_segmented_plane_by_plane(tmp_path, capsys):
     labels, _ = read_labels_tiff(out / "stack_labels.tif")
     assert labels.shape == (3, 240, 320) and labels[0].max() > 5 and labels[1].max() == 0
     assert np.array_equal(labels[0], labels[2])  # each plane on its own, numbered from 1
+    with tifffile.TiffFile(out / "stack_labels.tif") as tif:  # planes, not the channels of an RGB image
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
     table = pd.read_csv(out / "stack_cells.csv")
     n = int(labels[0].max())
     assert list(table["plane"]) == [0] * n + [2] * n and table.columns[0] == "plane"

@@ -96,7 +96,13 @@ def write_labels_tiff(
     return write_with(
         path,
         lambda tmp: tifffile.imwrite(
-            tmp, np.asarray(labels, np.uint32), description=desc, compression="zlib", metadata=None
+            tmp,
+            np.asarray(labels, np.uint32),
+            description=desc,
+            compression="zlib",
+            metadata=None,
+            # a stack of 3 or 4 planes is planes, not the colour channels of one RGB(A) image
+            photometric="minisblack",
         ),
     )
 
