@@ -391,6 +391,38 @@ def test_segment_a_multiscale_image_at_full_resolution(make_napari_viewer, qtbot
     assert labels.data.shape == image.shape[:2] and labels.data.max() >= 40  # not the coarsest level's 1/16
 
 
+def test_a_stack_plane_keeps_its_own_labels(make_napari_viewer, qtbot, tiny_model):
+    """Labels of one plane of a stack say which plane; classifying another plane inside them is refused."""
+    import pytest
+
+    from napari_cytodiffusion.errors import InputError
+    from napari_cytodiffusion.sample_data import synthetic_smear
+    from napari_cytodiffusion.widgets.classify import ClassifyWidget
+    from napari_cytodiffusion.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    field = synthetic_smear()[0][:240, :320]
+    stack = viewer.add_image(np.stack([np.full_like(field, 230), field, field]), rgb=True, name="fields")
+    viewer.dims.set_point(0, 2)
+    seg = SegmentWidget(viewer)
+    seg.image.value = stack
+    seg.diameter.value = 46.0
+    seg.run_button.clicked()
+    _wait(qtbot, seg)
+    labels = viewer.layers["fields labels (plane 2)"]
+    assert labels.metadata["napari-cytodiffusion"]["plane"] == [2] and labels.data.max() > 5
+    w = ClassifyWidget(viewer)
+    w.image.value, w.labels_layer.value = stack, labels
+    w.model_dir.value, w.cells.value, w.speed.value = str(tiny_model), "all", "fast"
+    viewer.dims.set_point(0, 1)  # the same field, but another plane: still refused
+    with pytest.raises(InputError, match="outlines plane 2 of 'fields', but the viewer shows plane 1"):
+        w._work()
+    viewer.dims.set_point(0, 2)
+    w.run_button.clicked()
+    _wait(qtbot, w)
+    assert len(viewer.layers["fields cells"].data) == labels.data.max()
+
+
 def test_closing_a_dock_lets_go_of_the_viewer(make_napari_viewer, qtbot, tiny_model):
     """napari's close button: keys unbound, layer events disconnected, the running job cancelled;
     a newer widget's keys survive an older widget's close."""

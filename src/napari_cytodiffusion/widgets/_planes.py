@@ -23,14 +23,8 @@ def shown_plane(layer, viewer) -> np.ndarray:
         When the plane has more than :data:`MAX_PIXELS` pixels.
     """
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    rgb = bool(getattr(layer, "rgb", False))
-    extra = len(data.shape) - (3 if rgb else 2)
-    if extra > 0:
-        position = layer.world_to_data(viewer.dims.point[-layer.ndim :])
-        index = tuple(
-            int(np.clip(round(float(p)), 0, n - 1))
-            for p, n in zip(position[:extra], data.shape[:extra], strict=True)
-        )
+    index = shown_index(layer, viewer)
+    if index:
         data = data[index]
     h, w = (int(n) for n in data.shape[:2])
     if h * w > MAX_PIXELS:
@@ -39,3 +33,41 @@ def shown_plane(layer, viewer) -> np.ndarray:
             f"({MAX_PIXELS:,} pixels): crop a region of it first, or use `napari-cytodiffusion analyze` on tiles"
         )
     return np.asarray(data)
+
+
+def shown_index(layer, viewer) -> tuple[int, ...]:
+    """Index of the plane the viewer shows in ``layer``'s leading (non-image) axes; ``()`` for 2D."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    rgb = bool(getattr(layer, "rgb", False))
+    extra = len(data.shape) - (3 if rgb else 2)
+    if extra <= 0:
+        return ()
+    position = layer.world_to_data(viewer.dims.point[-layer.ndim :])
+    return tuple(
+        int(np.clip(round(float(p)), 0, n - 1))
+        for p, n in zip(position[:extra], data.shape[:extra], strict=True)
+    )
+
+
+def plane_words(index: tuple[int, ...] | list[int]) -> str:
+    """``(2,)`` → ``"plane 2"``; ``(1, 4)`` → ``"plane 1, 4"``."""
+    return "plane " + ", ".join(str(int(i)) for i in index)
+
+
+def check_same_plane(image_layer, labels_layer, viewer) -> None:
+    """Refuse 2D labels segmented on another plane of this stack than the one the viewer shows.
+
+    *Segment cells* records the plane of a stack it segmented (``metadata["napari-cytodiffusion"]
+    ["plane"]``); such a 2D layer is drawn over every plane, so without this check another
+    plane's cells would be classified inside its outlines.
+    """
+    about = labels_layer.metadata.get("napari-cytodiffusion", {}) if labels_layer.metadata else {}
+    plane = about.get("plane")
+    if plane is None or about.get("source") != image_layer.name:
+        return
+    shown = shown_index(image_layer, viewer)
+    if shown and list(shown) != [int(i) for i in plane]:
+        raise InputError(
+            f"'{labels_layer.name}' outlines {plane_words(plane)} of '{image_layer.name}', but the viewer "
+            f"shows {plane_words(shown)}: go back to that plane, or segment this one"
+        )

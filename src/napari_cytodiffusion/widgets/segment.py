@@ -6,7 +6,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBo
 
 from ..errors import InputError
 from ._controls import border_pad_box, platelets_box, segmentation_model_choice
-from ._planes import shown_plane
+from ._planes import plane_words, shown_index, shown_plane
 from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
 
@@ -110,8 +110,14 @@ class SegmentWidget(Container, RunnerMixin):
         if layer is None:
             raise InputError("add or open an image first")
         data = shown_plane(layer, self.viewer)  # full resolution; a stack's current plane
+        plane = shown_index(layer, self.viewer)
         params = self.params()
         scale, translate, name = layer.scale[-2:], layer.translate[-2:], layer.name
+        # a stack's labels are of one plane: the name says which, and Classify cells checks it
+        about = {"source": name, "segmentation": params.to_dict()}
+        if plane:
+            about["plane"] = list(plane)
+        layer_name = f"{name} labels" + (f" ({plane_words(plane)})" if plane else "")
 
         def gen():
             return (yield from relay(iter_segment(data, params, should_stop=self.should_stop), "tiles"))
@@ -119,10 +125,10 @@ class SegmentWidget(Container, RunnerMixin):
         def done(labels):
             new = self.viewer.add_labels(
                 labels,
-                name=unique_layer_name(self.viewer, f"{name} labels"),
+                name=unique_layer_name(self.viewer, layer_name),
                 scale=scale,
                 translate=translate,
-                metadata={"napari-cytodiffusion": {"source": name, "segmentation": params.to_dict()}},
+                metadata={"napari-cytodiffusion": about},
             )
             self.status.value = f"{n_cells(int(labels.max()))} → '{new.name}'"
             notify("info", self.status.value)
