@@ -391,18 +391,22 @@ def test_segment_a_multiscale_image_at_full_resolution(make_napari_viewer, qtbot
     assert labels.data.shape == image.shape[:2] and labels.data.max() >= 40  # not the coarsest level's 1/16
 
 
-def test_a_stack_plane_keeps_its_own_labels(make_napari_viewer, qtbot, tiny_model):
+def test_a_stack_plane_keeps_its_own_labels(make_napari_viewer, qtbot, tiny_model, tmp_path):
     """Labels of one plane of a stack say which plane; classifying another plane inside them is refused."""
     import pytest
+    import tifffile
 
     from napari_cytodiffusion.errors import InputError
+    from napari_cytodiffusion.io.results import read_smear_outputs, saved_image
     from napari_cytodiffusion.sample_data import synthetic_smear
     from napari_cytodiffusion.widgets.classify import ClassifyWidget
     from napari_cytodiffusion.widgets.segment import SegmentWidget
 
     viewer = make_napari_viewer()
     field = synthetic_smear()[0][:240, :320]
-    stack = viewer.add_image(np.stack([np.full_like(field, 230), field, field]), rgb=True, name="fields")
+    tifffile.imwrite(tmp_path / "fields.tif", np.stack([np.full_like(field, 230), field, field]))
+    [stack] = viewer.open(str(tmp_path / "fields.tif"), plugin="napari")
+    assert stack.rgb and stack.data.shape == (3, 240, 320, 3) and stack.source.path
     viewer.dims.set_point(0, 2)
     seg = SegmentWidget(viewer)
     seg.image.value = stack
@@ -421,6 +425,12 @@ def test_a_stack_plane_keeps_its_own_labels(make_napari_viewer, qtbot, tiny_mode
     w.run_button.clicked()
     _wait(qtbot, w)
     assert len(viewer.layers["fields cells"].data) == labels.data.max()
+    # exported, the result reopens with its plane (kept beside it), not with the stack's file
+    w.export(tmp_path / "export")
+    _wait(qtbot, w)
+    saved = read_smear_outputs(tmp_path / "export" / "fields_summary.json")
+    image, warning = saved_image(saved)
+    assert np.array_equal(image, field) and warning is None
 
 
 def test_closing_a_dock_lets_go_of_the_viewer(make_napari_viewer, qtbot, tiny_model):

@@ -287,7 +287,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
             "params": res.parameters,
             "image": image,
             "labels": res.labels,
-            "image_path": image_path or getattr(getattr(image_layer, "source", None), "path", None),
+            "image_path": image_path or _file_of_plane(image_layer),
         }
         self._recolour()
         self.correct_to.reset_choices()
@@ -707,6 +707,18 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
                     notify("info", f"open {out['report']} in a web browser")
 
         self._launch((gen, done))
+
+
+def _file_of_plane(image_layer) -> str | None:
+    """The file an image layer was opened from, when its pixels are the plane that was analysed.
+
+    A stack's or a pyramid's file holds more than that plane, and a result naming it could not be
+    reopened with it: export keeps the plane itself beside the result instead.
+    """
+    path = getattr(getattr(image_layer, "source", None), "path", None)
+    if path is None or getattr(image_layer, "multiscale", False):
+        return None
+    return None if image_layer.data.ndim > (3 if image_layer.rgb else 2) else path
 
 
 def _corrected(features, row: int) -> bool:
