@@ -710,15 +710,15 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
 
 
 def _file_of_plane(image_layer) -> str | None:
-    """The file an image layer was opened from, when its pixels are the plane that was analysed.
+    """The file an image layer was opened from, when reading it gives the plane that was analysed.
 
-    A stack's or a pyramid's file holds more than that plane, and a result naming it could not be
-    reopened with it: export keeps the plane itself beside the result instead.
+    A stack's file holds more than that plane, and a result naming it could not be reopened with
+    it: export keeps the plane itself beside the result instead. A pyramid's file reads as its
+    finest level, the one analysed.
     """
     path = getattr(getattr(image_layer, "source", None), "path", None)
-    if path is None or getattr(image_layer, "multiscale", False):
-        return None
-    return None if image_layer.data.ndim > (3 if image_layer.rgb else 2) else path
+    data = image_layer.data[0] if getattr(image_layer, "multiscale", False) else image_layer.data
+    return None if path is None or len(data.shape) > (3 if image_layer.rgb else 2) else path
 
 
 def _corrected(features, row: int) -> bool:
