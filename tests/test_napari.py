@@ -431,6 +431,21 @@ def test_a_stack_plane_keeps_its_own_labels(make_napari_viewer, qtbot, tiny_mode
     saved = read_smear_outputs(tmp_path / "export" / "fields_summary.json")
     image, warning = saved_image(saved)
     assert np.array_equal(image, field) and warning is None
+    # another image inside these labels: allowed (same field, say another stain), but said
+    from napari.utils.notifications import notification_manager
+
+    said = []
+
+    def hear(notification):
+        said.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(hear)
+    try:
+        w.image.value = viewer.add_image(field, rgb=True, name="other")
+        assert w._work() is not None
+    finally:
+        notification_manager.notification_ready.disconnect(hear)
+    assert "'fields labels (plane 2)' was segmented on 'fields', not on 'other'" in said
 
 
 def test_closing_a_dock_lets_go_of_the_viewer(make_napari_viewer, qtbot, tiny_model):

@@ -203,6 +203,11 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
         image = shown_plane(image_layer, self.viewer)  # full resolution; a stack's current plane
         labels = shown_plane(labels_layer, self.viewer)
         check_same_plane(image_layer, labels_layer, self.viewer)
+        source = (labels_layer.metadata or {}).get("napari-cytodiffusion", {}).get("source")
+        if source and source != image_layer.name:  # allowed (same field, another channel), but said
+            notify(
+                "warning", f"'{labels_layer.name}' was segmented on '{source}', not on '{image_layer.name}'"
+            )
         if labels.shape != image.shape[: labels.ndim] or labels.ndim != 2:
             raise InputError(f"labels {labels.shape} must be 2D and match the image {image.shape[:2]}")
         model = self._model()
