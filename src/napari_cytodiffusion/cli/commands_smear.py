@@ -134,7 +134,13 @@ def register(sub) -> None:
     p.add_argument("--speed", default="fast", choices=["fast", "balanced", "accurate", "full"])
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("segment", help="segment smear images into labels TIFF + cells CSV")
+    p = sub.add_parser(
+        "segment",
+        help="segment smear images into labels TIFF + cells CSV",
+        description="Segment smear images: NAME_labels.tif (uint32, the audit trail in its description) and "
+        "NAME_cells.csv (one row per cell) per image in --out. A stack (Z, Y, X[, C]) is segmented plane "
+        "by plane: labels restart at 1 in each plane, and the cells table starts with a 'plane' column.",
+    )
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
     _seg_args(p)
