@@ -77,16 +77,14 @@ def stack_cells_table(labels: np.ndarray, image: np.ndarray | None = None):
     """
     import pandas as pd
 
+    from ..errors import InputError
+
     labels = np.asarray(labels)
     if labels.ndim == 2:
         return cells_table(labels, image)
     if labels.ndim != 3:
-        from ..errors import InputError
-
         raise InputError(f"labels must be 2D or a stack of 2D planes, got shape {labels.shape}")
     if image is not None and len(image) != len(labels):
-        from ..errors import InputError
-
         raise InputError(f"{len(labels)} label planes for an image of {len(image)} planes")
     parts = []
     for z, plane in enumerate(labels):

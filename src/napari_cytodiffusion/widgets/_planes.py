@@ -54,20 +54,25 @@ def plane_words(index: tuple[int, ...] | list[int]) -> str:
     return "plane " + ", ".join(str(int(i)) for i in index)
 
 
-def check_same_plane(image_layer, labels_layer, viewer) -> None:
-    """Refuse 2D labels segmented on another plane of this stack than the one the viewer shows.
+def labels_provenance(image_layer, labels_layer, viewer) -> str | None:
+    """Check that ``labels_layer`` outlines what the viewer shows of ``image_layer``.
 
-    *Segment cells* records the plane of a stack it segmented (``metadata["napari-cytodiffusion"]
-    ["plane"]``); such a 2D layer is drawn over every plane, so without this check another
-    plane's cells would be classified inside its outlines.
+    *Segment cells* records the image it segmented and, for a stack, the plane
+    (``metadata["napari-cytodiffusion"]``). A 2D labels layer is drawn over every plane, so labels
+    of another plane of this stack are refused (:class:`InputError`): that plane's cells would be
+    classified inside their outlines. Labels segmented on another image layer are allowed (the same
+    field under another stain, say), but returned as a warning to show; ``None`` otherwise.
     """
-    about = labels_layer.metadata.get("napari-cytodiffusion", {}) if labels_layer.metadata else {}
-    plane = about.get("plane")
-    if plane is None or about.get("source") != image_layer.name:
-        return
+    about = (labels_layer.metadata or {}).get("napari-cytodiffusion", {})
+    source, plane = about.get("source"), about.get("plane")
+    if not source:
+        return None
+    if source != image_layer.name:
+        return f"'{labels_layer.name}' was segmented on '{source}', not on '{image_layer.name}'"
     shown = shown_index(image_layer, viewer)
-    if shown and list(shown) != [int(i) for i in plane]:
+    if plane is not None and shown and list(shown) != [int(i) for i in plane]:
         raise InputError(
             f"'{labels_layer.name}' outlines {plane_words(plane)} of '{image_layer.name}', but the viewer "
             f"shows {plane_words(shown)}: go back to that plane, or segment this one"
         )
+    return None

@@ -22,7 +22,7 @@ from ..errors import InputError, ModelError
 from ..model.card import model_classes
 from ._controls import cells_choice, red_cell_px_box, size_check_box, speed_choice
 from ._model import model_picker, model_spec
-from ._planes import check_same_plane, shown_plane
+from ._planes import labels_provenance, shown_plane
 from ._runner import RunnerMixin, ScrollableDock, append_panel, n_cells, notify, unique_layer_name
 
 COLOUR_MODES = ("class", "uncertainty", "anomaly")
@@ -202,12 +202,9 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
             raise InputError("choose an image and its labels (run Segment cells first, or paint labels)")
         image = shown_plane(image_layer, self.viewer)  # full resolution; a stack's current plane
         labels = shown_plane(labels_layer, self.viewer)
-        check_same_plane(image_layer, labels_layer, self.viewer)
-        source = (labels_layer.metadata or {}).get("napari-cytodiffusion", {}).get("source")
-        if source and source != image_layer.name:  # allowed (same field, another channel), but said
-            notify(
-                "warning", f"'{labels_layer.name}' was segmented on '{source}', not on '{image_layer.name}'"
-            )
+        warning = labels_provenance(image_layer, labels_layer, self.viewer)  # another plane: refused
+        if warning:
+            notify("warning", warning)
         if labels.shape != image.shape[: labels.ndim] or labels.ndim != 2:
             raise InputError(f"labels {labels.shape} must be 2D and match the image {image.shape[:2]}")
         model = self._model()
