@@ -2,7 +2,9 @@
 
 The adaptive classifier's choices (which timesteps first, when to drop a class, how to score
 anomalies) can then be studied offline in numpy, because a unit's error does not depend on the
-order in which units are evaluated (each cell/unit has its own fixed noise).
+order in which units are evaluated (each cell/unit has its own fixed noise, seeded by the crop's
+pixels as in a classification run: ``classify.engine.crop_ids``). ``cell_ids`` in the output are
+the cells' indices in the split.
 
 Usage::
 
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from napari_cytodiffusion.classify.engine import EngineConfig, diffusion_errors
+    from napari_cytodiffusion.classify.engine import EngineConfig, crop_ids, diffusion_errors
     from napari_cytodiffusion.crops import to_model_tensor
     from napari_cytodiffusion.model.folder import load_model
     from napari_cytodiffusion.model.registry import resolve_model
@@ -128,7 +130,9 @@ def main(argv=None) -> int:
         ids = pick[s : s + 32]
         x0 = to_model_tensor(x[ids]).to(model.device)
         parts.append(
-            diffusion_errors(net, ac, x0, n_cls, cfg, cell_ids=ids, first_unit=first).errors[..., first:]
+            diffusion_errors(net, ac, x0, n_cls, cfg, cell_ids=crop_ids(x[ids]), first_unit=first).errors[
+                ..., first:
+            ]
         )
         print(f"{s + len(ids)}/{len(pick)} cells, {time.perf_counter() - t0:.0f} s", flush=True)
     remap = {c: i for i, c in enumerate(model.classes)}

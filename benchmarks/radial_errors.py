@@ -6,7 +6,8 @@ default). A crop spans ~2.9 red cells, so most of its pixels are the red cells a
 being classified. This script dumps the full grid (every class, every timestep, one view) with
 each unit's error split into concentric rings, so that any radial weighting can be replayed
 offline: the error of a weighting ``w`` is ``sum_k w_k ring_sum_k / sum_k w_k ring_pixels_k``.
-The noise is the engine's (:func:`~napari_cytodiffusion.classify.engine.unit_noise`), and the
+The noise is the engine's (:func:`~napari_cytodiffusion.classify.engine.unit_noise` of the
+crop's :func:`~napari_cytodiffusion.classify.engine.crop_ids`), and the
 first cells are checked against :func:`~napari_cytodiffusion.classify.engine.diffusion_errors`
 (the rings together give the engine's whole-crop error).
 
@@ -81,7 +82,7 @@ def dump(args) -> int:
         os.environ[BACKEND_ENV] = "int8"
     import torch
 
-    from napari_cytodiffusion.classify.engine import EngineConfig, diffusion_errors, unit_noise
+    from napari_cytodiffusion.classify.engine import EngineConfig, crop_ids, diffusion_errors, unit_noise
     from napari_cytodiffusion.crops import to_model_tensor
     from napari_cytodiffusion.model.folder import load_model
     from napari_cytodiffusion.model.registry import resolve_model
@@ -107,7 +108,8 @@ def dump(args) -> int:
     for s in range(0, len(pick), args.chunk):
         ids = pick[s : s + args.chunk]
         x0 = to_model_tensor(x[ids]).to(model.device)
-        noise = unit_noise(ids, u, size, cfg.seed)
+        seeds = crop_ids(x[ids])
+        noise = unit_noise(seeds, u, size, cfg.seed)
         if args.negate_noise:  # the antithetic draw of every unit (benchmarks/antithetic_noise.py)
             noise = -noise
         items = [(i, c, k) for k in range(u) for i in range(len(ids)) for c in range(n_cls)]
@@ -126,7 +128,7 @@ def dump(args) -> int:
             out[s + it[:, 0], it[:, 1], it[:, 2]] = sums.numpy()
         if s == 0 and not args.negate_noise:  # the rings together are the engine's error
             check = min(4, len(ids))
-            ref = diffusion_errors(net, ac, x0[:check], n_cls, cfg, cell_ids=ids[:check]).errors
+            ref = diffusion_errors(net, ac, x0[:check], n_cls, cfg, cell_ids=seeds[:check]).errors
             mine = out[:check].sum(axis=3) / (size * size)
             diff = float(np.max(np.abs(mine - ref) / ref))
             if diff > 1e-4:

@@ -32,6 +32,7 @@ from napari_cytodiffusion.classify.classifier import finish
 from napari_cytodiffusion.classify.engine import (
     DEFAULT_TIMESTEPS,
     EngineConfig,
+    crop_ids,
     diffusion_errors,
     merge_results,
 )
@@ -49,7 +50,7 @@ def run(model, crops, cfg, batch=256):
         x0 = to_model_tensor(crops[s : s + batch]).to(model.device)
         parts.append(
             diffusion_errors(
-                model.unet, ac, x0, model.metadata.n_classes, cfg, cell_ids=np.arange(s, s + len(x0))
+                model.unet, ac, x0, model.metadata.n_classes, cfg, cell_ids=crop_ids(crops[s : s + batch])
             )
         )
     return merge_results(parts, model.metadata.n_classes)

@@ -39,7 +39,7 @@ KEEP = ("temperature", "p_correct", "anomaly", "flag_below_p_correct", "n_calibr
 def check_dump(model, x: np.ndarray, dump, n: int = 8) -> float:
     """Largest relative difference between the dump's errors and a run of its first cells here."""
     from napari_cytodiffusion.classify.classifier import engine_config
-    from napari_cytodiffusion.classify.engine import diffusion_errors
+    from napari_cytodiffusion.classify.engine import crop_ids, diffusion_errors
     from napari_cytodiffusion.crops import to_model_tensor
 
     views = len(dump["timesteps"]) // len(engine_config(model).timesteps)
@@ -47,7 +47,7 @@ def check_dump(model, x: np.ndarray, dump, n: int = 8) -> float:
     ids = dump["cell_ids"][:n]
     r = diffusion_errors(
         model.inference_unet(), model.alphas_cumprod(), to_model_tensor(x[ids]), model.metadata.n_classes,
-        cfg, cell_ids=ids,
+        cfg, cell_ids=crop_ids(x[ids]),
     )  # fmt: skip
     ref = dump["errors"][:n, : model.metadata.n_classes]
     return float(np.max(np.abs(r.errors - ref) / np.abs(ref)))

@@ -38,6 +38,12 @@ def test_bundled_models_classify_real_pbc_cells(shared_data, name):
     assert np.array_equal(again.pred, res.pred[:4]) and np.allclose(
         again.probs, res.probs[:4], atol=1e-4
     )  # batch composition changes float rounding only
+    # a cell's noise is its own (seeded by its pixels): at another place in a run it gets the same numbers
+    moved = classify_crops(model, crops[[5, 2]], speed="balanced", seed=0)
+    assert np.array_equal(moved.pred, res.pred[[5, 2]])
+    assert np.array_equal(moved.unet_calls, res.unet_calls[[5, 2]])
+    assert np.allclose(moved.probs, res.probs[[5, 2]], atol=1e-4)
+    assert np.allclose(moved.p_correct, res.p_correct[[5, 2]], atol=1e-4)
     full = classify_crops(model, crops[:4], speed="full", seed=0)
     assert full.unet_calls.mean() > again.unet_calls.mean()
     assert full.unet_calls[0] == len(model.metadata.calibration["engine"]["timesteps"]) * 8
@@ -221,6 +227,21 @@ def test_unit_noise_is_the_cells_own_and_a_prefix_draw():
     assert torch.equal(unit_noise(np.array([9]), 5, 8, seed=1)[0], a[1])  # not the batch's
     assert torch.equal(unit_noise(np.array([3, 9]), 2, 8, seed=1), a[:, :2])
     assert not torch.equal(unit_noise(np.array([3]), 5, 8, seed=2)[0], a[0])
+
+
+def test_crop_ids_are_the_pixels_own():
+    """A crop's noise id is a hash of its pixels: equal crops share it, one changed pixel does not."""
+    from napari_cytodiffusion.classify.engine import crop_ids
+
+    crops = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    crops[2] = crops[0]
+    ids = crop_ids(crops)
+    assert ids.dtype == np.int64 and (ids >= 0).all() and ids.max() < 2**48
+    assert ids[0] == ids[2] != ids[1]
+    assert crop_ids(crops[::-1]).tolist() == ids[::-1].tolist()
+    changed = crops[:1].copy()
+    changed[0, 4, 4, 1] ^= 1
+    assert crop_ids(changed)[0] != ids[0]
 
 
 def test_speed_presets_use_their_own_calibration(tiny_model, tiny_dataset):

@@ -240,7 +240,7 @@ def error_run(model, crops: np.ndarray, speed: str = "balanced", seed: int = 0, 
     """Diffusion errors of ``crops`` with the model's engine settings (for fitting calibrations)."""
     from ..crops import to_model_tensor
     from .classifier import engine_config
-    from .engine import diffusion_errors, merge_results
+    from .engine import crop_ids, diffusion_errors, merge_results
 
     cfg = engine_config(model, speed, seed=seed)
     ac = model.alphas_cumprod()
@@ -250,7 +250,7 @@ def error_run(model, crops: np.ndarray, speed: str = "balanced", seed: int = 0, 
         parts.append(
             diffusion_errors(
                 model.inference_unet(), ac, x0, model.metadata.n_classes, cfg,
-                cell_ids=np.arange(s, s + len(x0)), should_stop=should_stop,
+                cell_ids=crop_ids(crops[s : s + 64]), should_stop=should_stop,
             )
         )  # fmt: skip
     return merge_results(parts, model.metadata.n_classes)

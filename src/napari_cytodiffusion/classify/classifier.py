@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from .calibration import apply_pcorrect, score_anomaly, softmax_neg
-from .engine import EngineConfig, class_evidence, diffusion_errors, merge_results
+from .engine import EngineConfig, class_evidence, crop_ids, diffusion_errors, merge_results
 
 #: Speed/accuracy presets (engine overrides).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -193,9 +193,8 @@ def iter_classify(
     for start in range(0, n, batch_cells):
         stop = min(n, start + batch_cells)
         x0 = to_model_tensor(crops[start:stop]).to(dev)
-        res = diffusion_errors(
-            model.inference_unet(), ac, x0, c, cfg, cell_ids=np.arange(start, stop), should_stop=should_stop
-        )
+        ids = crop_ids(crops[start:stop])  # a cell's noise is its own, wherever it is in the run
+        res = diffusion_errors(model.inference_unet(), ac, x0, c, cfg, cell_ids=ids, should_stop=should_stop)
         parts.append(res)
         yield Progress(stop, n, "classifying")
     res = merge_results(parts, c)

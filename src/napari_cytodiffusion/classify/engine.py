@@ -9,6 +9,7 @@ classes x units are batched into large UNet calls.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -105,17 +106,32 @@ def _disc_mask(size: int, radius: float | None, device):
     return m / m.mean()
 
 
+def crop_ids(crops: np.ndarray) -> np.ndarray:
+    """Noise ids of uint8 crops (N, S, S, 3): 48 bits of a hash of each crop's pixels.
+
+    Seeding a cell's noise by its pixels makes its errors, and so its call, probabilities and
+    scores, its own: the same crop draws the same noise alone, in any batch and at any place in
+    a run (the same cell classified again after only other cells changed keeps its numbers).
+    """
+    crops = np.ascontiguousarray(crops)
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(c.tobytes(), digest_size=6).digest(), "little") for c in crops],
+        dtype=np.int64,
+    )
+
+
 def unit_noise(cell_ids, n_units: int, size: int, seed: int = 0):
     """(N, U, 3, S, S) noise of each cell's first ``n_units`` units, drawn from the cell's own generator.
 
-    A cell's noise depends only on its id and the seed, and a unit's noise is a prefix draw of the
-    cell's generator, so it does not depend on the batch or on how many units are drawn.
+    A cell's noise depends only on its id (:func:`crop_ids` in a classification run) and the
+    seed, and a unit's noise is a prefix draw of the cell's generator, so it does not depend on the
+    batch or on how many units are drawn.
     """
     import torch
 
     noise = torch.empty((len(cell_ids), n_units, 3, size, size))
     for i, cid in enumerate(cell_ids):
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(cid))
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(cid)) % (1 << 63))
         noise[i] = torch.randn((n_units, 3, size, size), generator=g)
     return noise
 
@@ -147,7 +163,7 @@ def diffusion_errors(
         Engine settings.
     cell_ids
         Stable ids used to seed each cell's noise, so a cell's result does not depend
-        on what else is in the batch (default 0..N-1).
+        on what else is in the batch (default 0..N-1; classification uses :func:`crop_ids`).
     progress
         Called with the number of UNet evaluations done after each UNet call.
     should_stop
