@@ -11,6 +11,22 @@ def test_every_subcommand_has_help(cmd, capsys):
     assert "usage: napari-cytodiffusion " + cmd in capsys.readouterr().out
 
 
+def test_every_option_says_what_it_does():
+    """Each sub-command's --help describes every argument (an option without help is a bare flag)."""
+    import argparse
+
+    from napari_cytodiffusion.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [
+        f"{name} {a.option_strings[0] if a.option_strings else a.dest}"
+        for name, parser in sub.choices.items()
+        for a in parser._actions
+        if not isinstance(a, argparse._HelpAction) and not a.help
+    ]
+    assert bare == []
+
+
 def test_missing_image_is_one_line_exit_2(tmp_path, capsys):
     code = main(["segment", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err

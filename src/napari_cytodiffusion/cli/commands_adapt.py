@@ -18,8 +18,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="adapter folder to create")
     p.add_argument("--shots", type=int, default=10, help="training cells per class; the rest recalibrate")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, default=200, help="training steps of the adapter")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate of the adapter")
     p.add_argument("--split", default=None, help="with a CSV: use only rows of this split")
     p.add_argument(
         "--new-classes", action="store_true", help="add the data's classes that the base model lacks"
@@ -28,8 +28,17 @@ def register(sub) -> None:
     p.add_argument(
         "--generative-only", action="store_true", help="denoising loss only (no classification term)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split into shots and calibration cells, and of training",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1, ...",
+    )
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
@@ -38,7 +47,7 @@ def register(sub) -> None:
     )
     p.add_argument("--cells", required=True, help="cells CSV with the model's 'class' and the user's labels")
     p.add_argument("--user-column", default="corrected_class", help="column holding the user's labels")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder: agreement.json, agreement.png")
     p.set_defaults(func=cmd_agreement)
 
 

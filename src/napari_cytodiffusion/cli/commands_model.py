@@ -25,8 +25,8 @@ def register(sub) -> None:
         help="total training steps (default 20000); with --resume, the run's new total "
         "(default: the checkpoint's)",
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--batch-size", type=int, default=64, help="cells per training step")
+    p.add_argument("--lr", type=float, default=6e-4, help="AdamW learning rate after the warm-up")
     p.add_argument(
         "--min-lr",
         type=float,
@@ -43,12 +43,21 @@ def register(sub) -> None:
     p.add_argument(
         "--arch", default="default", choices=["default", "tiny"], help="tiny: 16 px, for quick tests"
     )
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=500,
+        help="steps between checkpoints (OUT/checkpoints/last.pt)",
+    )
     p.add_argument(
         "--max-seconds", type=float, default=None, help="stop (checkpoint + export) after this long"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, batches and augmentation")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1, ...",
+    )
     p.add_argument(
         "--no-int8",
         action="store_true",
@@ -88,21 +97,38 @@ def register(sub) -> None:
         "evaluate", help="accuracy, calibration and anomaly metrics on labelled single-cell images"
     )
     p.add_argument("--data", required=True, help="folder of class sub-folders, or CSV path,class[,split]")
-    p.add_argument("--split", default=None)
+    p.add_argument("--split", default=None, help="with a CSV: use only rows of this split (e.g. val)")
     p.add_argument("--ood", default=None, help="folder of out-of-distribution cells (anomaly AUROC)")
-    p.add_argument("--model", default="default")
-    p.add_argument("--speed", default="balanced", choices=["fast", "balanced", "accurate", "full"])
+    p.add_argument("--model", default="default", help="model folder or name (default: bundled pbc32)")
+    p.add_argument(
+        "--speed",
+        default="balanced",
+        choices=["fast", "balanced", "accurate", "full"],
+        help="classifier preset (as for classify); full: every class at every timestep",
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate a stratified subset of N cells")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the classifier's noise (same seed, same calls)"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1, ...",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: metrics.json, confusion_matrix.png, reliability_diagram.png",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("generate", help="generate synthetic cells of a class")
     p.add_argument("--class", dest="cls", required=True, help="class name or 'all'")
     p.add_argument("-n", type=int, default=8, help="images per class")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=25)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the first image; the run's i-th image uses seed + i"
+    )
+    p.add_argument("--steps", type=int, default=25, help="sampler steps (more: slower, finer)")
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument(
         "--scheduler",
@@ -110,9 +136,17 @@ def register(sub) -> None:
         choices=["dpm-sde", "dpm", "ddim"],
         help="sampler: SDE-DPM-Solver++ (default; noise drawn from each image's seed), DPM-Solver++ or DDIM",
     )
-    p.add_argument("--model", default="default")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="default", help="model folder or name (default: bundled pbc32)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1, ...",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: CLASS/CLASS_seedS.png, each with its recipe as JSON beside it",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
@@ -122,9 +156,11 @@ def register(sub) -> None:
     p.add_argument(
         "--train-data", default=None, help="real training cells (folder/CSV) for the memorisation check"
     )
-    p.add_argument("--split", default=None)
-    p.add_argument("--model", default="default")
-    p.add_argument("--out", required=True)
+    p.add_argument("--split", default=None, help="with a --train-data CSV: use only rows of this split")
+    p.add_argument(
+        "--model", default="default", help="model folder or name that classifies the generated cells"
+    )
+    p.add_argument("--out", required=True, help="output folder: metrics.json")
     p.set_defaults(func=cmd_evaluate_generation)
 
 

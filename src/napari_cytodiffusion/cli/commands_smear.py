@@ -130,8 +130,15 @@ def register(sub) -> None:
         "demo", help="sample smear (cells drawn by the model) → segmentation → classification → outputs"
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--speed", default="fast", choices=["fast", "balanced", "accurate", "full"])
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the sample smear and of the classifier's noise"
+    )
+    p.add_argument(
+        "--speed",
+        default="fast",
+        choices=["fast", "balanced", "accurate", "full"],
+        help="classifier preset (as for classify; default fast)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -194,7 +201,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "evaluate-segmentation", help="AP / detection F1 of the segmentation against references"
     )
-    p.add_argument("--images", required=True)
+    p.add_argument("--images", required=True, help="smear images: a folder, or one image file")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--masks", help="folder of masks (binary or label images) named like the images")
     src.add_argument("--yolo", help="folder of YOLO .txt boxes named like the images")
@@ -218,7 +225,7 @@ def register(sub) -> None:
         help="folder of label images computed before (NAME_labels.tif from segment/analyze, NAME.tif, "
         "NAME.png) to score instead of segmenting",
     )
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder: metrics.json")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     _seg_args(p)
     p.set_defaults(func=cmd_evaluate_segmentation)
