@@ -28,3 +28,19 @@ def device_arg(value: str | None) -> str | None:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return value
+
+
+def classify_with_progress(model, crops, desc: str = "classify", **kwargs):
+    """:func:`~napari_cytodiffusion.classify.classifier.iter_classify` under a progress bar (on a terminal)."""
+    from ..classify.classifier import Classification, Progress, iter_classify
+
+    bar = progress(None, total=len(crops), desc=desc)
+    result = None
+    for item in iter_classify(model, crops, **kwargs):
+        if isinstance(item, Progress):
+            bar.n = item.done
+            bar.refresh()
+        elif isinstance(item, Classification):
+            result = item
+    bar.close()
+    return result

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ._common import device_arg, out_dir, progress
+from ._common import classify_with_progress, device_arg, out_dir, progress
 
 
 def register(sub) -> None:
@@ -298,7 +298,6 @@ def _stratified(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
 
 
 def cmd_evaluate(a) -> int:
-    from ..classify.classifier import classify_crops
     from ..evaluate.metrics import auroc, classification_metrics, sensitivity_at_specificity
     from ..evaluate.plots import confusion_png, reliability_png
     from ..io.atomic import write_json
@@ -316,7 +315,7 @@ def cmd_evaluate(a) -> int:
         [data.paths[i] for i in sel], pre["size"], pre["single_cell"]["center_crop_fraction"]
     )
     y = y[sel]
-    res = classify_crops(model, crops, speed=a.speed, seed=a.seed)
+    res = classify_with_progress(model, crops, "evaluate", speed=a.speed, seed=a.seed)
     m = classification_metrics(y, res.pred, res.probs, res.p_correct, model.classes)
     m["unet_calls_per_cell"] = float(res.unet_calls.mean()) if len(res) else 0.0
     m["cells_per_second"] = len(res) / max(res.seconds, 1e-9)
@@ -333,7 +332,7 @@ def cmd_evaluate(a) -> int:
         if not files:
             raise InputError(f"--ood {root}: no images found")
         ood = load_single_cell_crops(files, pre["size"], pre["single_cell"]["center_crop_fraction"])
-        r_ood = classify_crops(model, ood, speed=a.speed, seed=a.seed)
+        r_ood = classify_with_progress(model, ood, "evaluate --ood", speed=a.speed, seed=a.seed)
         m["anomaly_auroc"] = auroc(res.anomaly, r_ood.anomaly)
         m["sensitivity_at_specificity_0.96"] = sensitivity_at_specificity(res.anomaly, r_ood.anomaly, 0.96)
         m["n_ood"] = len(files)
@@ -383,7 +382,6 @@ def cmd_generate(a) -> int:
 
 
 def cmd_evaluate_generation(a) -> int:
-    from ..classify.classifier import classify_crops
     from ..io.atomic import write_json
     from ..io.datasets import load_single_cell_crops, map_classes, read_labelled
     from ..model.registry import get_model
@@ -394,7 +392,7 @@ def cmd_evaluate_generation(a) -> int:
     y = map_classes(gen.classes, model.classes, where=a.generated)
     size = model.size
     crops = load_single_cell_crops(gen.paths, size, 1.0)  # generated images are already model crops
-    res = classify_crops(model, crops, speed="balanced")
+    res = classify_with_progress(model, crops, "classify generated", speed="balanced")
     per_class = {model.classes[c]: float((res.pred[y == c] == c).mean()) for c in np.unique(y)}
     m = {
         "n": len(y),

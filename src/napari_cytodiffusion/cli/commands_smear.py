@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ._common import expand_inputs, out_dir
+from ._common import classify_with_progress, expand_inputs, out_dir
 
 
 def _seg_args(p: argparse.ArgumentParser) -> None:
@@ -340,7 +340,7 @@ def _check_red_cell_px(a) -> None:
 
 def cmd_classify(a) -> int:
     from ..classify.anomaly import domain_check_against, shift_warning
-    from ..classify.classifier import calibration_for, classify_crops
+    from ..classify.classifier import calibration_for
     from ..crops import single_cell_crops
     from ..export import audit_trail, write_cells_csv
     from ..io.images import read_image
@@ -384,7 +384,7 @@ def cmd_classify(a) -> int:
         return 0
     paths = expand_inputs(a.inputs)
     crops = single_cell_crops([read_image(p) for p in paths], model.metadata.preprocessing, a.red_cell_px)
-    res = classify_crops(model, crops, speed=a.speed, seed=a.seed)
+    res = classify_with_progress(model, crops, speed=a.speed, seed=a.seed)
     df = res.to_frame()
     # absolute, as a smear's audit records its image: the report finds the images from any folder
     df.insert(0, "path", [str(p.resolve()) for p in paths])
