@@ -53,3 +53,42 @@ def test_unwritable_output_folder(tmp_path, capsys):
     code = main(["generate", "--class", "all", "-n", "1", "--out", str(blocker)])
     assert code == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["train", "--data", "x", "--out", "o", "--steps", "0"], "steps must be at least 1, got 0"),
+        (["train", "--data", "x", "--out", "o", "--batch-size", "0"], "batch size must be at least 1"),
+        (["train", "--data", "x", "--out", "o", "--lr", "-1"], "lr must be positive"),
+        (["finetune", "--data", "x", "--out", "o", "--rank", "0"], "rank must be at least 1"),
+        (["generate", "--class", "all", "--out", "o", "--device", "gpu"], "unknown device 'gpu'"),
+        (["evaluate", "--data", "x", "--out", "o", "--limit", "0"], "--limit: must be at least 1"),
+    ],
+)
+def test_settings_a_run_cannot_use_are_refused_at_once(args, says, tmp_path, monkeypatch, capsys):
+    """Refused before any data is read or model loaded: exit 2 and one line naming the setting."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_device_this_machine_lacks_is_named(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    from napari_cytodiffusion.devices import resolve_device
+    from napari_cytodiffusion.errors import InputError
+
+    assert resolve_device("auto").type == "cpu" and resolve_device(None).type == "cpu"
+    assert str(resolve_device(" CPU ".lower())) == "cpu"
+    with pytest.raises(InputError, match="no CUDA GPU is usable here"):
+        resolve_device("cuda:0")
+    code = main(["classify", "x.png", "--out", str(tmp_path / "o"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "use cpu or auto" in err

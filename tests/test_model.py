@@ -253,3 +253,22 @@ def test_recipe_cache_slimmed_as_jpeg_decodes_to_the_same_crops(tmp_path):
     with pytest.raises(SystemExit) as bad:  # argparse: exit 2, before any work
         recipe(["slim", "--cache", str(cache), "--out", str(tmp_path / "q0.npz"), "--jpeg-quality", "0"])
     assert bad.value.code == 2 and not (tmp_path / "q0.npz").exists()
+
+
+def test_run_settings_are_checked_in_python_too():
+    """The configs refuse what a run cannot use, also when changed after they were made."""
+    from napari_cytodiffusion.adapt.finetune import FinetuneConfig
+    from napari_cytodiffusion.errors import InputError
+    from napari_cytodiffusion.model.distill import DistillConfig
+    from napari_cytodiffusion.model.train import TrainConfig
+
+    with pytest.raises(InputError, match="ema decay must be from 0 up to"):
+        TrainConfig(ema_decay=1.0)
+    with pytest.raises(InputError, match="t_min < t_max"):
+        DistillConfig(t_min=900, t_max=100)
+    with pytest.raises(InputError, match="lr must be positive"):
+        FinetuneConfig(lr=0)
+    cfg = TrainConfig(steps=None)  # a resumed run keeps its checkpoint's length
+    cfg.batch_size = 0
+    with pytest.raises(InputError, match="batch size must be at least 1, got 0"):
+        cfg.check()

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import Cancelled, InputError
+from ..devices import resolve_device
+from ..errors import Cancelled, InputError, check_settings
 
 
 @dataclass
@@ -41,6 +42,19 @@ class FinetuneConfig:
     seed: int = 0
     device: str | None = None
     augment: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse settings a run cannot use (:class:`~napari_cytodiffusion.errors.InputError`)."""
+        check_settings(
+            self,
+            at_least_1=("rank", "steps", "batch_size", "discriminative_batch"),
+            positive=("lr", "alpha"),
+            non_negative=("warmup_steps", "min_snr_gamma", "discriminative_weight"),
+            fractions=("label_dropout",),
+        )
 
 
 def split_shots(
@@ -107,6 +121,7 @@ def iter_finetune(
     from .adapter import expand_class_embedding, lora_config, save_adapter
 
     cfg = config or FinetuneConfig()
+    cfg.check()
     base_classes = model.classes
     if list(classes[: len(base_classes)]) != list(base_classes):
         raise InputError("classes must start with the base model's classes")
@@ -130,7 +145,7 @@ def iter_finetune(
             "fine-tuning needs the 'peft' package: pip install napari-cytodiffusion[finetune]"
         ) from exc
 
-    device = torch.device(cfg.device) if cfg.device else model.device
+    device = resolve_device(cfg.device) if cfg.device else model.device
     torch.manual_seed(cfg.seed)
     unet = copy.deepcopy(model.unet).to(device)
     expand_class_embedding(unet, n_new)

@@ -61,7 +61,8 @@ def iter_analyze_one(path: str, out: str, options: dict[str, Any]) -> Generator[
     own_scale = bool(pooled) and p.name in pooled.get("off_scale", ())  # taken at another scale
     try:
         image = read_image(p)
-        model = get_model(options.get("model", "default"))  # cached: loaded once per worker process
+        # cached: loaded once per worker process
+        model = get_model(options.get("model", "default"), device=options.get("device"))
         seg = SegmentParams(**options["segmentation"])
         res = None
         for item in iter_analyze(

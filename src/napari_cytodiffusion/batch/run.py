@@ -25,6 +25,7 @@ def analysis_options(
     red_cell_px: float | None = None,
     pool_scale: bool = False,
     segmentation: Any = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """The options of a batch run (plain data, so that dask can send them to its workers).
 
@@ -39,6 +40,9 @@ def analysis_options(
         magnification) instead of each image's own; every image is segmented first.
     segmentation
         :class:`~napari_cytodiffusion.segmentation.cellpose_seg.SegmentParams` (defaults if None).
+    device
+        Torch device of the classifier, resolved by each worker (``None``: the CPU; ``"auto"``:
+        a CUDA GPU when the worker has one).
 
     Raises
     ------
@@ -67,6 +71,7 @@ def analysis_options(
         "red_cell_px": None if red_cell_px is None else float(red_cell_px),
         "pool_scale": bool(pool_scale),
         "segmentation": (segmentation or SegmentParams()).to_dict(),
+        "device": device,
     }
 
 

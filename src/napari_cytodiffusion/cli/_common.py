@@ -22,12 +22,24 @@ def progress(iterable, total: int | None = None, desc: str = ""):
     return tqdm(iterable, total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False)
 
 
-def device_arg(value: str | None) -> str | None:
-    if value in (None, "auto"):
-        import torch
+def count(value: str) -> int:
+    """argparse type of a count that must be at least 1 (``--limit``)."""
+    import argparse
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def device_arg(value: str | None) -> str:
+    """``--device``: the device to use, checked (auto picks a CUDA GPU when there is one)."""
+    from ..devices import resolve_device
+
+    return str(resolve_device(value))
 
 
 def classify_with_progress(model, crops, desc: str = "classify", **kwargs):

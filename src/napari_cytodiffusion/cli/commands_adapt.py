@@ -59,18 +59,16 @@ def cmd_finetune(a) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"--out {out} exists and is not an empty folder")
     out_dir(out.parent if str(out.parent) else ".")
-    if a.rank < 1 or a.steps < 1:
-        raise InputError("--rank and --steps must be at least 1")
-    model = get_model(a.model, device=device_arg(a.device))
-    data = prepare_finetune_data(
-        model, a.data, a.shots, a.split, a.new_classes, a.seed, max(0, a.calibration_cells)
-    )
     cfg = FinetuneConfig(
         rank=a.rank,
         steps=a.steps,
         lr=a.lr,
         seed=a.seed,
         discriminative_weight=0.0 if a.generative_only else 1.0,
+    )
+    model = get_model(a.model, device=device_arg(a.device))
+    data = prepare_finetune_data(
+        model, a.data, a.shots, a.split, a.new_classes, a.seed, max(0, a.calibration_cells)
     )
     print(
         f"fine-tuning {model.short_id()} on {len(data.train_labels)} cells "

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ._common import classify_with_progress, device_arg, out_dir, progress
+from ._common import classify_with_progress, count, device_arg, out_dir, progress
 
 
 def register(sub) -> None:
@@ -106,7 +106,7 @@ def register(sub) -> None:
         choices=["fast", "balanced", "accurate", "full"],
         help="classifier preset (as for classify); full: every class at every timestep",
     )
-    p.add_argument("--limit", type=int, default=None, help="evaluate a stratified subset of N cells")
+    p.add_argument("--limit", type=count, default=None, help="evaluate a stratified subset of N cells")
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the classifier's noise (same seed, same calls)"
     )
@@ -305,8 +305,8 @@ def cmd_evaluate(a) -> int:
     from ..model.onnx_backend import backend_name
     from ..model.registry import get_model
 
+    model = get_model(a.model, device=device_arg(a.device))  # a bad model or device: no folder made
     out = out_dir(a.out)
-    model = get_model(a.model, device=device_arg(a.device))
     data = read_labelled(a.data, split=a.split)
     y = map_classes(data.classes, model.classes, where=str(a.data))
     sel = _stratified(y, a.limit, a.seed)
@@ -361,8 +361,8 @@ def cmd_generate(a) -> int:
 
     if a.n < 1:
         raise InputError("-n must be at least 1")
+    model = get_model(a.model, device=device_arg(a.device))  # a bad model or device: no folder made
     out = out_dir(a.out)
-    model = get_model(a.model, device=device_arg(a.device))
     classes = list(range(len(model.classes))) if a.cls.lower() == "all" else [model.class_index(a.cls)]
     ids = [c for c in classes for _ in range(a.n)]
     seeds = [a.seed + i for i in range(len(ids))]

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ._common import classify_with_progress, expand_inputs, out_dir
+from ._common import classify_with_progress, count, device_arg, expand_inputs, out_dir
 
 
 def _seg_args(p: argparse.ArgumentParser) -> None:
@@ -89,6 +89,11 @@ def _cls_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-area", type=int, default=0, help="do not classify cells under this many pixels")
     g.add_argument(
         "--seed", type=int, default=0, help="seed of the classifier's noise (same seed, same calls)"
+    )
+    g.add_argument(
+        "--device",
+        default="auto",
+        help="torch device of the classifier: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, ...",
     )
     g.add_argument(
         "--no-size-check",
@@ -226,7 +231,7 @@ def register(sub) -> None:
         "NAME.png) to score instead of segmenting",
     )
     p.add_argument("--out", required=True, help="output folder: metrics.json")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--limit", type=count, default=None, help="evaluate only the first N images")
     _seg_args(p)
     p.set_defaults(func=cmd_evaluate_segmentation)
 
@@ -348,8 +353,8 @@ def cmd_classify(a) -> int:
     from ..pipeline import analyze
 
     _check_red_cell_px(a)
+    model = get_model(a.model, device=device_arg(a.device))  # a bad model or device: no folder made
     out = out_dir(a.out)
-    model = get_model(a.model)
     if a.labels:
         if len(a.inputs) != 1:
             raise InputError("with --labels give exactly one smear image")
@@ -430,8 +435,10 @@ def cmd_analyze(a) -> int:
     _check_red_cell_px(a)
     if a.pool_scale and a.red_cell_px is not None:
         raise InputError("give either --red-cell-px or --pool-scale, not both")
+    device_arg(a.device)  # a device this machine cannot use stops the run before it starts
     options = analysis_options(
         model=a.model,
+        device=a.device,
         speed=a.speed,
         cells=a.cells,
         min_area=a.min_area,

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import Cancelled, InputError, ModelError
+from ..devices import resolve_device
+from ..errors import Cancelled, InputError, ModelError, check_settings
 from .architecture import build_unet, with_widths
 from .augment import AugmentConfig, augment_batch
 from .folder import DiffusionModel, ModelMetadata, save_model
@@ -43,7 +44,6 @@ from .train import (
     TrainingData,
     _class_sampler,
     _hardware,
-    _resolve_device,
     _write_int8,
     learning_rate,
     load_checkpoint,
@@ -95,6 +95,27 @@ class DistillConfig:
     max_seconds: float | None = None
     #: when finished, also write the int8 UNet for fast CPU inference (needs ``[onnx]``)
     int8: bool = True
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse settings a run cannot use (:class:`~napari_cytodiffusion.errors.InputError`)."""
+        least = 0 if self.init_from else 1  # 0 steps from another model's weights: a copy of them
+        if self.steps is not None and self.steps < least:
+            raise InputError(f"steps must be at least {least}, got {self.steps}")
+        check_settings(
+            self,
+            at_least_1=("batch_size", "labels_per_cell", "checkpoint_every"),
+            positive=("lr",),
+            non_negative=("max_seconds", "min_lr", "weight_decay", "warmup_steps", "t_min", "denoise_weight",
+                          "contrast_weight", "class_weight"),
+            fractions=("ema_decay", "null_share"),
+        )  # fmt: skip
+        if not self.t_min < self.t_max <= 999:
+            raise InputError(
+                f"timesteps must satisfy t_min < t_max <= 999, got {self.t_min} and {self.t_max}"
+            )
 
 
 def _labels(cls, n_classes: int, k: int, null_share: float, rng: np.random.Generator) -> np.ndarray:
@@ -198,7 +219,8 @@ def distill(
     if data.images.shape[1] < size:
         raise InputError(f"training crops are {data.images.shape[1]} px, smaller than the model's {size}")
 
-    device = _resolve_device(config.device)
+    config.check()
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     n_classes = len(data.classes)
     student = build_unet(n_classes, config.arch).to(device)

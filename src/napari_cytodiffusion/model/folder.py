@@ -166,6 +166,10 @@ class DiffusionModel:
         self._scheduler = scheduler
         self.metadata = metadata
         self.path = Path(path) if path is not None else None
+        if device not in (None, "cpu"):
+            from ..devices import resolve_device
+
+            device = str(resolve_device(device))
         self._device = device or "cpu"
         #: the folder's weights were checked against the metadata's content hash when loaded
         self.verified = verified and unet is None

@@ -121,9 +121,19 @@ def _cached_load(path: str, device: str | None, mtime: float):
 
 
 def get_model(spec: str | os.PathLike | None = None, device: str | None = None):
-    """Load (and cache in memory) a model by name or folder (a model folder or a LoRA adapter folder)."""
+    """Load (and cache in memory) a model by name or folder (a model folder or a LoRA adapter folder).
+
+    ``device``: ``None`` (the CPU), ``"auto"`` (a CUDA GPU when there is one) or a torch device
+    name, checked by :func:`~napari_cytodiffusion.devices.resolve_device`.
+    """
     from ..adapt.adapter import ADAPTER_FILE
 
+    if device is None:
+        device = "cpu"  # one cached copy for None and "cpu"
+    else:
+        from ..devices import resolve_device
+
+        device = str(resolve_device(device))
     path = resolve_model(spec)
     meta = path / ADAPTER_FILE if (path / ADAPTER_FILE).is_file() else path / "cytodiffusion.json"
     mtime = meta.stat().st_mtime if meta.exists() else 0.0

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..colours import default_colours
-from ..errors import Cancelled, InputError, ModelError
+from ..devices import resolve_device
+from ..errors import Cancelled, InputError, ModelError, check_settings
 from .architecture import DEFAULT_ARCH, ScheduleConfig, alphas_cumprod, build_scheduler, build_unet
 from .augment import AugmentConfig, augment_batch
 from .folder import ModelMetadata, default_preprocessing, save_model
@@ -61,6 +62,29 @@ class TrainConfig:
     #: a model (name or folder) whose UNet starts the run, as network and EMA: its classes and
     #: architecture must match (continue a model's training, e.g. with a decaying learning rate)
     init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse settings a run cannot use (:class:`~napari_cytodiffusion.errors.InputError`)."""
+        least = 0 if self.init_from else 1  # 0 steps from another model's weights: a copy of them
+        if self.steps is not None and self.steps < least:
+            raise InputError(f"steps must be at least {least}, got {self.steps}")
+        check_settings(
+            self,
+            at_least_1=("batch_size", "checkpoint_every", "store_margin"),
+            positive=("lr",),
+            non_negative=(
+                "max_seconds",
+                "min_lr",
+                "weight_decay",
+                "warmup_steps",
+                "min_snr_gamma",
+                "class_balance",
+            ),
+            fractions=("ema_decay", "label_dropout"),
+        )
 
     @property
     def size(self) -> int:
@@ -162,14 +186,6 @@ def _init_weights(config: TrainConfig, classes: list[str]) -> tuple[dict, dict]:
         "recipe": t.get("recipe"),
     }
     return copy.deepcopy(base.unet.state_dict()), provenance
-
-
-def _resolve_device(requested: str | None):
-    import torch
-
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _class_sampler(labels: np.ndarray, n_classes: int, balance: float):
@@ -329,7 +345,8 @@ def train(
     if data.images.shape[1] != expected:
         raise InputError(f"training crops are {data.images.shape[1]} px, expected {expected}")
 
-    device = _resolve_device(config.device)
+    config.check()
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     unet = build_unet(len(data.classes), config.arch).to(device)
     scheduler = build_scheduler(ScheduleConfig())

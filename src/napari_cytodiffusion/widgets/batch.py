@@ -223,6 +223,7 @@ class BatchWidget(ScrollableDock, Container, RunnerMixin):
             size_check=self.size_check.value,
             red_cell_px=self.red_cell_px.value or None,
             pool_scale=self.pool_scale.value,
+            device="auto",  # the classifier on a CUDA GPU when there is one
             segmentation=SegmentParams(
                 model=self.seg_model.value, platelets=self.platelets.value, border_pad=self.border_pad.value
             ),
@@ -233,7 +234,7 @@ class BatchWidget(ScrollableDock, Container, RunnerMixin):
         from ..model.registry import get_model
 
         paths, out, options = self.paths(), self.output(), self.options()
-        get_model(options["model"])  # a missing or broken model is said now, not once per image
+        get_model(options["model"], device=options["device"])  # a broken model is said now, not per image
         workers, lines = int(self.workers.value), []
         run = iter_slides if self.by_folder.value else iter_analysis
 

@@ -179,7 +179,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
     def _model(self):
         from ..model.registry import get_model
 
-        return get_model(model_spec(self.model_name, self.model_dir))
+        return get_model(model_spec(self.model_name, self.model_dir), device="auto")
 
     def _classes(self):
         """The model's classes, then the classes the user has added (for the list and the keys)."""

@@ -85,7 +85,7 @@ class FinetunePanel(Container, RunnerMixin):
                     adapter_dir = ev["adapter_dir"]
                 else:
                     yield (ev["step"], ev["total"], ev["stage"])
-            adapted = get_model(adapter_dir)
+            adapted = get_model(adapter_dir, device="auto")
             result = None
             for item in iter_analyze(
                 image,

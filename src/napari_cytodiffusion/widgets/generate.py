@@ -52,7 +52,7 @@ class GenerateWidget(Container, RunnerMixin):
     def _model(self):
         from ..model.registry import get_model
 
-        return get_model(model_spec(self.model_name, self.model_dir))
+        return get_model(model_spec(self.model_name, self.model_dir), device="auto")
 
     def _classes(self, _=None):
         try:  # from the metadata: no weights are read on the GUI thread
