@@ -64,6 +64,7 @@ def test_unwritable_output_folder(tmp_path, capsys):
         (["finetune", "--data", "x", "--out", "o", "--rank", "0"], "rank must be at least 1"),
         (["generate", "--class", "all", "--out", "o", "--device", "gpu"], "unknown device 'gpu'"),
         (["evaluate", "--data", "x", "--out", "o", "--limit", "0"], "--limit: must be at least 1"),
+        (["demo", "--out", "o", "--seed", "-1"], "--seed: must be at least 0, got -1"),
     ],
 )
 def test_settings_a_run_cannot_use_are_refused_at_once(args, says, tmp_path, monkeypatch, capsys):

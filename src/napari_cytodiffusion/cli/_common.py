@@ -22,17 +22,26 @@ def progress(iterable, total: int | None = None, desc: str = ""):
     return tqdm(iterable, total=total, desc=desc, disable=not sys.stderr.isatty(), leave=False)
 
 
-def count(value: str) -> int:
-    """argparse type of a count that must be at least 1 (``--limit``)."""
+def _whole(value: str, least: int) -> int:
     import argparse
 
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    if n < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {n}")
     return n
+
+
+def count_arg(value: str) -> int:
+    """argparse type of a count that must be at least 1 (``--limit``)."""
+    return _whole(value, 1)
+
+
+def seed_arg(value: str) -> int:
+    """argparse type of a seed: a whole number, 0 or more (numpy's generators take no negative seed)."""
+    return _whole(value, 0)
 
 
 def device_arg(value: str | None) -> str:

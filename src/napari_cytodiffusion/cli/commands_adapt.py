@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ._common import device_arg, out_dir, progress
+from ._common import device_arg, out_dir, progress, seed_arg
 
 
 def register(sub) -> None:
@@ -30,7 +30,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed_arg,
         default=0,
         help="seed of the split into shots and calibration cells, and of training",
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ._common import classify_with_progress, count, device_arg, out_dir, progress
+from ._common import classify_with_progress, count_arg, device_arg, out_dir, progress, seed_arg
 
 
 def register(sub) -> None:
@@ -52,7 +52,7 @@ def register(sub) -> None:
     p.add_argument(
         "--max-seconds", type=float, default=None, help="stop (checkpoint + export) after this long"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, batches and augmentation")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of weights, batches and augmentation")
     p.add_argument(
         "--device",
         default="auto",
@@ -106,9 +106,9 @@ def register(sub) -> None:
         choices=["fast", "balanced", "accurate", "full"],
         help="classifier preset (as for classify); full: every class at every timestep",
     )
-    p.add_argument("--limit", type=count, default=None, help="evaluate a stratified subset of N cells")
+    p.add_argument("--limit", type=count_arg, default=None, help="evaluate a stratified subset of N cells")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the classifier's noise (same seed, same calls)"
+        "--seed", type=seed_arg, default=0, help="seed of the classifier's noise (same seed, same calls)"
     )
     p.add_argument(
         "--device",
@@ -126,7 +126,7 @@ def register(sub) -> None:
     p.add_argument("--class", dest="cls", required=True, help="class name or 'all'")
     p.add_argument("-n", type=int, default=8, help="images per class")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the first image; the run's i-th image uses seed + i"
+        "--seed", type=seed_arg, default=0, help="seed of the first image; the run's i-th image uses seed + i"
     )
     p.add_argument("--steps", type=int, default=25, help="sampler steps (more: slower, finer)")
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = none)")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ._common import classify_with_progress, count, device_arg, expand_inputs, out_dir
+from ._common import classify_with_progress, count_arg, device_arg, expand_inputs, out_dir, seed_arg
 
 
 def _seg_args(p: argparse.ArgumentParser) -> None:
@@ -88,7 +88,7 @@ def _cls_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--min-area", type=int, default=0, help="do not classify cells under this many pixels")
     g.add_argument(
-        "--seed", type=int, default=0, help="seed of the classifier's noise (same seed, same calls)"
+        "--seed", type=seed_arg, default=0, help="seed of the classifier's noise (same seed, same calls)"
     )
     g.add_argument(
         "--device",
@@ -136,7 +136,7 @@ def register(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the sample smear and of the classifier's noise"
+        "--seed", type=seed_arg, default=0, help="seed of the sample smear and of the classifier's noise"
     )
     p.add_argument(
         "--speed",
@@ -231,7 +231,7 @@ def register(sub) -> None:
         "NAME.png) to score instead of segmenting",
     )
     p.add_argument("--out", required=True, help="output folder: metrics.json")
-    p.add_argument("--limit", type=count, default=None, help="evaluate only the first N images")
+    p.add_argument("--limit", type=count_arg, default=None, help="evaluate only the first N images")
     _seg_args(p)
     p.set_defaults(func=cmd_evaluate_segmentation)
 
