@@ -161,6 +161,15 @@ def test_evaluate_cli_writes_metrics(shared_data, tmp_path):
     ):
         assert key in m
     assert m["n"] == 8
+    import pandas as pd
+
+    cells = pd.read_csv(out / "predictions.csv")  # which cells were wrong, and how sure it was of them
+    assert len(cells) == 8 and {"path", "true_class", "correct", "class", "p_correct", "anomaly"} <= set(
+        cells
+    )
+    assert cells["correct"].mean() == pytest.approx(m["accuracy"])
+    assert (cells["correct"] == (cells["class"] == cells["true_class"])).all()
+    assert len(pd.read_csv(out / "ood_predictions.csv")) == 3
     # the default model ships an int8 UNet, which the default backend runs when ONNX Runtime is there
     # and this CPU computes it as the machine that fitted its int8 constants did (else float32 ONNX)
     from napari_cytodiffusion.model import int8_numerics

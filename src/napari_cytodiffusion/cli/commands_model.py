@@ -118,7 +118,8 @@ def register(sub) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="output folder: metrics.json, confusion_matrix.png, reliability_diagram.png",
+        help="output folder: metrics.json, predictions.csv (each cell's result and true class; with --ood "
+        "also ood_predictions.csv), confusion_matrix.png, reliability_diagram.png",
     )
     p.set_defaults(func=cmd_evaluate)
 
@@ -297,6 +298,18 @@ def _stratified(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(np.array(take))
 
 
+def _write_predictions(path: Path, paths, res, model, a, truth: np.ndarray | None = None) -> None:
+    """Each evaluated cell's result (as ``classify`` writes it), after its true class and whether it was right."""
+    from ..export import audit_trail, write_cells_csv
+
+    df = res.to_frame()
+    df.insert(0, "path", [str(Path(p).resolve()) for p in paths])
+    if truth is not None:
+        df.insert(1, "true_class", [model.classes[t] for t in truth])
+        df.insert(2, "correct", res.pred == truth)
+    write_cells_csv(df, path, audit_trail(model, {"speed": a.speed, "seed": a.seed}))
+
+
 def cmd_evaluate(a) -> int:
     from ..evaluate.metrics import auroc, classification_metrics, sensitivity_at_specificity
     from ..evaluate.plots import confusion_png, reliability_png
@@ -337,6 +350,9 @@ def cmd_evaluate(a) -> int:
         m["sensitivity_at_specificity_0.96"] = sensitivity_at_specificity(res.anomaly, r_ood.anomaly, 0.96)
         m["n_ood"] = len(files)
     write_json(out / "metrics.json", m)
+    _write_predictions(out / "predictions.csv", [data.paths[i] for i in sel], res, model, a, truth=y)
+    if a.ood:
+        _write_predictions(out / "ood_predictions.csv", files, r_ood, model, a)
     confusion_png(np.array(m["confusion_matrix"]), model.classes, out / "confusion_matrix.png")
     reliability_png(res.probs.max(axis=1), (res.pred == y).astype(float), out / "reliability_diagram.png")
     keys = (
