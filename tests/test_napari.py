@@ -61,14 +61,15 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     seg.large_cells.value = False
     seg.border_pad.value = 0.15
     seg.platelets.value = False
-    assert seg.params().border_pad == 0.15 and seg.params().platelets is False
+    seg.gpu.value = True  # Cellpose on a GPU when there is one (the CPU here)
+    assert seg.params().border_pad == 0.15 and seg.params().platelets is False and seg.params().gpu
     assert seg.params().augment and seg.params().max_size_fraction == 0.5
     assert seg.params().large_cells is False
     seg.save_settings()
     again = SegmentWidget(viewer)
     assert again.augment.value is True and again.max_size_fraction.value == 0.5
     assert again.large_cells.value is False
-    assert again.border_pad.value == 0.15 and again.platelets.value is False
+    assert again.border_pad.value == 0.15 and again.platelets.value is False and again.gpu.value is True
 
     cls = ClassifyWidget(viewer)
     cls.image.value = viewer.layers["smear"]

@@ -25,6 +25,7 @@ class SegmentWidget(Container, RunnerMixin):
         "augment",
         "large_cells",
         "platelets",
+        "gpu",
     )
 
     def __init__(self, napari_viewer) -> None:
@@ -60,6 +61,11 @@ class SegmentWidget(Container, RunnerMixin):
             "that the first pass missed (a white cell among small red cells); ~20 % slower",
         )
         self.platelets = platelets_box()
+        self.gpu = CheckBox(
+            text="use a GPU when there is one",
+            value=False,
+            tooltip="run Cellpose on a CUDA GPU (on the CPU when torch sees none)",
+        )
         self.extend(
             [
                 self.image,
@@ -74,6 +80,7 @@ class SegmentWidget(Container, RunnerMixin):
                 self.augment,
                 self.large_cells,
                 self.platelets,
+                self.gpu,
             ]
         )
         self._init_runner("Segment")
@@ -101,6 +108,7 @@ class SegmentWidget(Container, RunnerMixin):
             augment=self.augment.value,
             large_cells=self.large_cells.value,
             platelets=self.platelets.value,
+            gpu=self.gpu.value,
         )
 
     def _work(self):
