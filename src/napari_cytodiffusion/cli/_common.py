@@ -44,6 +44,10 @@ def seed_arg(value: str) -> int:
     return _whole(value, 0)
 
 
+#: ``--device``'s help
+DEVICE_HELP = "torch device: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1, ..."
+
+
 def device_arg(value: str | None) -> str:
     """``--device``: the device to use, checked (auto picks a CUDA GPU when there is one)."""
     from ..devices import resolve_device

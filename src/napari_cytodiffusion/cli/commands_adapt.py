@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import InputError
-from ._common import device_arg, out_dir, progress, seed_arg
+from ._common import DEVICE_HELP, device_arg, out_dir, progress, seed_arg
 
 
 def register(sub) -> None:
@@ -34,11 +34,7 @@ def register(sub) -> None:
         default=0,
         help="seed of the split into shots and calibration cells, and of training",
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="torch device: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1, ...",
-    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(

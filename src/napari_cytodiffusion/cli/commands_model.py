@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ._common import classify_with_progress, count_arg, device_arg, out_dir, progress, seed_arg
+from ._common import DEVICE_HELP, classify_with_progress, count_arg, device_arg, out_dir, progress, seed_arg
 
 
 def register(sub) -> None:
@@ -53,11 +53,7 @@ def register(sub) -> None:
         "--max-seconds", type=float, default=None, help="stop (checkpoint + export) after this long"
     )
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of weights, batches and augmentation")
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="torch device: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1, ...",
-    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--no-int8",
         action="store_true",
@@ -110,11 +106,7 @@ def register(sub) -> None:
     p.add_argument(
         "--seed", type=seed_arg, default=0, help="seed of the classifier's noise (same seed, same calls)"
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="torch device: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1, ...",
-    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--out",
         required=True,
@@ -138,11 +130,7 @@ def register(sub) -> None:
         help="sampler: SDE-DPM-Solver++ (default; noise drawn from each image's seed), DPM-Solver++ or DDIM",
     )
     p.add_argument("--model", default="default", help="model folder or name (default: bundled pbc32)")
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="torch device: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, cuda:1, ...",
-    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--out",
         required=True,

@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ._common import classify_with_progress, count_arg, device_arg, expand_inputs, out_dir, seed_arg
+from ._common import (
+    DEVICE_HELP,
+    classify_with_progress,
+    count_arg,
+    device_arg,
+    expand_inputs,
+    out_dir,
+    seed_arg,
+)
 
 
 def _seg_args(p: argparse.ArgumentParser) -> None:
@@ -93,7 +101,7 @@ def _cls_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--device",
         default="auto",
-        help="torch device of the classifier: auto (a CUDA GPU when there is one, else cpu), cpu, cuda, ...",
+        help=f"{DEVICE_HELP} (the classifier's; Cellpose's is --gpu)",
     )
     g.add_argument(
         "--no-size-check",

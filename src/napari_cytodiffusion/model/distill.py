@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..devices import resolve_device
-from ..errors import Cancelled, InputError, ModelError, check_settings
+from ..errors import Cancelled, InputError, ModelError
 from .architecture import build_unet, with_widths
 from .augment import AugmentConfig, augment_batch
 from .folder import DiffusionModel, ModelMetadata, save_model
@@ -45,6 +45,7 @@ from .train import (
     _class_sampler,
     _hardware,
     _write_int8,
+    check_run_settings,
     learning_rate,
     load_checkpoint,
     resumed_config,
@@ -101,10 +102,7 @@ class DistillConfig:
 
     def check(self) -> None:
         """Refuse settings a run cannot use (:class:`~napari_cytodiffusion.errors.InputError`)."""
-        least = 0 if self.init_from else 1  # 0 steps from another model's weights: a copy of them
-        if self.steps is not None and self.steps < least:
-            raise InputError(f"steps must be at least {least}, got {self.steps}")
-        check_settings(
+        check_run_settings(
             self,
             at_least_1=("batch_size", "labels_per_cell", "checkpoint_every"),
             positive=("lr",),

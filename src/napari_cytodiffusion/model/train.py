@@ -68,10 +68,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Refuse settings a run cannot use (:class:`~napari_cytodiffusion.errors.InputError`)."""
-        least = 0 if self.init_from else 1  # 0 steps from another model's weights: a copy of them
-        if self.steps is not None and self.steps < least:
-            raise InputError(f"steps must be at least {least}, got {self.steps}")
-        check_settings(
+        check_run_settings(
             self,
             at_least_1=("batch_size", "checkpoint_every", "store_margin"),
             positive=("lr",),
@@ -89,6 +86,15 @@ class TrainConfig:
     @property
     def size(self) -> int:
         return int(self.arch["sample_size"])
+
+
+def check_run_settings(config: Any, **rules: tuple[str, ...]) -> None:
+    """:func:`~napari_cytodiffusion.errors.check_settings` of a training run's config; its ``steps``
+    may be 0 only when it starts from another model's weights (``init_from``: a copy of them)."""
+    least = 0 if config.init_from else 1
+    if config.steps is not None and config.steps < least:
+        raise InputError(f"steps must be at least {least}, got {config.steps}")
+    check_settings(config, **rules)
 
 
 @dataclass
