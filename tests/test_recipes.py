@@ -24,3 +24,38 @@ def test_script_help_runs(script):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_record_validation_stores_an_evaluate_run(tiny_model, tiny_dataset, tmp_path):
+    """An evaluate run's figures become the model's validation record, in the place its speed and backend name."""
+    import json
+    import shutil
+
+    from napari_cytodiffusion.cli.main import main
+    from napari_cytodiffusion.model.folder import load_model, read_metadata
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    run = tmp_path / "run"
+    assert main(["evaluate", "--data", str(tiny_dataset), "--model", str(model), "--speed", "fast",
+                 "--out", str(run)]) == 0  # fmt: skip
+    metrics = json.loads((run / "metrics.json").read_text())
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "record_validation.py"), "--model", str(model),
+         "--metrics", str(run / "metrics.json"), "--dataset", "tiny discs", "--note", "a test", "--n", "24"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    backend = "int8" if metrics["backend"] == "onnx-int8" else "torch"
+    entry = read_metadata(model).validation["presets"]["fast"][backend]
+    assert entry["balanced_accuracy"] == metrics["balanced_accuracy"] and entry["n"] == 24
+    assert entry["dataset"] == "tiny discs" and "confusion_matrix" not in entry
+    assert load_model(model).verified  # the weights' hash still holds
+    # a run of fewer cells than the split is refused, and the folder is left as it was
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "record_validation.py"), "--model", str(model),
+         "--metrics", str(run / "metrics.json"), "--dataset", "x", "--note", "x", "--n", "25"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert again.returncode != 0 and "not the split's 25" in again.stderr
+    assert read_metadata(model).validation["presets"]["fast"][backend]["dataset"] == "tiny discs"
