@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -312,3 +313,24 @@ def test_slide_groups_name_each_folder_below_their_common_parent(tmp_path):
         (tmp_path / "data" / name).write_bytes(b"")
         (tmp_path / "slides" / "s9" / name).symlink_to(tmp_path / "data" / name)
     assert list(slide_groups(sorted((tmp_path / "slides" / "s9").iterdir()))) == ["s9"]
+
+
+def test_a_cell_classified_again_alone_keeps_its_numbers():
+    """A cell's noise is its own (seeded by its crop): classifying only some cells of a smear again
+    gives them the numbers of the full run, whichever cells come before them."""
+    from napari_cytodiffusion.pipeline import analyze
+    from napari_cytodiffusion.sample_data import generated_smear
+
+    image = generated_smear(seed=0).image
+    full = analyze(image, speed="fast", size_check=False)
+    done = full.table[full.table["classified"]]
+    assert len(done) >= 4
+    picked = [int(v) for v in done["label"].to_numpy()[[-1, 1]]]  # the last first, out of their order
+    part = analyze(image, labels=full.labels, speed="fast", size_check=False, only_labels=picked)
+    cols = ["class", "certainty", "p_correct", "anomaly"]
+    a = full.table.set_index("label").loc[picked, cols]
+    b = part.table.set_index("label").loc[picked, cols]
+    assert (a["class"] == b["class"]).all()
+    assert np.allclose(a[cols[1:]].to_numpy(float), b[cols[1:]].to_numpy(float), atol=1e-4)
+    others = part.table.set_index("label").drop(index=picked)
+    assert not others["classified"].any()  # only the picked cells were classified
