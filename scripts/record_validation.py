@@ -12,8 +12,9 @@ split and record each run here::
 
 Where it goes is read from the run (``speed`` and ``backend`` in metrics.json): PyTorch or
 float32 ONNX ``balanced`` is the top-level block (the model card's line; its ``full_grid`` and
-``presets`` are kept), any other run ``validation["presets"][speed][torch|int8]``, which it
-replaces whole, so no figure of an earlier draw is left beside the new ones. The run must be of
+``presets`` are kept), int8 ``balanced`` is ``extra["int8"]["validation"]``, any other run
+``validation["presets"][speed][torch|int8]``; the last two are replaced whole, so no figure of an
+earlier draw is left beside the new ones. The run must be of
 this model (its ``model`` id) and of the whole split (no ``--limit``: pass ``--n`` to check).
 """
 
@@ -31,18 +32,25 @@ KEEP = ("n", "accuracy", "balanced_accuracy", "macro_f1", "ece", "ece_p_correct"
         "n_ood")  # fmt: skip
 
 
-def record(validation: dict, metrics: dict, dataset: str, note: str) -> tuple[dict, str]:
-    """The new validation block, and where the run went in it."""
+def record(meta, metrics: dict, dataset: str, note: str) -> str:
+    """Write the run into ``meta`` (a ``ModelMetadata``); returns where it went."""
     backend = "int8" if metrics["backend"] == "onnx-int8" else "torch"  # float32 ONNX computes as torch
     entry = {k: metrics[k] for k in KEEP if k in metrics} | {"dataset": dataset, "measured_on": note}
-    new = dict(validation)
-    if metrics["speed"] == "balanced" and backend == "torch":
-        new.update(entry)
-        return new, "validation (top level)"
-    presets = dict(new.get("presets", {}))
-    presets[metrics["speed"]] = dict(presets.get(metrics["speed"], {})) | {backend: entry}
-    new["presets"] = presets
-    return new, f"validation.presets.{metrics['speed']}.{backend}"
+    validation = dict(meta.validation or {})
+    speed = metrics["speed"]
+    if speed == "balanced" and backend == "torch":
+        validation.update(entry)
+        where = "validation (top level)"
+    elif speed == "balanced":
+        meta.extra.setdefault("int8", {})["validation"] = entry
+        where = 'extra["int8"]["validation"]'
+    else:
+        presets = dict(validation.get("presets", {}))
+        presets[speed] = dict(presets.get(speed, {})) | {backend: entry}
+        validation["presets"] = presets
+        where = f"validation.presets.{speed}.{backend}"
+    meta.validation = validation
+    return where
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n is not None and metrics["n"] != args.n:
         sys.exit(f"{args.metrics} has {metrics['n']} cells, not the split's {args.n}")
     meta = read_metadata(args.model)
-    meta.validation, where = record(meta.validation or {}, metrics, args.dataset, args.note)
+    where = record(meta, metrics, args.dataset, args.note)
     write_metadata(args.model, meta)
     print(
         f"{args.model}: {where} = balanced accuracy {metrics['balanced_accuracy']:.4f} on {metrics['n']} cells"
