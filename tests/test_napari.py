@@ -224,6 +224,12 @@ def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
         lambda: w.inspector.image.value.shape[1] == 2 * w.inspector.image.value.shape[0], timeout=60_000
     )
     assert "cell 3" in w.inspector.title.value
+    # beside P(correct) and the anomaly score, where they would flag the cell
+    from napari_cytodiffusion.classify.classifier import calibration_for, flag_limits
+
+    low, high = flag_limits(calibration_for(w.result["model"], w.result["params"]["speed"]))
+    assert f"(flag below {low:.2f})" in w.inspector.title.value
+    assert (f"(flag above {high:.2f})" in w.inspector.title.value) == bool(np.isfinite(high))
     # a cell re-called by its size names the class it looked like, which the size rules out
     row = w.result["points"].features.iloc[2].copy()
     row["class_by_appearance"], row["size"], row["size_implausible"] = "violet", 0.4, True

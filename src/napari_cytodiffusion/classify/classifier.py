@@ -209,6 +209,12 @@ def iter_classify(
     )
 
 
+def flag_limits(cal: dict[str, Any]) -> tuple[float, float]:
+    """A calibration's flag limits: a cell is flagged below this P(correct) or above this anomaly score."""
+    threshold = float(cal["anomaly"]["threshold"]) if "anomaly" in cal else np.inf
+    return float(cal.get("flag_below_p_correct", 0.9)), threshold
+
+
 def finish(
     res,
     classes: list[str],
@@ -256,15 +262,11 @@ def finish(
             _, evidence = class_evidence(res, winner)
     temperature = float(cal.get("temperature", 1.0))
     probs = softmax_neg(evidence if mask is None else np.where(mask, evidence, np.inf), temperature)
-    if "anomaly" in cal:
-        anomaly = score_anomaly(res, winner, evidence, cal["anomaly"], sizes)
-        threshold = float(cal["anomaly"]["threshold"])
-    else:
-        anomaly, threshold = np.zeros(n), np.inf
+    flag_below, threshold = flag_limits(cal)
+    anomaly = score_anomaly(res, winner, evidence, cal["anomaly"], sizes) if "anomaly" in cal else np.zeros(n)
     p_correct = (
         apply_pcorrect(probs, np.nan_to_num(anomaly), cal) if "p_correct" in cal else probs.max(axis=1)
     )
-    flag_below = float(cal.get("flag_below_p_correct", 0.9))
     flagged = (p_correct < flag_below) | (anomaly > threshold)
     return Classification(
         classes=list(classes),

@@ -500,7 +500,10 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
         row = r["points"].features.iloc[index]
         model = r["model"]
         crop = self._crop(row)
-        self.inspector.show(row, crop, model, None)
+        from ..classify.classifier import calibration_for, flag_limits
+
+        limits = flag_limits(calibration_for(model, r["params"].get("speed", "balanced")))
+        self.inspector.show(row, crop, model, None, limits)
         target = self.inspector.target.value
         if not target or row["class"] not in model.classes:
             return
@@ -513,7 +516,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin):
             work,
             _start_thread=False,
             _connect={
-                "returned": lambda heat: self.inspector.show(row, crop, model, heat),
+                "returned": lambda heat: self.inspector.show(row, crop, model, heat, limits),
                 "errored": self._on_error,
             },
         )

@@ -67,14 +67,18 @@ class CellInspector(Container):
         )
         self._worker = None
 
-    def show(self, row, crop: np.ndarray, model, heat: np.ndarray | None) -> None:
+    def show(
+        self, row, crop: np.ndarray, model, heat: np.ndarray | None, limits: tuple[float, float] | None = None
+    ) -> None:
+        """Show a cell; ``limits`` (flag below this P(correct), above this anomaly score) go beside its figures."""
         classes, colours = (
             model.metadata.classes,
             dict(zip(model.metadata.classes, model.metadata.colours, strict=True)),
         )
         self.title.value = (
             f"cell {int(row['label'])}: {row['class']} — certainty {row['certainty']:.2f}, "
-            f"P(correct) {row['p_correct']:.2f}, anomaly {row['anomaly']:.2f}"
+            f"P(correct) {row['p_correct']:.2f}{_limit('flag below', limits, 0)}, "
+            f"anomaly {row['anomaly']:.2f}{_limit('flag above', limits, 1)}"
             + (" — FLAGGED" if row["flagged"] else "")
             + (f": {row['flag_reason']}" if row["flagged"] and str(row.get("flag_reason") or "") else "")
             + (
@@ -90,3 +94,10 @@ class CellInspector(Container):
         # the image widget takes only the height its row is given: reserve the panel's
         self.image.min_height = panel.shape[0]
         self.image.value = panel
+
+
+def _limit(words: str, limits: tuple[float, float] | None, i: int) -> str:
+    """`` (flag below 0.90)``: how near a figure is to flagging the cell (a draw moves it; measurements.md)."""
+    if limits is None or not np.isfinite(limits[i]):
+        return ""
+    return f" ({words} {limits[i]:.2f})"
