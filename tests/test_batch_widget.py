@@ -31,6 +31,8 @@ def test_analyze_smears_widget(make_napari_viewer, qtbot, tmp_path, monkeypatch)
     assert w.worker is None
     w.pattern.value = ""
     w.speed.value = "fast"
+    w.gpu.value = True  # Cellpose on a GPU when there is one (the CPU here); the classifier's device: auto
+    assert w.options()["segmentation"]["gpu"] is True and w.options()["device"] == "auto"
     w.run_button.clicked()
     qtbot.waitUntil(lambda: w.worker is not None and w.run_button.enabled, timeout=300_000)
     cohort = pd.read_csv(out / "cohort.csv").set_index("image")

@@ -73,6 +73,16 @@ def border_pad_box() -> FloatSpinBox:
     )
 
 
+def gpu_box() -> CheckBox:
+    """Cellpose on a CUDA GPU (``--gpu``); the classifier uses one whenever there is one."""
+    return CheckBox(
+        text="segment on a GPU when there is one",
+        value=False,
+        tooltip="run Cellpose on a CUDA GPU (on the CPU when torch sees none); the classifier uses a CUDA GPU "
+        "whenever there is one",
+    )
+
+
 def platelets_box() -> CheckBox:
     """The stain-based platelet pass (``--no-platelets`` unticks it)."""
     return CheckBox(

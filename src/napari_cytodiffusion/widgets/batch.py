@@ -30,6 +30,7 @@ from ..errors import InputError
 from ._controls import (
     border_pad_box,
     cells_choice,
+    gpu_box,
     platelets_box,
     red_cell_px_box,
     segmentation_model_choice,
@@ -72,6 +73,7 @@ class BatchWidget(ScrollableDock, Container, RunnerMixin):
         "seg_model",
         "platelets",
         "border_pad",
+        "gpu",
         "workers",
         "by_folder",
     )
@@ -109,6 +111,7 @@ class BatchWidget(ScrollableDock, Container, RunnerMixin):
         self.seg_model = segmentation_model_choice("segmentation")
         self.platelets = platelets_box()
         self.border_pad = border_pad_box()
+        self.gpu = gpu_box()
         self.by_folder = CheckBox(
             text="one slide per sub-folder",
             value=False,
@@ -140,6 +143,7 @@ class BatchWidget(ScrollableDock, Container, RunnerMixin):
                 self.seg_model,
                 self.platelets,
                 self.border_pad,
+                self.gpu,
                 self.by_folder,
                 self.workers,
             ]
@@ -225,7 +229,10 @@ class BatchWidget(ScrollableDock, Container, RunnerMixin):
             pool_scale=self.pool_scale.value,
             device="auto",  # the classifier on a CUDA GPU when there is one
             segmentation=SegmentParams(
-                model=self.seg_model.value, platelets=self.platelets.value, border_pad=self.border_pad.value
+                model=self.seg_model.value,
+                platelets=self.platelets.value,
+                border_pad=self.border_pad.value,
+                gpu=self.gpu.value,
             ),
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
 
 from ..errors import InputError
-from ._controls import border_pad_box, platelets_box, segmentation_model_choice
+from ._controls import border_pad_box, gpu_box, platelets_box, segmentation_model_choice
 from ._planes import plane_words, shown_index, shown_plane
 from ._runner import RunnerMixin, n_cells, notify, relay, unique_layer_name
 
@@ -61,11 +61,7 @@ class SegmentWidget(Container, RunnerMixin):
             "that the first pass missed (a white cell among small red cells); ~20 % slower",
         )
         self.platelets = platelets_box()
-        self.gpu = CheckBox(
-            text="use a GPU when there is one",
-            value=False,
-            tooltip="run Cellpose on a CUDA GPU (on the CPU when torch sees none)",
-        )
+        self.gpu = gpu_box()
         self.extend(
             [
                 self.image,
