@@ -59,3 +59,31 @@ def test_record_validation_stores_an_evaluate_run(tiny_model, tiny_dataset, tmp_
     )  # fmt: skip
     assert again.returncode != 0 and "not the split's 25" in again.stderr
     assert read_metadata(model).validation["presets"]["fast"][backend]["dataset"] == "tiny discs"
+
+
+def test_seed_stability_compares_two_draws_of_the_same_cells(tiny_model, tiny_dataset, tmp_path):
+    """benchmarks/seed_stability.py on two evaluate runs: a run against itself agrees fully; another seed's
+    figures match its own metrics."""
+    import importlib.util
+    import json
+
+    import pandas as pd
+
+    from napari_cytodiffusion.cli.main import main
+
+    for seed in (0, 1):
+        assert main(["evaluate", "--data", str(tiny_dataset), "--model", str(tiny_model), "--speed", "fast",
+                     "--seed", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0  # fmt: skip
+    spec = importlib.util.spec_from_file_location("seed_stability", ROOT / "benchmarks" / "seed_stability.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a, b = (pd.read_csv(tmp_path / f"s{s}" / "predictions.csv") for s in (0, 1))
+    same = mod.compare(a, a)
+    assert same["same_call"] == 1.0 and same["same_flag"] == 1.0 and same["right_in_one_only"] == 0
+    assert same["anomaly_abs_difference"]["max"] == 0.0
+    two = mod.compare(a, b)
+    accuracy = [json.loads((tmp_path / f"s{s}" / "metrics.json").read_text())["accuracy"] for s in (0, 1)]
+    assert two["n"] == 24 and two["accuracy"] == pytest.approx(accuracy)
+    assert two["right_in_both"] + two["right_in_one_only"] + two["wrong_in_both"] == 24
+    with pytest.raises(SystemExit):
+        mod.compare(a, b.iloc[::-1].reset_index(drop=True))  # not the same cells in the same order
