@@ -49,7 +49,13 @@ def main(argv=None) -> int:
         help="images: every image of an npz with an 'images' array (e.g. out-of-distribution cells)",
     )
     ap.add_argument("--per-class", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the choice of cells")
+    ap.add_argument(
+        "--noise-seed",
+        type=int,
+        default=0,
+        help="seed of the noise, as classify/evaluate --seed (another draw of the same cells)",
+    )
     ap.add_argument(
         "--exclude",
         type=Path,
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
         pick.extend(rng.choice(idx, size=min(args.per_class, len(idx)), replace=False))
     pick = np.sort(np.array(pick))
     cal = model.metadata.calibration or {}
-    cfg = EngineConfig.from_calibration(cal, adaptive=False, tta=args.views)
+    cfg = EngineConfig.from_calibration(cal, adaptive=False, tta=args.views, seed=args.noise_seed)
     if not 0 <= args.from_view < args.views:
         raise SystemExit("--from-view must be below --views")
     first = args.from_view * len(cfg.timesteps)
@@ -149,6 +155,7 @@ def main(argv=None) -> int:
         weights=np.tile(cfg.weights, views),
         scales=np.tile(cfg.scales, views),
         drop_z=cfg.drop_z,
+        noise_seed=args.noise_seed,
         classes=np.array(model.classes),
     )
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")

@@ -90,6 +90,8 @@ def test_a_device_this_machine_lacks_is_named(tmp_path, capsys):
     assert str(resolve_device(" CPU ".lower())) == "cpu"
     with pytest.raises(InputError, match="no CUDA GPU is usable here"):
         resolve_device("cuda:0")
-    code = main(["classify", "x.png", "--out", str(tmp_path / "o"), "--device", "cuda"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "use cpu or auto" in err
+    for argv in (["classify", "x.png"], ["demo"]):
+        code = main([*argv, "--out", str(tmp_path / "o"), "--device", "cuda"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "use cpu or auto" in err
+        assert not (tmp_path / "o").exists()

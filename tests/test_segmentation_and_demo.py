@@ -428,6 +428,13 @@ def test_sample_cells_were_drawn_by_the_shipped_model():
     assert np.array_equal(a.image, b.image) and a.classes == classes  # deterministic
     c = generated_smear(seed=1)
     assert not np.allclose(a.centres, c.centres)
+    from napari_cytodiffusion.sample_data import synthetic_smear
+
+    for bad in (-1, 1.5):  # numpy's own error would not name the seed
+        with pytest.raises(ValueError, match="seed must be a whole number, 0 or more"):
+            generated_smear(seed=bad)
+        with pytest.raises(ValueError, match="seed must be a whole number"):
+            synthetic_smear(seed=bad)
     # every pasted cell lies whole inside the field, at the classifier's crop scale
     assert FIELD_RBC_DIAMETERS == model.metadata.preprocessing["smear"]["field_rbc_diameters"]
     side = FIELD_RBC_DIAMETERS * 46.0

@@ -26,6 +26,12 @@ GENERATED_CELLS = Path(__file__).parent / "data" / "sample" / "generated_cells.n
 FIELD_RBC_DIAMETERS = 2.865
 
 
+def _rng(seed: int) -> np.random.Generator:
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a whole number, 0 or more, got {seed!r}")
+    return np.random.default_rng(int(seed))
+
+
 def synthetic_smear(
     height: int = 480,
     width: int = 640,
@@ -36,7 +42,7 @@ def synthetic_smear(
     n_platelets: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render a smear; returns (uint8 RGB image, uint32 ground-truth labels)."""
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     img, labels = _draw(height, width, rng, rbc_diameter, n_rbc, n_wbc, n_platelets)
     return _finish(img, rng), labels
 
@@ -165,8 +171,8 @@ def generated_smear(
     """
     from PIL import Image
 
+    rng = _rng(seed)
     crops, classes, model_hash = load_generated_cells(cells_path)
-    rng = np.random.default_rng(seed)
     side = int(round(FIELD_RBC_DIAMETERS * rbc_diameter))
     radius = 0.5 * side  # the whole crop: the classifier reads the cell's neighbourhood too
     if height < 2 * side or width < 2 * side:

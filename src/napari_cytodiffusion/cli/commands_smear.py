@@ -152,6 +152,7 @@ def register(sub) -> None:
         choices=["fast", "balanced", "accurate", "full"],
         help="classifier preset (as for classify; default fast)",
     )
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (the classifier's and the generator's)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -267,11 +268,11 @@ def cmd_demo(a) -> int:
     from ..pipeline import analyze
     from ..sample_data import generated_cell_labels, generated_smear
 
+    model = get_model("default", device=device_arg(a.device))  # a device this machine lacks: no folder made
     out = out_dir(a.out)
     t0 = time.perf_counter()
     smear = generated_smear(seed=a.seed)
     image = smear.image
-    model = get_model("default")
     res = analyze(image, model=model, speed=a.speed, seed=a.seed)
     # the sample's truth: the class each pasted cell was generated as, beside the call
     table = res.table.copy()
