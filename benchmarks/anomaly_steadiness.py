@@ -1,21 +1,36 @@
 """How much of a cell's anomaly score and flag is the cell, and how much its noise draw?
 
-Replays the adaptive classifier (``classify.engine.replay_errors``) on full-grid error dumps
-(``benchmarks/full_grid_errors.py --without-null``) of the calibration cells, of the same val
-cells under two noise seeds (``--noise-seed 0`` and ``1``), and optionally of out-of-distribution
-cells; fits each variant's calibration on the calibration dump (as ``fit_calibration`` does) and
-prints, per variant of the anomaly profile:
+Replays the adaptive classifier (``classify.engine.replay_errors``, ``balanced`` preset) on
+full-grid error dumps (``benchmarks/full_grid_errors.py --without-null``) of the calibration
+cells, of the same val cells under two noise seeds (``--noise-seed 0`` and ``1``) and of
+out-of-distribution cells; fits the anomaly profile on the calibration dump as
+``fit_calibration`` does, and prints, per variant:
 
 - ``corr``: correlation of the val cells' anomaly scores between the two draws;
-- ``anom_same`` / ``flag_same``: cells whose anomaly flag / whole flag is the same under both;
-- ``flag_both``: of the cells flagged under either draw, the share flagged under both;
-- ``flagged``, ``wrong_flagged``: share of cells flagged, of wrong calls flagged (mean of draws);
-- ``ood_auroc``, ``ood_sens96``: out-of-distribution cells against val cells (first draw).
+- ``same``: val cells whose anomaly flag is the same under both draws;
+- ``rate``: val cells flagged anomalous (mean of the draws; the threshold is the calibration
+  cells' 96th percentile);
+- ``both``: of the val cells flagged anomalous under either draw, the share flagged under both;
+- ``ood``, ``sens96``: AUROC of the out-of-distribution cells against the val cells (first draw)
+  and sensitivity at specificity 0.96;
+- ``left_out`` (mean over classes) and ``min``: each class in turn taken out of the
+  classifier's label set (its column removed from the errors, its calibration cells left out of
+  the fit), its val cells against the other val cells. A proxy for a class the network never
+  saw (it did learn this one): does the variant still see "explained by the wrong class"?
+
+Variants: the profile's band features (how well the winning class explains the cell) with the
+gap features (distances to every other class, :mod:`napari_cytodiffusion.classify.anomaly`)
+weighted by ``lambda`` in the squared distance (1 = the shipped score, 0 = bands only), and
+``min_units_before_drop`` (more units before the paired test may drop a class: steadier gaps,
+more calls). The shipped score also gets ``flag_same`` / ``flag_both``: the whole flag
+(P(correct) below its limit, or anomalous), as ``finish`` computes it; and ``holds``: for val
+cells flagged anomalous under the first draw, by how far the score exceeds the threshold, the
+share also flagged under the second.
 
 Usage::
 
     python benchmarks/anomaly_steadiness.py --cal grid_cal.npz --val grid_val_s0.npz grid_val_s1.npz \
-        [--ood grid_ood.npz]
+        --ood grid_ood.npz [--min-units 2 6] [--lambdas 0 0.25 0.5 1]
 """
 
 from __future__ import annotations
@@ -26,18 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cytodiffusion.classify.anomaly import BANDS, fit_profile, profile_features, unit_reference
 from napari_cytodiffusion.classify.calibration import fit_calibration
 from napari_cytodiffusion.classify.classifier import PRESETS, finish
-from napari_cytodiffusion.classify.engine import EngineConfig, replay_errors
+from napari_cytodiffusion.classify.engine import EngineConfig, class_evidence, replay_errors
 from napari_cytodiffusion.evaluate.metrics import auroc, sensitivity_at_specificity
 
-#: anomaly profile variants: name → fit_calibration keyword arguments
-VARIANTS: dict[str, dict] = {
-    "classes": {"gaps": "classes"},
-    "runner_up": {"gaps": "runner_up"},
-}
-for _cap in (1.0, 2.0, 3.0):
-    VARIANTS[f"classes cap {_cap:g}"] = {"gaps": "classes", "gap_cap": _cap}
+N_BANDS = len(BANDS) - 1
 
 
 def load(path: Path) -> dict:
@@ -46,52 +56,134 @@ def load(path: Path) -> dict:
 
 
 def replay(dump: dict, engine: dict):
-    cfg = EngineConfig(**{**engine, **PRESETS["balanced"]})
+    cfg = EngineConfig(**{**PRESETS["balanced"], **engine})
     return replay_errors(dump["errors"], dump["timesteps"], dump["weights"], dump["scales"], cfg)
 
 
-def study(cal: dict, vals: list[dict], ood: dict | None, engine: dict, fit_kwargs: dict) -> dict:
-    classes = [str(c) for c in cal["classes"]]
-    rc = replay(cal, engine)
-    calib = fit_calibration(rc, cal["labels"], len(classes), **fit_kwargs)
-    runs = [finish(replay(v, engine), classes, calib, 0.0, {}) for v in vals]
-    a, b = runs[0], runs[-1]
-    thr = calib["anomaly"]["threshold"]
-    anom = [r.anomaly > thr for r in (a, b)]
-    either = a.flagged | b.flagged
+def without_class(dump: dict, c: int) -> dict:
+    """The dump as a classifier that lacks class ``c`` sees it (its cells get label -1)."""
+    keep = [j for j in range(dump["errors"].shape[1]) if j != c]
+    labels = np.where(dump["labels"] == c, -1, dump["labels"] - (dump["labels"] > c))
+    return {**dump, "errors": dump["errors"][:, keep], "labels": labels, "classes": dump["classes"][keep]}
+
+
+def _d2(features: np.ndarray, winner: np.ndarray, fitted: dict, dims: list[int]) -> np.ndarray:
+    means, covs = np.asarray(fitted["means"]), np.asarray(fitted["covs"])
+    out = np.full(len(features), np.nan)
+    for c in range(len(means)):
+        rows = winner == c
+        if rows.any():
+            inv = np.linalg.inv(covs[c][np.ix_(dims, dims)])
+            x = np.nan_to_num(features[rows][:, dims] - means[c][dims])
+            out[rows] = np.einsum("ij,jk,ik->i", x, inv, x)
+    return out
+
+
+class Profile:
+    """The anomaly profile fitted on a calibration dump; scores with the gap part weighted."""
+
+    def __init__(self, cal: dict, engine: dict):
+        self.engine = engine
+        run = replay(cal, engine)
+        self.reference = unit_reference(run.errors, cal["labels"], run.unit_timesteps)
+        feats, winner = self.features(run)
+        self.fitted = fit_profile(feats, winner, cal["errors"].shape[1])
+        self.cal_parts = self.parts(feats, winner)
+
+    def features(self, run):
+        winner, _ = class_evidence(run)
+        feats = profile_features(
+            run.errors, run.unit_timesteps, run.unit_scales, winner, self.reference, gaps="classes"
+        )
+        return feats, winner
+
+    def parts(self, feats, winner):
+        bands = _d2(feats, winner, self.fitted, list(range(N_BANDS)))
+        return bands, _d2(feats, winner, self.fitted, list(range(feats.shape[1]))) - bands, feats.shape[1]
+
+    @staticmethod
+    def combine(parts, lam: float) -> np.ndarray:
+        bands, gaps, d = parts
+        return np.sqrt((bands + lam * gaps) / (N_BANDS + lam * (d - N_BANDS)))
+
+    def scores(self, dump: dict, lam: float) -> np.ndarray:
+        return self.combine(self.parts(*self.features(replay(dump, self.engine))), lam)
+
+    def threshold(self, lam: float, specificity: float = 0.96) -> float:
+        return float(np.quantile(self.combine(self.cal_parts, lam), specificity))
+
+
+def anomaly_figures(cal, vals, ood, engine, lam: float) -> dict:
+    prof = Profile(cal, engine)
+    thr = prof.threshold(lam)
+    s0, s1 = (prof.scores(v, lam) for v in vals)
+    f0, f1 = s0 > thr, s1 > thr
     out = {
-        "accuracy": float(np.mean([(r.pred == v["labels"]).mean() for r, v in zip(runs, vals, strict=True)])),
-        "calls": float(np.mean([r.unet_calls.mean() for r in runs])),
-        "corr": float(np.corrcoef(a.anomaly, b.anomaly)[0, 1]),
-        "anom_same": float((anom[0] == anom[1]).mean()),
-        "flag_same": float((a.flagged == b.flagged).mean()),
-        "flag_both": float((a.flagged & b.flagged).sum() / max(1, either.sum())),
-        "flagged": float(np.mean([r.flagged.mean() for r in runs])),
-        "wrong_flagged": float(
-            np.mean([r.flagged[r.pred != v["labels"]].mean() for r, v in zip(runs, vals, strict=True)])
-        ),
+        "corr": float(np.corrcoef(s0, s1)[0, 1]),
+        "same": float((f0 == f1).mean()),
+        "rate": float((f0.mean() + f1.mean()) / 2),
+        "both": float((f0 & f1).sum() / max(1, (f0 | f1).sum())),
     }
     if ood is not None:
-        ro = finish(replay(ood, engine), classes, calib, 0.0, {})
-        out["ood_auroc"] = auroc(a.anomaly, ro.anomaly)
-        out["ood_sens96"] = sensitivity_at_specificity(a.anomaly, ro.anomaly)
+        so = prof.scores(ood, lam)
+        out["ood"] = auroc(s0, so)
+        out["sens96"] = sensitivity_at_specificity(s0, so)
+    left = []
+    for c in range(len(cal["classes"])):
+        cc, vc = without_class(cal, c), without_class(vals[0], c)
+        known = cc["labels"] >= 0
+        cc = {**cc, "errors": cc["errors"][known], "labels": cc["labels"][known]}
+        sv = Profile(cc, engine).scores(vc, lam)
+        left.append(auroc(sv[vc["labels"] >= 0], sv[vc["labels"] < 0]))
+    out["left_out"], out["min"] = float(np.mean(left)), float(np.min(left))
+    out["calls"] = float(replay(vals[0], engine).calls.mean())
     return out
+
+
+def shipped_flags(cal, vals, engine) -> dict:
+    """The whole flag of the shipped calibration (``fit_calibration`` + ``finish``) under both draws."""
+    classes = [str(c) for c in cal["classes"]]
+    calib = fit_calibration(replay(cal, engine), cal["labels"], len(classes))
+    a, b = (finish(replay(v, engine), classes, calib, 0.0, {}) for v in vals)
+    thr = calib["anomaly"]["threshold"]
+    either = a.flagged | b.flagged
+    holds = {}
+    over = a.anomaly - thr
+    for lo, hi in ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 1.0), (1.0, np.inf)):
+        rows = (over > lo) & (over <= hi)
+        if rows.any():
+            holds[f"{lo:g}-{hi:g}"] = {
+                "cells": int(rows.sum()),
+                "held": float((b.anomaly[rows] > thr).mean()),
+            }
+    return {
+        "accuracy": float(
+            np.mean([(r.pred == v["labels"]).mean() for r, v in zip((a, b), vals, strict=True)])
+        ),
+        "flag_same": float((a.flagged == b.flagged).mean()),
+        "flag_both": float((a.flagged & b.flagged).sum() / max(1, either.sum())),
+        "holds_by_excess": holds,
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cal", type=Path, required=True, help="full-grid dump of the calibration cells")
     ap.add_argument(
-        "--val", type=Path, nargs=2, required=True, help="dumps of the same cells, two noise seeds"
+        "--val", type=Path, nargs=2, required=True, help="dumps of the same val cells, two noise seeds"
     )
     ap.add_argument("--ood", type=Path, default=None, help="dump of out-of-distribution cells")
     ap.add_argument("--min-units", type=int, nargs="*", default=[2], help="min_units_before_drop values")
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument(
+        "--lambdas", type=float, nargs="*", default=[0.0, 0.25, 0.5, 1.0], help="weights of the gap part"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     cal, vals = load(args.cal), [load(p) for p in args.val]
     if not np.array_equal(vals[0]["cell_ids"], vals[1]["cell_ids"]):
         raise SystemExit("the two --val dumps hold other cells")
+    if vals[0].get("noise_seed") is not None and vals[0]["noise_seed"] == vals[1].get("noise_seed"):
+        raise SystemExit("the two --val dumps are the same draw (same --noise-seed)")
     ood = load(args.ood) if args.ood else None
     engine = {
         "timesteps": [int(t) for t in cal["timesteps"]],
@@ -99,11 +191,12 @@ def main(argv=None) -> int:
         "scales": [float(s) for s in cal["scales"]],
         "drop_z": float(cal["drop_z"]),
     }
-    rows = {}
+    rows: dict = {"shipped": shipped_flags(cal, vals, engine)}
+    print("shipped score, whole flag:", json.dumps(rows["shipped"]), flush=True)
     for mu in args.min_units:
-        for name in args.variants:
-            key = f"{name}, min units {mu}"
-            rows[key] = study(cal, vals, ood, {**engine, "min_units_before_drop": mu}, VARIANTS[name])
+        for lam in args.lambdas:
+            key = f"lambda {lam:g}, min units {mu}"
+            rows[key] = anomaly_figures(cal, vals, ood, {**engine, "min_units_before_drop": mu}, lam)
             print(key, " ".join(f"{k} {v:.3f}" for k, v in rows[key].items()), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -60,13 +60,8 @@ def profile_features(
     winner: np.ndarray,
     reference: dict[str, Any],
     gaps: str = "runner_up",
-    gap_cap: float | None = None,
 ) -> np.ndarray:
     """Profile features; NaN where a band has no evaluated unit.
-
-    ``gap_cap`` (every-class gaps only) caps each gap, in units of the paired-difference spread,
-    before its log: a class far from the winner was dropped after a few units, so its gap is
-    mostly its noise draw, while the classes near the winner carry the shape of the profile.
 
     Returns (N, len(BANDS)) with ``gaps="runner_up"`` (four bands, then the runner-up gap) and
     (N, len(BANDS) - 2 + C) with ``gaps="classes"`` (four bands, then the gap to each other
@@ -98,8 +93,6 @@ def profile_features(
             others = np.ones((n, c), dtype=bool)
             others[np.arange(n), winner] = False
             g = np.where(np.isfinite(zbar), zbar, 10.0)[others].reshape(n, c - 1)
-            if gap_cap is not None:
-                g = np.minimum(g, float(gap_cap))
             return np.concatenate([feats[:, :-1], np.log(np.clip(g, 1e-2, None))], axis=1)
         zbar[np.arange(n), winner] = np.inf
         gap = np.nanmin(np.where(np.isfinite(zbar), zbar, np.inf), axis=1)

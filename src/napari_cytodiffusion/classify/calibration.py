@@ -170,7 +170,6 @@ def score_anomaly(
             winner,
             anomaly["unit_reference"],
             gaps=anomaly.get("gaps", "runner_up"),
-            gap_cap=anomaly.get("gap_cap"),
         )
         return profile_scores(feats, winner, anomaly["profile"], sizes)
     return anomaly_scores(result, winner, anomaly["reference"], anomaly["reference_timesteps"])
@@ -184,7 +183,6 @@ def fit_calibration(
     flag_below: float = 0.9,
     prior_strength: float = 0.0,
     gaps: str | None = None,
-    gap_cap: float | None = None,
 ) -> dict[str, Any]:
     """Fit temperature, P(correct), the anomaly profile and its threshold on a calibration run.
 
@@ -203,9 +201,7 @@ def fit_calibration(
     probs = softmax_neg(evidence, temperature)
     ref = unit_reference(result.errors, labels, result.unit_timesteps)
     gaps = gaps or choose_gaps(len(labels), n_classes)
-    feats = profile_features(
-        result.errors, result.unit_timesteps, result.unit_scales, winner, ref, gaps=gaps, gap_cap=gap_cap
-    )
+    feats = profile_features(result.errors, result.unit_timesteps, result.unit_scales, winner, ref, gaps=gaps)
     fitted = fit_profile(feats, winner, n_classes)
     anomaly = profile_scores(feats, winner, fitted)
     correct = (winner == labels).astype(float)
@@ -222,7 +218,6 @@ def fit_calibration(
             "description": "Mahalanobis distance of the error profile to calibration cells of the predicted class",
             "bands": BANDS,
             "gaps": gaps,
-            **({"gap_cap": float(gap_cap)} if gap_cap is not None else {}),
             "unit_reference": ref,
             "profile": fitted,
             "threshold": float(np.nanquantile(anomaly, specificity)),
@@ -297,7 +292,6 @@ def recalibrate_from_errors(
         specificity=float(old.get("specificity", 0.96)),
         flag_below=float(cal.get("flag_below_p_correct", 0.9)),
         prior_strength=default_prior_strength(len(labels)),
-        gap_cap=old.get("gap_cap"),
     )
     new["engine"] = dict(cal.get("engine", {}))
     winner, evidence = class_evidence(res)
