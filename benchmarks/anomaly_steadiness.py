@@ -166,6 +166,16 @@ def shipped_flags(cal, vals, engine) -> dict:
     }
 
 
+def engine_of(dump: dict) -> dict:
+    """The engine settings a dump was made with (timesteps, weights, scales, paired-test threshold)."""
+    return {
+        "timesteps": [int(t) for t in dump["timesteps"]],
+        "weights": [float(w) for w in dump["weights"]],
+        "scales": [float(s) for s in dump["scales"]],
+        "drop_z": float(dump["drop_z"]),
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cal", type=Path, required=True, help="full-grid dump of the calibration cells")
@@ -185,12 +195,7 @@ def main(argv=None) -> int:
     if vals[0].get("noise_seed") is not None and vals[0]["noise_seed"] == vals[1].get("noise_seed"):
         raise SystemExit("the two --val dumps are the same draw (same --noise-seed)")
     ood = load(args.ood) if args.ood else None
-    engine = {
-        "timesteps": [int(t) for t in cal["timesteps"]],
-        "weights": [float(w) for w in cal["weights"]],
-        "scales": [float(s) for s in cal["scales"]],
-        "drop_z": float(cal["drop_z"]),
-    }
+    engine = engine_of(cal)
     rows: dict = {"shipped": shipped_flags(cal, vals, engine)}
     print("shipped score, whole flag:", json.dumps(rows["shipped"]), flush=True)
     for mu in args.min_units:

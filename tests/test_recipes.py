@@ -87,3 +87,57 @@ def test_seed_stability_compares_two_draws_of_the_same_cells(tiny_model, tiny_da
     assert two["right_in_both"] + two["right_in_one_only"] + two["wrong_in_both"] == 24
     with pytest.raises(SystemExit):
         mod.compare(a, b.iloc[::-1].reset_index(drop=True))  # not the same cells in the same order
+
+
+def test_anomaly_steadiness_separates_the_cell_from_its_draw(tmp_path):
+    """benchmarks/anomaly_steadiness.py on error dumps of known make-up: a draw against itself is fully steady,
+    another draw less so; cells with errors unlike any class are found; the same draw twice is refused."""
+    import importlib.util
+    import json
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("steady", ROOT / "benchmarks" / "anomaly_steadiness.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    ts = np.array([150, 250, 350, 450, 550, 650, 750, 850])
+    base, scale = np.exp(-ts / 250.0), 0.2 * np.exp(-ts / 250.0)
+    classes = np.array(["a", "b", "c", "d"])
+
+    def cells(
+        n,
+    ):  # each cell has its own lasting make-up: how well its class explains it, how far the others are
+        labels = np.arange(n) % 4
+        return labels, rng.normal(0, 0.15, n), rng.uniform(1.0, 3.0, (n, 4))
+
+    def dump(path, made, noise_seed, odd=1.0):
+        labels, own, gaps = made
+        r = np.random.default_rng(noise_seed)
+        n = len(labels)
+        e = np.empty((n, 4, len(ts)))
+        true = base[None, :] * odd * np.exp(own[:, None] + r.normal(0, 0.05, (n, len(ts))))
+        for j in range(4):
+            e[:, j] = true + scale[None, :] * (gaps[:, j : j + 1] + r.normal(0, 1.0, (n, len(ts))))
+        e[np.arange(n), labels] = true
+        np.savez(path, errors=e, labels=labels, cell_ids=np.arange(n), timesteps=ts, weights=np.ones(len(ts)),
+                 scales=scale, drop_z=2.0, noise_seed=noise_seed, classes=classes)  # fmt: skip
+        return path
+
+    val = cells(160)
+    cal = dump(tmp_path / "cal.npz", cells(400), 5)
+    v0, v1 = dump(tmp_path / "v0.npz", val, 0), dump(tmp_path / "v1.npz", val, 1)
+    ood = dump(tmp_path / "ood.npz", cells(80), 7, odd=2.0)
+    again = dump(tmp_path / "again.npz", val, 0)
+    args = ["--cal", str(cal), "--ood", str(ood), "--lambdas", "0", "1"]
+    assert mod.main([*args, "--val", str(v0), str(v1), "--json", str(tmp_path / "s.json")]) == 0
+    rows = json.loads((tmp_path / "s.json").read_text())
+    for key in ("lambda 0, min units 2", "lambda 1, min units 2"):
+        row = rows[key]
+        assert 0.0 < row["corr"] < 0.99 and 0.0 <= row["both"] <= 1.0 and row["ood"] > 0.95
+        assert 0.0 <= row["min"] <= row["left_out"] <= 1.0 and row["calls"] > 0
+    assert rows["shipped"]["flag_same"] < 1.0
+    same = mod.anomaly_figures(mod.load(cal), [mod.load(v0)] * 2, None, mod.engine_of(mod.load(cal)), 1.0)
+    assert same["corr"] == pytest.approx(1.0) and same["same"] == 1.0
+    with pytest.raises(SystemExit, match="same draw"):
+        mod.main([*args, "--val", str(v0), str(again)])
