@@ -95,3 +95,29 @@ def test_a_device_this_machine_lacks_is_named(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "use cpu or auto" in err
         assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "pixels", "says"),
+    [
+        ("stack.tif", (3, 40, 40, 3), "stack.tif: expected a 2D grayscale or RGB(A) image"),
+        ("dot.png", (1, 1, 3), "dot.png: 1x1 pixels is too small to hold a cell"),
+    ],
+)
+def test_a_single_cell_image_that_cannot_be_a_cell_is_named(name, pixels, says, tmp_path, capsys):
+    """Among good images, the one that cannot be cropped is named, and nothing is written."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "good.png")
+    bad = rng.integers(0, 255, pixels, dtype=np.uint8)
+    if name.endswith(".tif"):
+        tifffile.imwrite(tmp_path / name, bad)
+    else:
+        Image.fromarray(bad).save(tmp_path / name)
+    code = main(["classify", str(tmp_path / "good.png"), str(tmp_path / name), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err
+    assert not (tmp_path / "o").exists()

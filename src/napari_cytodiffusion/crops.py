@@ -30,7 +30,23 @@ def as_uint8_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.clip(np.round(to_rgb_float(image, name) * 255.0), 0, 255).astype(np.uint8)
 
 
-def crop_single_cell(image: np.ndarray, size: int, center_crop_fraction: float) -> np.ndarray:
+#: single-cell images with a shorter side under this many pixels hold no cell to classify
+MIN_CELL_IMAGE_SIDE = 4
+
+
+def _cell_image(image: np.ndarray, name: str) -> np.ndarray:
+    rgb = as_uint8_rgb(image, name)
+    if min(rgb.shape[:2]) < MIN_CELL_IMAGE_SIDE:
+        raise InputError(
+            f"{name}: {rgb.shape[0]}x{rgb.shape[1]} pixels is too small to hold a cell "
+            f"(at least {MIN_CELL_IMAGE_SIDE} on each side)"
+        )
+    return rgb
+
+
+def crop_single_cell(
+    image: np.ndarray, size: int, center_crop_fraction: float, name: str = "image"
+) -> np.ndarray:
     """Centre-crop a single-cell image square and resize it to ``size`` (uint8 RGB).
 
     Parameters
@@ -41,20 +57,22 @@ def crop_single_cell(image: np.ndarray, size: int, center_crop_fraction: float) 
         Output side in pixels.
     center_crop_fraction
         Fraction of the shorter side kept around the centre.
+    name
+        What error messages call the image (e.g. its file name).
     """
-    rgb = as_uint8_rgb(image)
+    rgb = _cell_image(image, name)
     h, w = rgb.shape[:2]
     side = max(1, int(round(min(h, w) * float(center_crop_fraction))))
     top, left = (h - side) // 2, (w - side) // 2
     return _resize_uint8(np.ascontiguousarray(rgb[top : top + side, left : left + side]), size)
 
 
-def crop_centre_side(image: np.ndarray, size: int, side: float) -> np.ndarray:
+def crop_centre_side(image: np.ndarray, size: int, side: float, name: str = "image") -> np.ndarray:
     """A square of ``side`` pixels around the image centre, resized to ``size`` (uint8 RGB).
 
     Where the square reaches beyond the image, the image is reflected (as for smear crops).
     """
-    rgb = as_uint8_rgb(image)
+    rgb = _cell_image(image, name)
     h, w = rgb.shape[:2]
     s = max(1, int(round(side)))
     top, left = int(round((h - s) / 2)), int(round((w - s) / 2))
@@ -67,23 +85,28 @@ def crop_centre_side(image: np.ndarray, size: int, side: float) -> np.ndarray:
 
 
 def single_cell_crops(
-    images: list[np.ndarray], preprocessing: dict[str, Any], red_cell_px: float | None = None
+    images: list[np.ndarray],
+    preprocessing: dict[str, Any],
+    red_cell_px: float | None = None,
+    names: list[str] | None = None,
 ) -> np.ndarray:
     """Crop a list of single-cell images as a model's metadata says → (N, S, S, 3) uint8.
 
     Without ``red_cell_px`` each image is centre-cropped to the metadata's fraction of its shorter
     side (images framed like the training images). With it (a red cell's diameter in these images'
     pixels) the square spans ``field_rbc_diameters`` red cells, the physical scale of the training
-    crops, whatever the images' framing or magnification.
+    crops, whatever the images' framing or magnification. ``names`` (e.g. file names) name an
+    image that cannot be cropped (not 2D grayscale or RGB(A), or too small) in the error.
     """
     size = int(preprocessing["size"])
     if not images:
         return np.zeros((0, size, size, 3), np.uint8)
+    names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(images))]
     if red_cell_px is not None:
         side = float(preprocessing["smear"]["field_rbc_diameters"]) * float(red_cell_px)
-        return np.stack([crop_centre_side(im, size, side) for im in images])
+        return np.stack([crop_centre_side(im, size, side, n) for im, n in zip(images, names, strict=True)])
     frac = float(preprocessing["single_cell"]["center_crop_fraction"])
-    return np.stack([crop_single_cell(im, size, frac) for im in images])
+    return np.stack([crop_single_cell(im, size, frac, n) for im, n in zip(images, names, strict=True)])
 
 
 def smear_crop_side(

@@ -363,6 +363,13 @@ def cmd_classify(a) -> int:
 
     _check_red_cell_px(a)
     model = get_model(a.model, device=device_arg(a.device))  # a bad model or device: no folder made
+    if not a.labels:  # single cells: every image is read and cropped before the output folder is made
+        paths = expand_inputs(a.inputs)
+        images = [read_image(p) for p in paths]
+        crops = single_cell_crops(
+            images, model.metadata.preprocessing, a.red_cell_px, [p.name for p in paths]
+        )
+        del images
     out = out_dir(a.out)
     if a.labels:
         if len(a.inputs) != 1:
@@ -396,8 +403,6 @@ def cmd_classify(a) -> int:
 
         print(f"report: {write_report(out)}")  # of the folder: other smears classified into it too
         return 0
-    paths = expand_inputs(a.inputs)
-    crops = single_cell_crops([read_image(p) for p in paths], model.metadata.preprocessing, a.red_cell_px)
     res = classify_with_progress(model, crops, speed=a.speed, seed=a.seed)
     df = res.to_frame()
     # absolute, as a smear's audit records its image: the report finds the images from any folder

@@ -108,7 +108,7 @@ def load_single_cell_crops(
     from .images import read_image
 
     def one(p: Path) -> np.ndarray:
-        return crop_single_cell(read_image(p), size, center_crop_fraction)
+        return crop_single_cell(read_image(p), size, center_crop_fraction, p.name)
 
     if not paths:
         return np.zeros((0, size, size, 3), np.uint8)
