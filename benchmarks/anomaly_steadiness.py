@@ -1,7 +1,7 @@
 """How much of a cell's anomaly score and flag is the cell, and how much its noise draw?
 
 Replays the adaptive classifier (``classify.engine.replay_errors``, ``balanced`` preset) on
-full-grid error dumps (``benchmarks/full_grid_errors.py --without-null``) of the calibration
+full-grid error dumps (``benchmarks/full_grid_errors.py``, with the null label) of the calibration
 cells, of the same val cells under two noise seeds (``--noise-seed 0`` and ``1``) and of
 out-of-distribution cells; fits the anomaly profile on the calibration dump as
 ``fit_calibration`` does, and prints, per variant:
@@ -19,10 +19,11 @@ out-of-distribution cells; fits the anomaly profile on the calibration dump as
   saw (it did learn this one): does the variant still see "explained by the wrong class"?
 
 Variants: the profile's band features (how well the winning class explains the cell) with the
-gap features (distances to every other class, :mod:`napari_cytodiffusion.classify.anomaly`)
-weighted by ``lambda`` in the squared distance (1 = the shipped score, 0 = bands only), and
-``min_units_before_drop`` (more units before the paired test may drop a class: steadier gaps,
-more calls). The shipped score also gets ``flag_same`` / ``flag_both``: the whole flag
+gap features (distances to every other class, ``gaps="classes"`` in
+:mod:`napari_cytodiffusion.classify.anomaly`) weighted by ``lambda`` in the squared distance
+(1 = every-class gaps, 0 = bands only); the null label's gap instead (``gaps="null"``: the
+engine evaluates the null label at every unit, one call per unit); and ``min_units_before_drop``
+(more units before the paired test may drop a class: steadier gaps, more calls). The shipped score also gets ``flag_same`` / ``flag_both``: the whole flag
 (P(correct) below its limit, or anomalous), as ``finish`` computes it; and ``holds``: for val
 cells flagged anomalous under the first draw, by how far the score exceeds the threshold, the
 share also flagged under the second.
@@ -55,9 +56,19 @@ def load(path: Path) -> dict:
     return {k: z[k] for k in z.files}
 
 
+def load_dump(path: Path) -> dict:
+    """A dump with its null label's errors (its last class, where it has one) split off as ``null``."""
+    d = load(path)
+    c = len(d["classes"])
+    if d["errors"].shape[1] == c + 1:
+        d["null"], d["errors"] = d["errors"][:, c], d["errors"][:, :c]
+    return d
+
+
 def replay(dump: dict, engine: dict):
     cfg = EngineConfig(**{**PRESETS["balanced"], **engine})
-    return replay_errors(dump["errors"], dump["timesteps"], dump["weights"], dump["scales"], cfg)
+    null = dump.get("null") if cfg.null else None
+    return replay_errors(dump["errors"], dump["timesteps"], dump["weights"], dump["scales"], cfg, null)
 
 
 def without_class(dump: dict, c: int) -> dict:
@@ -65,6 +76,11 @@ def without_class(dump: dict, c: int) -> dict:
     keep = [j for j in range(dump["errors"].shape[1]) if j != c]
     labels = np.where(dump["labels"] == c, -1, dump["labels"] - (dump["labels"] > c))
     return {**dump, "errors": dump["errors"][:, keep], "labels": labels, "classes": dump["classes"][keep]}
+
+
+def subset(dump: dict, rows: np.ndarray) -> dict:
+    per_cell = ("errors", "labels", "cell_ids", "null")
+    return {k: (v[rows] if k in per_cell else v) for k, v in dump.items()}
 
 
 def _d2(features: np.ndarray, winner: np.ndarray, fitted: dict, dims: list[int]) -> np.ndarray:
@@ -82,9 +98,9 @@ def _d2(features: np.ndarray, winner: np.ndarray, fitted: dict, dims: list[int])
 class Profile:
     """The anomaly profile fitted on a calibration dump; scores with the gap part weighted."""
 
-    def __init__(self, cal: dict, engine: dict):
-        self.engine = engine
-        run = replay(cal, engine)
+    def __init__(self, cal: dict, engine: dict, gaps: str = "classes"):
+        self.engine, self.gaps = {**engine, "null": gaps == "null"}, gaps
+        run = replay(cal, self.engine)
         self.reference = unit_reference(run.errors, cal["labels"], run.unit_timesteps)
         feats, winner = self.features(run)
         self.fitted = fit_profile(feats, winner, cal["errors"].shape[1])
@@ -93,7 +109,13 @@ class Profile:
     def features(self, run):
         winner, _ = class_evidence(run)
         feats = profile_features(
-            run.errors, run.unit_timesteps, run.unit_scales, winner, self.reference, gaps="classes"
+            run.errors,
+            run.unit_timesteps,
+            run.unit_scales,
+            winner,
+            self.reference,
+            self.gaps,
+            run.null_errors,
         )
         return feats, winner
 
@@ -113,8 +135,8 @@ class Profile:
         return float(np.quantile(self.combine(self.cal_parts, lam), specificity))
 
 
-def anomaly_figures(cal, vals, ood, engine, lam: float) -> dict:
-    prof = Profile(cal, engine)
+def anomaly_figures(cal, vals, ood, engine, lam: float, gaps: str = "classes") -> dict:
+    prof = Profile(cal, engine, gaps)
     thr = prof.threshold(lam)
     s0, s1 = (prof.scores(v, lam) for v in vals)
     f0, f1 = s0 > thr, s1 > thr
@@ -131,17 +153,18 @@ def anomaly_figures(cal, vals, ood, engine, lam: float) -> dict:
     left = []
     for c in range(len(cal["classes"])):
         cc, vc = without_class(cal, c), without_class(vals[0], c)
-        known = cc["labels"] >= 0
-        cc = {**cc, "errors": cc["errors"][known], "labels": cc["labels"][known]}
-        sv = Profile(cc, engine).scores(vc, lam)
+        cc = subset(cc, cc["labels"] >= 0)
+        sv = Profile(cc, engine, gaps).scores(vc, lam)
         left.append(auroc(sv[vc["labels"] >= 0], sv[vc["labels"] < 0]))
     out["left_out"], out["min"] = float(np.mean(left)), float(np.min(left))
-    out["calls"] = float(replay(vals[0], engine).calls.mean())
+    out["calls"] = float(replay(vals[0], prof.engine).calls.mean())
     return out
 
 
-def shipped_flags(cal, vals, engine) -> dict:
-    """The whole flag of the shipped calibration (``fit_calibration`` + ``finish``) under both draws."""
+def shipped_flags(cal, vals, engine, null: bool = False) -> dict:
+    """The whole flag of a calibration as shipped (``fit_calibration`` + ``finish``) under both draws;
+    with ``null``, of one whose profile uses the null label's gap."""
+    engine = {**engine, "null": null}
     classes = [str(c) for c in cal["classes"]]
     calib = fit_calibration(replay(cal, engine), cal["labels"], len(classes))
     a, b = (finish(replay(v, engine), classes, calib, 0.0, {}) for v in vals)
@@ -187,21 +210,35 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--lambdas", type=float, nargs="*", default=[0.0, 0.25, 0.5, 1.0], help="weights of the gap part"
     )
+    ap.add_argument(
+        "--null", action="store_true", help="also the null label's gap (dumps made with the null label)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
-    cal, vals = load(args.cal), [load(p) for p in args.val]
+    cal, vals = load_dump(args.cal), [load_dump(p) for p in args.val]
     if not np.array_equal(vals[0]["cell_ids"], vals[1]["cell_ids"]):
         raise SystemExit("the two --val dumps hold other cells")
     if vals[0].get("noise_seed") is not None and vals[0]["noise_seed"] == vals[1].get("noise_seed"):
         raise SystemExit("the two --val dumps are the same draw (same --noise-seed)")
-    ood = load(args.ood) if args.ood else None
+    ood = load_dump(args.ood) if args.ood else None
+    if args.null and any("null" not in d for d in [cal, *vals] + ([ood] if ood else [])):
+        raise SystemExit(
+            "--null needs dumps with the null label (full_grid_errors.py without --without-null)"
+        )
     engine = engine_of(cal)
     rows: dict = {"shipped": shipped_flags(cal, vals, engine)}
     print("shipped score, whole flag:", json.dumps(rows["shipped"]), flush=True)
+    if args.null:
+        rows["null_shipped"] = shipped_flags(cal, vals, engine, null=True)
+        print("null-gap score, whole flag:", json.dumps(rows["null_shipped"]), flush=True)
     for mu in args.min_units:
         for lam in args.lambdas:
             key = f"lambda {lam:g}, min units {mu}"
             rows[key] = anomaly_figures(cal, vals, ood, {**engine, "min_units_before_drop": mu}, lam)
+            print(key, " ".join(f"{k} {v:.3f}" for k, v in rows[key].items()), flush=True)
+        if args.null:
+            key = f"null gap, min units {mu}"
+            rows[key] = anomaly_figures(cal, vals, ood, {**engine, "min_units_before_drop": mu}, 1.0, "null")
             print(key, " ".join(f"{k} {v:.3f}" for k, v in rows[key].items()), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -155,7 +155,13 @@ def platelet_profiles(model, cal, res, allowed, sizes):
     c = finish(res, model.classes, cal, 0.0, {}, allowed=allowed, sizes=sizes)
     an = cal["anomaly"]
     f = profile_features(
-        res.errors, res.unit_timesteps, res.unit_scales, c.pred, an["unit_reference"], gaps=an["gaps"]
+        res.errors,
+        res.unit_timesteps,
+        res.unit_scales,
+        c.pred,
+        an["unit_reference"],
+        gaps=an["gaps"],
+        null_errors=res.null_errors,
     )
     return c.pred, f
 

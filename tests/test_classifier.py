@@ -662,3 +662,105 @@ def test_single_cell_crops_at_a_given_scale_ignore_the_framing(shared_data, tmp_
     monkeypatch.chdir(out)
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").read_text(encoding="utf-8").count('src="data:image/jpeg') >= 2
+
+
+def test_the_null_label_is_evaluated_at_every_unit_with_the_cells_own_noise(tiny_model, tiny_dataset):
+    """``EngineConfig.null``: one more call per unit and cell, the class errors and calls of the run
+    otherwise unchanged, the null errors those of the null label run as a class with the same noise,
+    and a replay of a full grid with them gives the live run."""
+    from napari_cytodiffusion.classify.engine import EngineConfig, diffusion_errors, replay_errors
+    from napari_cytodiffusion.crops import single_cell_crops, to_model_tensor
+    from napari_cytodiffusion.io.datasets import read_labelled
+    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.model.folder import load_model
+
+    model = load_model(tiny_model)
+    ls = read_labelled(tiny_dataset)
+    x0 = to_model_tensor(
+        single_cell_crops([read_image(p) for p in ls.paths[::4]], model.metadata.preprocessing)
+    )
+    c, ids, ts = model.metadata.n_classes, np.arange(len(x0)) + 11, [100, 250, 400, 550, 700, 850]
+    args = (model.unet, model.alphas_cumprod(), x0)
+    plain = diffusion_errors(*args, c, EngineConfig(timesteps=ts, drop_z=0.5), cell_ids=ids)
+    with_null = diffusion_errors(*args, c, EngineConfig(timesteps=ts, drop_z=0.5, null=True), cell_ids=ids)
+    assert plain.null_errors is None and with_null.null_errors.shape == (len(x0), len(ts))
+    assert np.array_equal(with_null.calls, plain.calls + len(ts))
+    assert np.allclose(np.nan_to_num(with_null.errors), np.nan_to_num(plain.errors), rtol=1e-5)
+    assert np.array_equal(with_null.active, plain.active)
+    grid = diffusion_errors(*args, c + 1, EngineConfig(timesteps=ts, adaptive=False), cell_ids=ids)
+    assert np.allclose(with_null.null_errors, grid.errors[:, c], rtol=1e-5)  # the null id is the last
+    cfg = EngineConfig(timesteps=ts, drop_z=0.5, null=True)
+    replayed = replay_errors(
+        grid.errors[:, :c], ts, np.ones(len(ts)), np.ones(len(ts)), cfg, grid.errors[:, c]
+    )
+    assert np.array_equal(replayed.calls, with_null.calls) and np.array_equal(
+        replayed.active, with_null.active
+    )
+    with pytest.raises(ValueError, match="null label's errors"):
+        replay_errors(grid.errors[:, :c], ts, np.ones(len(ts)), np.ones(len(ts)), cfg)
+
+
+def test_null_gap_profile_sees_a_cell_its_class_label_does_not_help(tiny_model, tiny_dataset):
+    """``gaps="null"``: a cell its best class explains hardly better than the null label does scores high,
+    though its band errors and class gaps are typical; a model whose profile needs the null label has
+    the engine evaluate it, and classifying then works end to end."""
+    from napari_cytodiffusion.classify.anomaly import needs_null
+    from napari_cytodiffusion.classify.calibration import fit_calibration, score_anomaly
+    from napari_cytodiffusion.classify.classifier import engine_config
+    from napari_cytodiffusion.classify.engine import ErrorResult, class_evidence
+    from napari_cytodiffusion.crops import single_cell_crops
+    from napari_cytodiffusion.io.datasets import read_labelled
+    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.model.folder import load_model
+
+    rng = np.random.default_rng(3)
+    ts = np.array([150, 250, 350, 450, 550, 650, 750, 850])
+    base, scale = np.exp(-ts / 250.0), 0.2 * np.exp(-ts / 250.0)
+
+    def make(n, null_gap):
+        labels = rng.integers(0, 3, n)
+        own = base[None, :] * np.exp(rng.normal(0, 0.1, (n, len(ts))))
+        e = own[:, None, :] + scale[None, None, :] * (2.0 + rng.normal(0, 0.3, (n, 3, len(ts))))
+        e[np.arange(n), labels] = own
+        null = own + scale[None, :] * (null_gap + rng.normal(0, 0.3, (n, len(ts))))
+        return ErrorResult(
+            e, np.ones((n, 3), bool), np.full(n, 32), ts, np.ones(len(ts)), scale, null
+        ), labels
+
+    cal, y = make(600, 3.0)
+    c = fit_calibration(cal, y, 3)
+    assert c["anomaly"]["gaps"] == "null" and needs_null(c["anomaly"])  # chosen when the run has them
+    assert not needs_null(fit_calibration(cal, y, 3, gaps="classes")["anomaly"])
+
+    def scores(res):
+        w, ev = class_evidence(res)
+        return score_anomaly(res, w, ev, c["anomaly"])
+
+    normal, _ = make(200, 3.0)
+    unhelped, _ = make(60, 0.3)  # the label hardly helps: a kind the classes do not describe
+    assert auroc(scores(normal), scores(unhelped)) > 0.95
+    without = ErrorResult(
+        *[getattr(normal, f) for f in ("errors", "active", "calls")], ts, normal.unit_weights, scale
+    )
+    with pytest.raises(ValueError, match="null label's errors"):
+        scores(without)
+
+    model = load_model(tiny_model)
+    crops = single_cell_crops([read_image(p) for p in read_labelled(tiny_dataset).paths[::3]],
+                              model.metadata.preprocessing)  # fmt: skip
+    ts_tiny = [100, 300, 500, 700]
+    assert not engine_config(model, "balanced").null
+    from napari_cytodiffusion.classify.engine import EngineConfig, crop_ids, diffusion_errors
+    from napari_cytodiffusion.crops import to_model_tensor
+
+    res = diffusion_errors(model.unet, model.alphas_cumprod(), to_model_tensor(crops), 2,
+                           EngineConfig(timesteps=ts_tiny, null=True), cell_ids=crop_ids(crops))  # fmt: skip
+    labels = np.array([0 if "redcell" in str(p) else 1 for p in read_labelled(tiny_dataset).paths[::3]])
+    fitted = fit_calibration(res, labels, 2, gaps="null")
+    model.metadata.calibration = (
+        dict(model.metadata.calibration) | fitted | {"engine": {"timesteps": ts_tiny}}
+    )
+    assert engine_config(model, "balanced").null
+    out = classify_crops(model, crops)
+    assert np.isfinite(out.anomaly).all() and (out.unet_calls >= len(ts_tiny) + 2).all()
+    assert np.allclose(out.anomaly, classify_crops(model, crops).anomaly)  # deterministic

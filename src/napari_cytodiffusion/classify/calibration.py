@@ -170,6 +170,7 @@ def score_anomaly(
             winner,
             anomaly["unit_reference"],
             gaps=anomaly.get("gaps", "runner_up"),
+            null_errors=result.null_errors,
         )
         return profile_scores(feats, winner, anomaly["profile"], sizes)
     return anomaly_scores(result, winner, anomaly["reference"], anomaly["reference_timesteps"])
@@ -186,8 +187,10 @@ def fit_calibration(
 ) -> dict[str, Any]:
     """Fit temperature, P(correct), the anomaly profile and its threshold on a calibration run.
 
-    ``gaps`` chooses the anomaly profile's gap features (``"runner_up"`` or ``"classes"``, see
-    :mod:`.anomaly`); by default every-class gaps when the calibration set is large enough.
+    ``gaps`` chooses the anomaly profile's gap features (``"runner_up"``, ``"classes"`` or
+    ``"null"``, see :mod:`.anomaly`); by default the null gap when ``result`` holds the null
+    label's errors (``EngineConfig.null``), else every-class gaps when the calibration set is large
+    enough.
 
     ``prior_strength`` > 0 shrinks the P(correct) regression towards "P(correct) = top
     probability after temperature scaling" (:data:`PCORRECT_IDENTITY`); worth it when there are
@@ -200,8 +203,12 @@ def fit_calibration(
     temperature = fit_temperature(evidence, labels)
     probs = softmax_neg(evidence, temperature)
     ref = unit_reference(result.errors, labels, result.unit_timesteps)
-    gaps = gaps or choose_gaps(len(labels), n_classes)
-    feats = profile_features(result.errors, result.unit_timesteps, result.unit_scales, winner, ref, gaps=gaps)
+    if gaps is None:
+        gaps = "null" if result.null_errors is not None else choose_gaps(len(labels), n_classes)
+    feats = profile_features(
+        result.errors, result.unit_timesteps, result.unit_scales, winner, ref, gaps=gaps,
+        null_errors=result.null_errors,
+    )  # fmt: skip
     fitted = fit_profile(feats, winner, n_classes)
     anomaly = profile_scores(feats, winner, fitted)
     correct = (winner == labels).astype(float)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .anomaly import needs_null
 from .calibration import apply_pcorrect, score_anomaly, softmax_neg
 from .engine import EngineConfig, class_evidence, crop_ids, diffusion_errors, merge_results
 
@@ -117,6 +118,8 @@ def engine_config(model, speed: str = "balanced", **overrides: Any) -> EngineCon
     cal = model.metadata.calibration or {}
     merged = dict(PRESETS[speed])
     merged.update({k: v for k, v in overrides.items() if v is not None})
+    if "null" not in merged:  # the null label is evaluated when the anomaly profile that will run needs it
+        merged["null"] = needs_null(calibration_for(model, speed).get("anomaly"))
     return EngineConfig.from_calibration(cal, **merged)
 
 

@@ -46,6 +46,10 @@ class EngineConfig:
     #: views (``VIEWS`` order; with ``tta`` > 1 the later views add evidence the call no longer
     #: needs); None evaluates it under every view
     decided_views: int | None = None
+    #: also evaluate the null (unconditional) label at every unit: its error against the winner's
+    #: (how much the class label helps) is a feature of the anomaly profile ``gaps="null"``, one
+    #: call per unit and cell
+    null: bool = False
     disc_radius: float | None = None
     seed: int = 0
     #: UNet evaluations per call; None = 2048 on a GPU; on a CPU (cache-friendly sizes, 2 cores,
@@ -76,6 +80,8 @@ class ErrorResult:
         (N,) UNet evaluations spent on each cell.
     unit_timesteps
         (U,) timestep of each unit.
+    null_errors
+        (N, U) errors under the null label (``EngineConfig.null``), else None.
     """
 
     errors: np.ndarray
@@ -84,6 +90,7 @@ class ErrorResult:
     unit_timesteps: np.ndarray
     unit_weights: np.ndarray
     unit_scales: np.ndarray
+    null_errors: np.ndarray | None = None
 
 
 def _view(x, v: int):
@@ -195,7 +202,8 @@ def diffusion_errors(
     noise = unit_noise(cell_ids, n_units, size, config.seed).to(dev)
     ac = alphas_cumprod.to(dev)
     mask = _disc_mask(size, config.disc_radius, dev)
-    errors = np.full((n, n_classes, n_units), np.nan, dtype=np.float64)
+    # the null label is evaluated as class ``n_classes``, never active in the paired test
+    errors = np.full((n, n_classes + int(config.null), n_units), np.nan, dtype=np.float64)
     active = np.ones((n, n_classes), dtype=bool)
     calls = np.zeros(n, dtype=np.int64)
     done_units = int(first_unit)
@@ -210,6 +218,8 @@ def diffusion_errors(
         items = _round_items(
             active, units, errors, unit_band, config.decided_band_units, unit_v, config.decided_views
         )
+        if config.null:
+            items += [(ci, n_classes, u) for ci in range(n) for u in units]
         for start in range(0, len(items), batch_size):
             if should_stop is not None and should_stop():
                 raise Cancelled("classification cancelled")
@@ -239,13 +249,31 @@ def diffusion_errors(
         done_units = units[-1] + 1
         if config.adaptive and done_units >= config.min_units_before_drop and done_units < n_units:
             _drop_classes(
-                errors[:, :, :done_units], active, unit_w[:done_units], unit_s[:done_units], config.drop_z
+                errors[:, :n_classes, :done_units],
+                active,
+                unit_w[:done_units],
+                unit_s[:done_units],
+                config.drop_z,
             )
-    return ErrorResult(errors, active, calls, unit_t[:n_units], unit_w[:n_units], unit_s[:n_units])
+    null_errors = errors[:, n_classes] if config.null else None
+    return ErrorResult(
+        errors[:, :n_classes],
+        active,
+        calls,
+        unit_t[:n_units],
+        unit_w[:n_units],
+        unit_s[:n_units],
+        null_errors,
+    )
 
 
 def replay_errors(
-    errors: np.ndarray, unit_timesteps, unit_weights, unit_scales, config: EngineConfig
+    errors: np.ndarray,
+    unit_timesteps,
+    unit_weights,
+    unit_scales,
+    config: EngineConfig,
+    null_errors: np.ndarray | None = None,
 ) -> ErrorResult:
     """The run :func:`diffusion_errors` would make, on errors computed before for every unit.
 
@@ -254,6 +282,8 @@ def replay_errors(
     which others are evaluated (each cell and unit has its own noise), so replaying the engine's
     rounds and paired test on it gives the engine's errors, calls and classes left exactly, for
     the first ``len(config.timesteps) * config.tta`` units (capped at ``config.max_units``).
+    With ``config.null``, ``null_errors`` (N, U) are the null label's errors at every unit (a
+    dump's last class, ``full_grid_errors.py`` without ``--without-null``).
     """
     k, views = len(config.timesteps), max(1, int(config.tta))
     if errors.shape[2] < k * views:
@@ -263,8 +293,13 @@ def replay_errors(
     t = np.asarray(unit_timesteps)[:total]
     w, s = np.asarray(unit_weights, float)[:total], np.asarray(unit_scales, float)[:total]
     n, c, u = errors.shape
+    null = None
+    if config.null:
+        if null_errors is None or null_errors.shape[0] != n or null_errors.shape[1] < total:
+            raise ValueError("config.null needs the null label's errors of every cell at every unit")
+        null = np.asarray(null_errors, dtype=np.float64)[:, :total]
     if not config.adaptive:
-        return ErrorResult(errors, np.ones((n, c), bool), np.full(n, c * u), t, w, s)
+        return ErrorResult(errors, np.ones((n, c), bool), np.full(n, (c + config.null) * u), t, w, s, null)
     out = np.full(errors.shape, np.nan)
     active = np.ones((n, c), dtype=bool)
     calls = np.zeros(n, dtype=np.int64)
@@ -283,7 +318,9 @@ def replay_errors(
         done = units[-1] + 1
         if done >= config.min_units_before_drop and done < u:
             _drop_classes(out[:, :, :done], active, w[:done], s[:done], config.drop_z)
-    return ErrorResult(out, active, calls, t, w, s)
+    if null is not None:
+        calls += u
+    return ErrorResult(out, active, calls, t, w, s, null)
 
 
 def _round_items(
@@ -400,6 +437,7 @@ def merge_results(parts: list[ErrorResult], n_classes: int) -> ErrorResult:
         ref.unit_timesteps,
         ref.unit_weights,
         ref.unit_scales,
+        None if ref.null_errors is None else np.concatenate([p.null_errors for p in parts]),
     )
 
 
