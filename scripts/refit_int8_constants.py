@@ -6,7 +6,8 @@ must all come from one machine, and that machine's fingerprint is stored beside 
 (``extra["int8"]["numerics"]``). Elsewhere the classifier then uses the float32 network.
 
 The fit uses a full-grid int8 error dump of *all* calibration cells, made on this machine by
-``benchmarks/full_grid_errors.py --int8 --views 2 --without-null --split cal --per-class 100000``
+``benchmarks/full_grid_errors.py --int8 --views 2 --split cal --per-class 100000`` (with
+``--without-null`` where no preset's anomaly profile uses the null label's gap, ``--null``)
 (cell ids and noise as :func:`~napari_cytodiffusion.classify.calibration.recalibrate` draws
 them). Each preset's run is replayed from it (``classify.engine.replay_errors``, the engine's
 errors and calls exactly), and refitted as ``recalibrate`` does. That takes seconds instead of an
@@ -19,7 +20,7 @@ A refitted anomaly profile drops its smear-platelet reference: run
 Usage::
 
     python scripts/refit_int8_constants.py --model src/napari_cytodiffusion/data/models/pbc32 \\
-        --cache pbc_cache.npz --errors runs/g2_cal.npz
+        --cache pbc_cache.npz --errors runs/g2_cal.npz [--null balanced]
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--cache", type=Path, required=True, help="crops cache with cal_* arrays")
     ap.add_argument("--errors", type=Path, required=True, help="full-grid int8 dump of all calibration cells")
+    ap.add_argument(
+        "--null",
+        nargs="*",
+        default=[],
+        metavar="SPEED",
+        help="presets whose anomaly profile uses the null label's gap (the engine then evaluates the null "
+        "label at every unit); needs a dump with the null label (no --without-null)",
+    )
     args = ap.parse_args(argv)
 
     from napari_cytodiffusion.model.onnx_backend import BACKEND_ENV
@@ -86,10 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     meta = read_metadata(args.model)
     block = meta.extra["int8"]["classifier_calibration"]
     speeds = ["balanced", *sorted(block.get("presets", {}))]
-    errors = dump["errors"][:, : model.metadata.n_classes]
+    c = model.metadata.n_classes
+    errors = dump["errors"][:, :c]
+    null = dump["errors"][:, c] if dump["errors"].shape[1] == c + 1 else None
+    unknown = sorted(set(args.null) - set(speeds))
+    if unknown:
+        raise SystemExit(f"--null {' '.join(unknown)}: the int8 block has no such preset ({', '.join(speeds)})")
+    if args.null and null is None:
+        raise SystemExit(f"--null needs a dump with the null label; {args.errors} was made --without-null")
     for speed in speeds:
-        cfg = engine_config(model, speed)
-        res = replay_errors(errors, dump["timesteps"], dump["weights"], dump["scales"], cfg)
+        cfg = engine_config(model, speed, null=speed in args.null)
+        res = replay_errors(errors, dump["timesteps"], dump["weights"], dump["scales"], cfg, null)
         new, summary = recalibrate_from_errors(model, res, labels, speed=speed)
         new.pop("engine", None)
         if speed == "balanced":
