@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     null = dump["errors"][:, c] if dump["errors"].shape[1] == c + 1 else None
     unknown = sorted(set(args.null) - set(speeds))
     if unknown:
-        raise SystemExit(f"--null {' '.join(unknown)}: the int8 block has no such preset ({', '.join(speeds)})")
+        raise SystemExit(
+            f"--null {' '.join(unknown)}: the int8 block has no such preset ({', '.join(speeds)})"
+        )
     if args.null and null is None:
         raise SystemExit(f"--null needs a dump with the null label; {args.errors} was made --without-null")
     for speed in speeds:

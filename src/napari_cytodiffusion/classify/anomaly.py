@@ -103,9 +103,8 @@ def profile_features(
             feats[ok, b] = np.nanmean(block[ok], axis=1)
     c = errors.shape[1]
     if gaps == "null":
-        z = (np.asarray(null_errors, dtype=np.float64) - e) / np.asarray(unit_scales, dtype=np.float64)[
-            None, :
-        ]
+        scales = np.asarray(unit_scales, dtype=np.float64)
+        z = (np.asarray(null_errors, dtype=np.float64) - e) / scales[None, :]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a cell with no unit under both labels
             gap = np.nanmean(z, axis=1)
