@@ -159,3 +159,37 @@ def test_images_that_would_share_outputs_are_refused_before_any_work(tmp_path, c
     if command == "segment":
         assert main([command, str(tmp_path / "slide2"), "--out", str(out / "slide2")]) == 0
         assert sorted(f.name for f in (out / "slide2").glob("*.tif")) == ["F01_labels.tif", "f02_labels.tif"]
+
+
+def test_segment_cli_skips_a_bad_image_of_a_batch_and_segments_the_others(tmp_path, capsys):
+    """One unreadable file among several: named on stderr, the others segmented, exit status 1."""
+    from PIL import Image
+
+    from napari_cytodiffusion.export import read_labels_tiff
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    field = np.full((96, 96, 3), 225, np.uint8)
+    field[30:60, 30:60] = (150, 60, 90)
+    Image.fromarray(field).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"this is not an image")
+    Image.fromarray(field[::-1]).save(folder / "c.png")
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "--diameter", "30", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("b.png: skipped: ") and "cannot read" in err[0], err
+    assert err[1] == "1 of 3 images skipped: b.png"
+    assert sorted(f.name for f in out.glob("*.tif")) == ["a_labels.tif", "c_labels.tif"]
+    assert read_labels_tiff(out / "a_labels.tif")[0].max() >= 1
+    assert "a.png:" in captured.out and "c.png:" in captured.out
+
+    # when every image fails, the run fails as a bad input does: exit 2, nothing written
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("x.png", "y.png"):
+        (bad / name).write_bytes(b"not an image")
+    assert main(["segment", str(bad), "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and err[-1].endswith("none of the 2 images could be segmented (each is named above)")
+    assert not list((tmp_path / "out2").glob("*"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -160,7 +161,9 @@ def register(sub) -> None:
         help="segment smear images into labels TIFF + cells CSV",
         description="Segment smear images: NAME_labels.tif (uint32, the audit trail in its description) and "
         "NAME_cells.csv (one row per cell) per image in --out. A stack (Z, Y, X[, C]) is segmented plane "
-        "by plane: labels restart at 1 in each plane, and the cells table starts with a 'plane' column.",
+        "by plane: labels restart at 1 in each plane, and the cells table starts with a 'plane' column. "
+        "Of several images, one that cannot be read or segmented is skipped with its reason on stderr; "
+        "the exit status is then 1.",
     )
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
@@ -332,16 +335,29 @@ def cmd_segment(a) -> int:
     params = _seg_params(a)
     paths = expand_inputs(a.images)
     check_distinct_stems(paths)
+    failed: list[str] = []
     for path in paths:
         t0 = time.perf_counter()
-        img = read_image(path)
-        labels = segment(img, params)
+        try:
+            img = read_image(path)
+            labels = segment(img, params)
+        except InputError as exc:  # one bad file of a batch: say so, go on with the others
+            if len(paths) == 1:
+                raise
+            failed.append(path.name)
+            print(f"{path.name}: skipped: {exc}", file=sys.stderr, flush=True)
+            continue
         audit = audit_trail(None, {"segmentation": params.to_dict()}, input_path=path)
         write_labels_tiff(labels, out / f"{path.stem}_labels.tif", audit)
         table = stack_cells_table(labels, img)  # a stack's table has a ``plane`` column
         write_cells_csv(table, out / f"{path.stem}_cells.csv", audit)
         planes = f" in {len(labels)} planes" if labels.ndim == 3 else ""
         print(f"{path.name}: {len(table)} cells{planes} in {time.perf_counter() - t0:.1f} s")
+    if len(failed) == len(paths) > 1:
+        raise InputError(f"none of the {len(paths)} images could be segmented (each is named above)")
+    if failed:
+        print(f"{len(failed)} of {len(paths)} images skipped: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
