@@ -14,7 +14,7 @@ A refitted anomaly profile drops its smear-platelet reference: run
 Usage::
 
     python scripts/calibrate_default_model.py --model runs/pbc32 --cache pbc_cache.npz [--device cuda]
-        [--ood-npz falciparum.npz] [--heldout-class erythroblast]
+        [--ood-npz falciparum.npz] [--heldout-class erythroblast] [--refit-only [--null]]
 """
 
 from __future__ import annotations
@@ -74,7 +74,15 @@ def main(argv=None) -> int:
         help="keep the model's engine settings (timesteps, weights, drop_z); refit temperature, "
         "P(correct) and anomaly profile from an adaptive run, then validate (adaptive only)",
     )
+    ap.add_argument(
+        "--null",
+        action="store_true",
+        help="with --refit-only: evaluate the null label at every unit and fit the anomaly profile on its "
+        "gap to the winner's error (anomaly.profile_features(gaps='null')) instead of the class gaps",
+    )
     args = ap.parse_args(argv)
+    if args.null and not args.refit_only:
+        ap.error("--null goes with --refit-only")
     import torch
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,8 +111,8 @@ def main(argv=None) -> int:
     old_cal = dict(model.metadata.calibration or {})
     if args.refit_only:
         engine = dict(old_cal["engine"])
-        cfg = EngineConfig(**engine, adaptive=True)
-        calib = fit_calibration(run(model, cal_x, cfg), cal_y, c)
+        cfg = EngineConfig(**engine, adaptive=True, null=args.null)
+        calib = fit_calibration(run(model, cal_x, cfg), cal_y, c)  # the null profile when null errors are in
         calib["engine"] = engine
         for key in ("timestep_snr", "tuning_on_calibration", "engine_from_teacher"):
             if key in old_cal:

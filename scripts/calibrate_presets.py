@@ -1,4 +1,4 @@
-"""Fit the classifier's calibration for the ``fast`` and ``accurate`` presets of a model folder.
+"""Fit the classifier's calibration for the speed presets of a model folder.
 
 A preset that evaluates other units than ``balanced`` changes how noisy the paired errors are,
 so its probabilities, P(correct) and anomaly profile need their own constants. For each speed,
@@ -11,7 +11,7 @@ then measured on PBC val (stored under ``validation["presets"][speed][backend]``
 Usage::
 
     python scripts/calibrate_presets.py --model src/napari_cytodiffusion/data/models/pbc32 \\
-        --cache pbc_cache.npz --backend int8 --speeds accurate [--validate]
+        --cache pbc_cache.npz --backend int8 --speeds accurate [--validate] [--null accurate]
 
 A refitted anomaly profile drops its smear-platelet reference: run
 ``scripts/calibrate_smear_platelets.py`` afterwards.
@@ -40,9 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--cache", type=Path, required=True, help="crops cache with cal_*/val_* arrays")
     ap.add_argument("--backend", choices=["torch", "int8"], required=True)
-    ap.add_argument("--speeds", nargs="+", default=["accurate"], choices=["fast", "accurate", "full"])
+    ap.add_argument(
+        "--speeds",
+        nargs="+",
+        default=["accurate"],
+        choices=["balanced", "fast", "accurate", "full"],
+        help="presets to refit (balanced: the block's main constants, the engine settings kept)",
+    )
+    ap.add_argument(
+        "--null",
+        nargs="*",
+        default=None,
+        metavar="SPEED",
+        help="presets whose anomaly profile is fitted on the null label's gap (the engine then evaluates "
+        "the null label at every unit); the others on the class gaps. Default: each as its profile is now",
+    )
     ap.add_argument("--validate", action="store_true", help="also measure each preset on PBC val")
     args = ap.parse_args(argv)
+    if args.null and not set(args.null) <= set(args.speeds):
+        ap.error(f"--null {' '.join(sorted(set(args.null) - set(args.speeds)))}: not among --speeds")
 
     from napari_cytodiffusion.model.onnx_backend import BACKEND_ENV
 
@@ -70,19 +86,31 @@ def main(argv: list[str] | None = None) -> int:
         remap = np.array([idx.get(str(c), -1) for c in z["classes"]])
         cal_y = remap[z["cal_labels"]]
         try:
-            new, summary = recalibrate(model, z["cal_images"][cal_y >= 0], cal_y[cal_y >= 0], speed=speed)
+            null = None if args.null is None else speed in args.null
+            new, summary = recalibrate(
+                model, z["cal_images"][cal_y >= 0], cal_y[cal_y >= 0], speed=speed, null=null
+            )
         except ValueError as exc:  # e.g. ``fast`` stops before the lowest/highest noise bands of the profile
             print(f"{speed} ({args.backend}): not calibrated: {exc}", flush=True)
             continue
         meta = read_metadata(args.model)
         block = meta.calibration if args.backend == "torch" else meta.extra["int8"]["classifier_calibration"]
-        block.setdefault("presets", {})[speed] = {k: new[k] for k in KEEP if k in new} | {
-            "fitted_on": summary
-        }
+        if speed == "balanced":  # the block's own constants; its engine settings and presets stay
+            block.update({k: new[k] for k in KEEP if k in new})
+            if args.backend == "int8":
+                meta.extra["int8"]["calibration_cells"] = summary
+        else:
+            block.setdefault("presets", {})[speed] = {k: new[k] for k in KEEP if k in new} | {
+                "fitted_on": summary
+            }
         write_metadata(args.model, meta)
         print(f"{speed} ({args.backend}): calibrated on {summary['calibration_cells']} cells, "
               f"accuracy {summary['calibration_accuracy']:.3f}, {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
         if not args.validate:
+            continue
+        if speed == "balanced":
+            print("balanced: measure it with `napari-cytodiffusion evaluate`, record it with "
+                  "scripts/record_validation.py", flush=True)  # fmt: skip
             continue
         t0 = time.perf_counter()
         model = load_model(args.model)

@@ -20,7 +20,7 @@ A refitted anomaly profile drops its smear-platelet reference: run
 Usage::
 
     python scripts/refit_int8_constants.py --model src/napari_cytodiffusion/data/models/pbc32 \\
-        --cache pbc_cache.npz --errors runs/g2_cal.npz [--null balanced]
+        --cache pbc_cache.npz --errors runs/g2_cal.npz [--null balanced] [--only accurate fast]
 """
 
 from __future__ import annotations
@@ -67,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         help="presets whose anomaly profile uses the null label's gap (the engine then evaluates the null "
         "label at every unit); needs a dump with the null label (no --without-null)",
     )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="SPEED",
+        help="refit these presets only, keeping the others' constants (the block's stored numerics must "
+        "be this machine's, so that every preset's constants still come from one machine's errors)",
+    )
     args = ap.parse_args(argv)
 
     from napari_cytodiffusion.model.onnx_backend import BACKEND_ENV
@@ -98,13 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     c = model.metadata.n_classes
     errors = dump["errors"][:, :c]
     null = dump["errors"][:, c] if dump["errors"].shape[1] == c + 1 else None
-    unknown = sorted(set(args.null) - set(speeds))
-    if unknown:
-        raise SystemExit(
-            f"--null {' '.join(unknown)}: the int8 block has no such preset ({', '.join(speeds)})"
-        )
+    for option, chosen in (("--null", args.null), ("--only", args.only or [])):
+        unknown = sorted(set(chosen) - set(speeds))
+        if unknown:
+            raise SystemExit(
+                f"{option} {' '.join(unknown)}: the int8 block has no such preset ({', '.join(speeds)})"
+            )
     if args.null and null is None:
         raise SystemExit(f"--null needs a dump with the null label; {args.errors} was made --without-null")
+    if args.only:
+        stored = meta.extra["int8"].get("numerics", {})
+        if not int8_numerics.matches(stored, model.inference_unet(), model.size, model.metadata.n_classes):
+            raise SystemExit("--only: the block's constants were fitted on another machine's numerics; refit all")
+        speeds = [s for s in speeds if s in args.only]
     for speed in speeds:
         cfg = engine_config(model, speed, null=speed in args.null)
         res = replay_errors(errors, dump["timesteps"], dump["weights"], dump["scales"], cfg, null)
@@ -117,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             block["presets"][speed] = {k: new[k] for k in KEEP if k in new} | {"fitted_on": summary}
         print(f"{speed}: accuracy {summary['calibration_accuracy']:.4f} on {len(labels)} cells, "
               f"{res.calls.mean():.1f} calls per cell, ECE {summary['calibration_ece_after']:.3f}")  # fmt: skip
-    meta.extra["int8"]["numerics"] = int8_numerics.record(
-        model.inference_unet(), model.size, model.metadata.n_classes
-    )
+    if not args.only:  # with --only the stored numerics stand (checked above to be this machine's)
+        meta.extra["int8"]["numerics"] = int8_numerics.record(
+            model.inference_unet(), model.size, model.metadata.n_classes
+        )
     write_metadata(args.model, meta)
     print(f"wrote {args.model}: int8 constants of {', '.join(speeds)} and this machine's numerics "
           f"{meta.extra['int8']['numerics']['host']}")  # fmt: skip

@@ -764,3 +764,11 @@ def test_null_gap_profile_sees_a_cell_its_class_label_does_not_help(tiny_model, 
     out = classify_crops(model, crops)
     assert np.isfinite(out.anomaly).all() and (out.unet_calls >= len(ts_tiny) + 2).all()
     assert np.allclose(out.anomaly, classify_crops(model, crops).anomaly)  # deterministic
+
+    # recalibrate (calibrate_presets.py --null) switches a preset's profile either way, or keeps it
+    from napari_cytodiffusion.classify.calibration import recalibrate
+
+    assert needs_null(recalibrate(model, crops, labels)[0]["anomaly"])
+    assert not needs_null(recalibrate(model, crops, labels, null=False)[0]["anomaly"])
+    model.metadata.calibration = dict(model.metadata.calibration) | {"anomaly": {}}
+    assert needs_null(recalibrate(model, crops, labels, null=True)[0]["anomaly"])

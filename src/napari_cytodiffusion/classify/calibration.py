@@ -243,13 +243,24 @@ def apply_pcorrect(probs: np.ndarray, anomaly: np.ndarray, calibration: dict[str
     return 1 / (1 + np.exp(-np.clip(beta[0] + x @ beta[1:], -30, 30)))
 
 
-def error_run(model, crops: np.ndarray, speed: str = "balanced", seed: int = 0, should_stop=None):
-    """Diffusion errors of ``crops`` with the model's engine settings (for fitting calibrations)."""
+def error_run(
+    model,
+    crops: np.ndarray,
+    speed: str = "balanced",
+    seed: int = 0,
+    should_stop=None,
+    null: bool | None = None,
+):
+    """Diffusion errors of ``crops`` with the model's engine settings (for fitting calibrations).
+
+    ``null``: evaluate the null label at every unit (``EngineConfig.null``); by default when the
+    anomaly profile the preset now has needs it.
+    """
     from ..crops import to_model_tensor
     from .classifier import engine_config
     from .engine import crop_ids, diffusion_errors, merge_results
 
-    cfg = engine_config(model, speed, seed=seed)
+    cfg = engine_config(model, speed, seed=seed, null=null)  # None: as the preset's profile needs
     ac = model.alphas_cumprod()
     parts = []
     for s in range(0, len(crops), 64):
@@ -273,15 +284,23 @@ def default_prior_strength(n_cells: int) -> float:
 
 
 def recalibrate(
-    model, crops: np.ndarray, labels: np.ndarray, should_stop=None, speed: str = "balanced", seed: int = 0
+    model,
+    crops: np.ndarray,
+    labels: np.ndarray,
+    should_stop=None,
+    speed: str = "balanced",
+    seed: int = 0,
+    null: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Refit temperature, P(correct) and the anomaly reference/threshold on labelled cells.
 
     The engine settings (timesteps, weights, paired-test threshold) are kept from the model's
-    calibration; everything fitted from errors is refitted on ``crops``. Returns the new
+    calibration; everything fitted from errors is refitted on ``crops``. With ``null`` true the
+    anomaly profile is fitted on the null label's gap (``anomaly.profile_features(gaps="null")``),
+    false on the class gaps; by default as the preset's profile is now. Returns the new
     ``calibration`` block and a small summary of the calibration cells (for ``validation``).
     """
-    res = error_run(model, crops, speed=speed, seed=seed, should_stop=should_stop)
+    res = error_run(model, crops, speed=speed, seed=seed, should_stop=should_stop, null=null)
     return recalibrate_from_errors(model, res, labels, speed=speed)
 
 
