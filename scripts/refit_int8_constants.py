@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         stored = meta.extra["int8"].get("numerics", {})
         if not int8_numerics.matches(stored, model.inference_unet(), model.size, model.metadata.n_classes):
-            raise SystemExit("--only: the block's constants were fitted on another machine's numerics; refit all")
+            raise SystemExit(
+                "--only: the block's constants were fitted on another machine's numerics; refit all"
+            )
         speeds = [s for s in speeds if s in args.only]
     for speed in speeds:
         cfg = engine_config(model, speed, null=speed in args.null)
