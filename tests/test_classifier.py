@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_cytodiffusion.classify.calibration import ece, fit_temperature, softmax_neg
-from napari_cytodiffusion.classify.classifier import classify_crops
+from napari_cytodiffusion.classify.classifier import classify_crops, engine_config
 from napari_cytodiffusion.cli.main import main
 from napari_cytodiffusion.evaluate.metrics import auroc, sensitivity_at_specificity
 from napari_cytodiffusion.model.registry import bundled_models, get_model
@@ -46,7 +46,9 @@ def test_bundled_models_classify_real_pbc_cells(shared_data, name):
     assert np.allclose(moved.p_correct, res.p_correct[[5, 2]], atol=1e-4)
     full = classify_crops(model, crops[:4], speed="full", seed=0)
     assert full.unet_calls.mean() > again.unet_calls.mean()
-    assert full.unet_calls[0] == len(model.metadata.calibration["engine"]["timesteps"]) * 8
+    # every class (and the null label, where the anomaly profile that runs uses its gap) at every timestep
+    n_labels = 8 + engine_config(model, "full").null
+    assert full.unet_calls[0] == len(model.metadata.calibration["engine"]["timesteps"]) * n_labels
     # a bundled model carries constants fitted for the other speed presets, for both networks
     assert {"fast", "accurate"} <= set(model.metadata.calibration["presets"])
     int8 = model.metadata.extra["int8"]["classifier_calibration"]
