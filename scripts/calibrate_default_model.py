@@ -114,7 +114,8 @@ def main(argv=None) -> int:
         cfg = EngineConfig(**engine, adaptive=True, null=args.null)
         calib = fit_calibration(run(model, cal_x, cfg), cal_y, c)  # the null profile when null errors are in
         calib["engine"] = engine
-        for key in ("timestep_snr", "tuning_on_calibration", "engine_from_teacher"):
+        # the engine stays, so the presets' own constants (calibrate_presets.py) still hold
+        for key in ("timestep_snr", "tuning_on_calibration", "engine_from_teacher", "presets"):
             if key in old_cal:
                 calib[key] = old_cal[key]
         return _validate(
