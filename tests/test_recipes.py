@@ -141,3 +141,54 @@ def test_anomaly_steadiness_separates_the_cell_from_its_draw(tmp_path):
     assert same["corr"] == pytest.approx(1.0) and same["same"] == 1.0
     with pytest.raises(SystemExit, match="same draw"):
         mod.main([*args, "--val", str(v0), str(again)])
+
+
+def test_calibrate_presets_refits_balanced_on_the_null_label_and_keeps_the_presets(
+    tiny_model, tiny_dataset, tmp_path
+):
+    """``calibrate_presets.py --speeds balanced --null balanced``: the block's own profile becomes the null
+    label's gap (so the engine evaluates it), a preset fitted before keeps its constants and kind."""
+    import shutil
+
+    import numpy as np
+
+    from napari_cytodiffusion.classify.anomaly import needs_null
+    from napari_cytodiffusion.classify.classifier import engine_config
+    from napari_cytodiffusion.crops import single_cell_crops
+    from napari_cytodiffusion.io.datasets import read_labelled
+    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.model.folder import load_model, read_metadata
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    m = load_model(model)
+    ls = read_labelled(tiny_dataset)
+    crops = single_cell_crops([read_image(p) for p in ls.paths], m.metadata.preprocessing)
+    labels = np.array([m.classes.index(c) for c in ls.classes])
+    cache = tmp_path / "cache.npz"
+    np.savez(cache, cal_images=crops, cal_labels=labels, val_images=crops, val_labels=labels,
+             classes=np.array(m.classes))  # fmt: skip
+
+    def script(*args):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "calibrate_presets.py"), "--model", str(model),
+             "--cache", str(cache), "--backend", "torch", *args],
+            capture_output=True, text=True, timeout=600, cwd=ROOT,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        return read_metadata(model).calibration
+
+    accurate = script("--speeds", "accurate")["presets"]["accurate"]
+    assert not needs_null(accurate["anomaly"])
+    cal = script("--speeds", "balanced", "--null", "balanced")
+    assert needs_null(cal["anomaly"]) and cal["anomaly"]["gaps"] == "null"
+    assert cal["presets"]["accurate"] == accurate
+    assert engine_config(load_model(model), "balanced").null
+    assert not engine_config(load_model(model), "accurate").null
+    # --null names a preset it does not refit: refused before any work
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "calibrate_presets.py"), "--model", str(model),
+         "--cache", str(cache), "--backend", "torch", "--speeds", "fast", "--null", "balanced"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--null balanced: not among --speeds" in bad.stderr
