@@ -53,7 +53,7 @@ def test_segment_cli_unreadable_files_exit_2(tmp_path, capsys, content, suffix, 
     assert main(["segment", str(f), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
-    assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+    assert not (tmp_path / "out").exists()  # the folder the failed run made is taken back
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,8 @@ def test_segment_cli_skips_a_bad_image_of_a_batch_and_segments_the_others(tmp_pa
     assert read_labels_tiff(out / "a_labels.tif")[0].max() >= 1
     assert "a.png:" in captured.out and "c.png:" in captured.out
 
-    # when every image fails, the run fails as a bad input does: exit 2, nothing written
+    # when every image fails, the run fails as a bad input does: exit 2, nothing written, and the
+    # output folder the run would have made is not left behind empty
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in ("x.png", "y.png"):
@@ -192,4 +193,9 @@ def test_segment_cli_skips_a_bad_image_of_a_batch_and_segments_the_others(tmp_pa
     assert main(["segment", str(bad), "--out", str(tmp_path / "out2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and err[-1].endswith("none of the 2 images could be segmented (each is named above)")
-    assert not list((tmp_path / "out2").glob("*"))
+    assert not (tmp_path / "out2").exists()
+    # ... but a folder that was there before is kept, even when empty
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert main(["segment", str(bad / "x.png"), "--out", str(kept)]) == 2
+    assert kept.is_dir()

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    out = getattr(args, "out", None)
+    out_was_there = out is None or os.path.lexists(out)
     try:
         return int(args.func(args) or 0)
     except CytoDiffusionError as exc:
@@ -67,6 +69,17 @@ def main(argv: list[str] | None = None) -> int:
             f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr
         )
         return 1
+    finally:
+        if not out_was_there:
+            _remove_if_empty(out)
+
+
+def _remove_if_empty(folder) -> None:
+    """Take back an ``--out`` folder this run made but wrote nothing into (a run that failed)."""
+    try:
+        os.rmdir(folder)  # only succeeds on an empty folder
+    except OSError:
+        pass  # not empty (the run wrote something), or not there: leave it
 
 
 if __name__ == "__main__":
