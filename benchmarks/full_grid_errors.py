@@ -38,6 +38,11 @@ def join_views(earlier, cell_ids: np.ndarray, errors: np.ndarray, first_units: i
     return np.concatenate([earlier["errors"], errors], axis=2)
 
 
+def _or_ones(values, k: int) -> np.ndarray:
+    """Per-timestep weights or scales; the engine's default (ones) where the model has none fitted."""
+    return np.ones(k) if values is None else np.asarray(values, dtype=np.float64)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
@@ -152,8 +157,8 @@ def main(argv=None) -> int:
         labels=labels,
         cell_ids=pick,
         timesteps=np.tile(cfg.timesteps, views),
-        weights=np.tile(cfg.weights, views),
-        scales=np.tile(cfg.scales, views),
+        weights=np.tile(_or_ones(cfg.weights, len(cfg.timesteps)), views),
+        scales=np.tile(_or_ones(cfg.scales, len(cfg.timesteps)), views),
         drop_z=cfg.drop_z,
         noise_seed=args.noise_seed,
         classes=np.array(model.classes),

@@ -62,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--null",
         nargs="*",
-        default=[],
+        default=None,
         metavar="SPEED",
         help="presets whose anomaly profile uses the null label's gap (the engine then evaluates the null "
-        "label at every unit); needs a dump with the null label (no --without-null)",
+        "label at every unit), the others the class gaps; needs a dump with the null label (no "
+        "--without-null). Default: each as its profile is now",
     )
     ap.add_argument(
         "--only",
@@ -101,12 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.errors}: its errors differ from this machine's by up to {diff:.2g}")
     print(f"dump checked against this machine on 8 cells (largest relative difference {diff:.1g})")
     meta = read_metadata(args.model)
-    block = meta.extra["int8"]["classifier_calibration"]
+    block = meta.extra["int8"].setdefault("classifier_calibration", {})
     speeds = ["balanced", *sorted(block.get("presets", {}))]
     c = model.metadata.n_classes
     errors = dump["errors"][:, :c]
     null = dump["errors"][:, c] if dump["errors"].shape[1] == c + 1 else None
-    for option, chosen in (("--null", args.null), ("--only", args.only or [])):
+    for option, chosen in (("--null", args.null or []), ("--only", args.only or [])):
         unknown = sorted(set(chosen) - set(speeds))
         if unknown:
             raise SystemExit(
@@ -122,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         speeds = [s for s in speeds if s in args.only]
     for speed in speeds:
-        cfg = engine_config(model, speed, null=speed in args.null)
+        cfg = engine_config(model, speed, null=None if args.null is None else speed in args.null)
+        if cfg.null and null is None:
+            raise SystemExit(
+                f"{speed}: its anomaly profile uses the null label's gap, and {args.errors} was made "
+                "--without-null (name the presets to keep on it with --null, or dump with the null label)"
+            )
         res = replay_errors(errors, dump["timesteps"], dump["weights"], dump["scales"], cfg, null)
         new, summary = recalibrate_from_errors(model, res, labels, speed=speed)
         new.pop("engine", None)

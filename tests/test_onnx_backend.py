@@ -196,3 +196,79 @@ def test_int8_constants_are_used_only_where_the_cpu_computes_the_int8_unet_alike
     assert "computes the int8 UNet differently" in caplog.text and abs(other.int8_deviation - 0.01) < 1e-6
     monkeypatch.setenv(BACKEND_ENV, "int8")  # asked for: used, with the warning
     assert backend_name(load_model(folder)) == "onnx-int8"
+
+
+def test_refit_int8_constants_refits_the_chosen_presets_and_keeps_the_others(
+    tiny_model, tiny_dataset, monkeypatch, tmp_path
+):
+    """``scripts/refit_int8_constants.py`` on a real int8 dump: all presets at once, then ``--only`` one,
+    with the null label's gap where ``--null`` names it and each profile's kind kept by default."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from napari_cytodiffusion.crops import single_cell_crops
+    from napari_cytodiffusion.io.datasets import read_labelled
+    from napari_cytodiffusion.io.images import read_image
+    from napari_cytodiffusion.model.quantize import quantize_model
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("NAPARI_CYTODIFFUSION_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    model = load_model(folder)
+    quantize_model(model, _crops(model, n=16, seed=1), n_batches=2, batch=16, seed=0)
+    ls = read_labelled(tiny_dataset)
+    crops = single_cell_crops([read_image(p) for p in ls.paths], model.metadata.preprocessing)
+    labels = np.array([model.classes.index(c) for c in ls.classes])
+    cache = tmp_path / "cache.npz"
+    np.savez(cache, cal_images=crops, cal_labels=labels, classes=np.array(model.classes))
+
+    def run(script, *args):
+        return subprocess.run([sys.executable, str(root / script), *args], capture_output=True, text=True,
+                              timeout=600, cwd=root)  # fmt: skip
+
+    done = run("benchmarks/full_grid_errors.py", "--model", str(folder), "--cache", str(cache), "--int8",
+               "--views", "2", "--split", "cal", "--per-class", "100000", "--out", str(tmp_path / "g.npz"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta_file = folder / "cytodiffusion.json"
+    meta = json.loads(meta_file.read_text())
+    # a calibrated model (the int8 block replaces the float32 one's constants) whose int8 block has two presets
+    meta["calibration"] = {"temperature": 1.0}
+    meta["extra"]["int8"]["classifier_calibration"] = {"presets": {"accurate": {}, "fast": {}}}
+    meta_file.write_text(json.dumps(meta))
+
+    def refit(*args):
+        done = run("scripts/refit_int8_constants.py", "--model", str(folder), "--cache", str(cache),
+                   "--errors", str(tmp_path / "g.npz"), *args)  # fmt: skip
+        block = json.loads(meta_file.read_text())["extra"]["int8"]
+        return done, block
+
+    done, first = refit("--null", "fast")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dump checked against this machine" in done.stdout
+    cal = first["classifier_calibration"]
+    assert cal["anomaly"]["gaps"] != "null" and cal["presets"]["fast"]["anomaly"]["gaps"] == "null"
+    assert cal["presets"]["accurate"]["anomaly"]["gaps"] != "null" and first["numerics"]["values"]
+    # --only balanced: balanced moves to the null label's gap, the presets stay as they were
+    done, second = refit("--only", "balanced", "--null", "balanced")
+    assert done.returncode == 0, done.stderr[-2000:]
+    again = second["classifier_calibration"]
+    assert again["anomaly"]["gaps"] == "null" and again["presets"] == cal["presets"]
+    assert second["numerics"] == first["numerics"]
+    # without --null each profile keeps its kind
+    done, third = refit("--only", "fast", "accurate")
+    assert done.returncode == 0, done.stderr[-2000:]
+    kinds = {s: b["anomaly"]["gaps"] for s, b in third["classifier_calibration"]["presets"].items()}
+    assert kinds["fast"] == "null" and kinds["accurate"] != "null"
+    assert third["classifier_calibration"]["anomaly"] == again["anomaly"]
+    # --only refuses constants fitted on another machine's numerics
+    meta = json.loads(meta_file.read_text())
+    meta["extra"]["int8"]["numerics"]["values"] = [
+        v + 0.01 for v in meta["extra"]["int8"]["numerics"]["values"]
+    ]
+    meta_file.write_text(json.dumps(meta))
+    done, _ = refit("--only", "fast")
+    assert done.returncode != 0 and "another machine's numerics" in done.stderr
