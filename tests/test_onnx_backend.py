@@ -264,6 +264,14 @@ def test_refit_int8_constants_refits_the_chosen_presets_and_keeps_the_others(
     kinds = {s: b["anomaly"]["gaps"] for s, b in third["classifier_calibration"]["presets"].items()}
     assert kinds["fast"] == "null" and kinds["accurate"] != "null"
     assert third["classifier_calibration"]["anomaly"] == again["anomaly"]
+    # a profile on the null label's gap cannot be refitted from a dump without the null label: one line, no write
+    dump = dict(np.load(tmp_path / "g.npz"))
+    dump["errors"] = dump["errors"][:, :-1]
+    np.savez(tmp_path / "g_without_null.npz", **dump)
+    done = run("scripts/refit_int8_constants.py", "--model", str(folder), "--cache", str(cache),
+               "--errors", str(tmp_path / "g_without_null.npz"), "--only", "fast")  # fmt: skip
+    assert done.returncode != 0 and "was made --without-null" in done.stderr
+    assert json.loads(meta_file.read_text())["extra"]["int8"] == third
     # --only refuses constants fitted on another machine's numerics
     meta = json.loads(meta_file.read_text())
     meta["extra"]["int8"]["numerics"]["values"] = [
