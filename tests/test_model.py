@@ -186,6 +186,22 @@ def test_training_is_deterministic(tiny_dataset, tmp_path):
     assert np.allclose(losses[0], losses[1])
 
 
+def test_training_precision_follows_the_hardware_and_float32_can_be_asked_for(tiny_dataset, tmp_path):
+    import torch
+
+    from napari_cytodiffusion.devices import bf16_autocast_fast
+
+    # bfloat16 autocast only where it is native: a CUDA GPU, or a CPU with AVX-512 BF16 / AMX
+    assert bf16_autocast_fast(torch.device("meta")) is False
+    auto = "bfloat16 autocast" if bf16_autocast_fast(torch.device("cpu")) else "float32"
+    base = ["train", "--data", str(tiny_dataset), "--arch", "tiny", "--steps", "3", "--batch-size", "4"]
+    for name, extra, expected in (("auto", [], auto), ("f32", ["--float32"], "float32")):
+        assert main([*base, "--out", str(tmp_path / name), "--no-int8", "--device", "cpu", *extra]) == 0
+        training = read_metadata(tmp_path / name).training
+        assert training["precision"] == expected and training["recipe"]["mixed_precision"] == (not extra)
+        assert np.isfinite(training["final_loss"])
+
+
 def test_unknown_class_in_csv(tiny_dataset, tmp_path):
     from napari_cytodiffusion.io.datasets import map_classes
 

