@@ -192,3 +192,64 @@ def test_calibrate_presets_refits_balanced_on_the_null_label_and_keeps_the_prese
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert bad.returncode == 2 and "--null balanced: not among --speeds" in bad.stderr
+
+
+def test_anomaly_features_fits_a_fresh_variants_engine_and_scores_a_left_out_class(tiny_model, tmp_path):
+    """benchmarks/anomaly_features.py on error dumps of known make-up: a model without engine settings gets
+    them fitted on the calibration dump; cells that no class explains better than the null label, with label
+    -1 in the test dump, and an out-of-distribution set are scored against the normal cells per gap kind."""
+    import importlib.util
+    import json
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location(
+        "anomaly_features", ROOT / "benchmarks" / "anomaly_features.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    ts = np.linspace(30, 930, 31).round().astype(int)
+    base = np.exp(-ts / 250.0)
+    scale, noise = 0.2 * base, 0.2 * base * (1 + 2 * (ts > 500))  # later timesteps noisier: less informative
+    classes = np.array(["a", "b", "c", "d"])
+
+    def dump(path, n, labels=None, left_out=False, null=True):
+        labels = np.arange(n) % 4 if labels is None else labels
+        true = base[None, :] * np.exp(rng.normal(0, 0.15, (n, 1)) + rng.normal(0, 0.05, (n, len(ts))))
+        e = np.empty((n, 5, len(ts)))
+        for j in range(4):
+            e[:, j] = true + scale * rng.uniform(1.0, 3.0, (n, 1)) + noise * rng.normal(0, 1.0, (n, len(ts)))
+        e[np.arange(n), labels % 4] = true
+        gap = 0.05 if left_out else 1.5  # the null label explains a left-out cell as well as its best class
+        e[:, 4] = true + scale * (gap + rng.normal(0, 0.3, (n, len(ts))))
+        np.savez(path, errors=e if null else e[:, :4], labels=labels, cell_ids=np.arange(n), timesteps=ts,
+                 weights=np.ones(len(ts)), scales=np.ones(len(ts)), drop_z=2.0, noise_seed=0,
+                 classes=classes)  # fmt: skip
+        return path
+
+    cal = dump(tmp_path / "cal.npz", 400)
+    val = dump(tmp_path / "val.npz", 200)
+    left = dump(tmp_path / "left.npz", 60, labels=np.full(60, -1), left_out=True)
+    ood = dump(tmp_path / "mpidb.npz", 50, labels=np.full(50, -1), left_out=True)
+    out = tmp_path / "a.json"
+    args = ["--model", str(tiny_model), "--calibration", str(cal), "--test", str(val), str(left)]
+    assert mod.main([*args, "--ood", str(ood), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["engine_source"] == "fitted on the calibration dump" and len(res["engine"]["timesteps"]) == 24
+    assert res["engine"]["drop_z"] in mod.DROP_Z and res["engine"]["timesteps"][0] < 500  # least noisy first
+    rows = {(r["mode"], r["gaps"]): r for r in res["figures"]}
+    assert set(rows) == {(m, g) for m in ("full", "adaptive") for g in ("runner_up", "classes", "null")}
+    for (_, gaps), r in rows.items():
+        assert r["n_left_out"] == 60 and r["n_normal"] == 200 and r["normal_balanced_accuracy"] > 0.95
+        assert r["left_out_class"]["n"] == 60 and r["mpidb"]["n"] == 50
+        if gaps == "null":  # what sets these cells apart is seen by the null gap
+            assert r["left_out_class"]["anomaly_auroc"] > 0.95 and r["mpidb"]["anomaly_auroc"] > 0.95
+    assert rows[("adaptive", "null")]["calls_per_cell"] < rows[("full", "null")]["calls_per_cell"]
+    # without the null label in a dump, no null-gap rows; with nothing abnormal, a clear stop
+    no_null = dump(tmp_path / "cal_without_null.npz", 400, null=False)
+    assert mod.main(["--model", str(tiny_model), "--calibration", str(no_null), "--test", str(val), str(left),
+                     "--out", str(out)]) == 0  # fmt: skip
+    assert {r["gaps"] for r in json.loads(out.read_text())["figures"]} == {"runner_up", "classes"}
+    with pytest.raises(SystemExit, match="nothing abnormal"):
+        mod.main(["--model", str(tiny_model), "--calibration", str(cal), "--test", str(val)])
