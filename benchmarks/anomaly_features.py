@@ -4,7 +4,7 @@ The classifier issue's measure: train a variant without one class, calibrate it 
 hold-out cells, and score that class's val cells against the normal val cells (AUROC; the
 goal is 0.99), for every kind of gap feature of the anomaly profile (``classify/anomaly.py``:
 the runner-up gap, every class's gap, and the null label's gap when the dumps hold the null
-label), on the full grid and the adaptive engine. Out-of-distribution dumps (``--ood``, e.g.
+label, also with every class's gap beside it, ``classes+null``, not a shipped kind), on the full grid and the adaptive engine. Out-of-distribution dumps (``--ood``, e.g.
 MP-IDB infected red cells) are scored against the same normal cells, each set on its own.
 
 Everything is replayed on error dumps of ``benchmarks/full_grid_errors.py``: the full grid,
@@ -123,17 +123,15 @@ def fit_engine(cal: dict[str, np.ndarray], keep: int = 24) -> dict:
 
 
 def _features(run, winner: np.ndarray, reference: dict, gaps: str) -> np.ndarray:
+    """The profile's features; ``classes+null`` (not a shipped kind): every class's gap and the null label's."""
     from napari_cytodiffusion.classify.anomaly import profile_features
 
+    if gaps == "classes+null":
+        both = [_features(run, winner, reference, g) for g in ("classes", "null")]
+        return np.concatenate([both[0], both[1][:, -1:]], axis=1)
     return profile_features(
-        run.errors,
-        run.unit_timesteps,
-        run.unit_scales,
-        winner,
-        reference,
-        gaps=gaps,
-        null_errors=run.null_errors,
-    )
+        run.errors, run.unit_timesteps, run.unit_scales, winner, reference, gaps=gaps, null_errors=run.null_errors
+    )  # fmt: skip
 
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
@@ -232,7 +230,7 @@ def main(argv=None) -> int:
             "nothing abnormal to score: --test has no cells of a class the model lacks, and no --ood"
         )
     with_null = all(d["null"] is not None for d in (cal, test, *oods.values()))
-    gap_kinds = [g for g in GAP_KINDS if g != "null" or with_null]
+    gap_kinds = [*GAP_KINDS, "classes+null"] if with_null else [g for g in GAP_KINDS if g != "null"]
     engine = dict((model.metadata.calibration or {}).get("engine", {}))
     source = "the model's"
     if args.fit_engine or not engine.get("timesteps"):
