@@ -200,6 +200,12 @@ def test_training_precision_follows_the_hardware_and_float32_can_be_asked_for(ti
         training = read_metadata(tmp_path / name).training
         assert training["precision"] == expected and training["recipe"]["mixed_precision"] == (not extra)
         assert np.isfinite(training["final_loss"])
+    # a resumed run may be asked for float32 (a hardware choice, like the device); otherwise it keeps its own
+    resume = ["train", "--data", str(tiny_dataset), "--resume", "--no-int8", "--device", "cpu"]
+    assert main([*resume, "--out", str(tmp_path / "auto"), "--steps", "4"]) == 0
+    assert read_metadata(tmp_path / "auto").training["precision"] == auto
+    assert main([*resume, "--out", str(tmp_path / "auto"), "--steps", "5", "--float32"]) == 0
+    assert read_metadata(tmp_path / "auto").training["precision"] == "float32"
 
 
 def test_unknown_class_in_csv(tiny_dataset, tmp_path):

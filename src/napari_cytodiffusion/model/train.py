@@ -220,7 +220,8 @@ def resumed_config(saved: Any, config: Any | None, step_done: int) -> Any:
     """A resumed run's configuration: the checkpoint's, with what a resume may change.
 
     Only the run's length (``config.steps``: the new total, at least the steps already done;
-    ``None`` keeps the checkpoint's), the time limit and the device come from ``config``.
+    ``None`` keeps the checkpoint's), the time limit and the device come from ``config``, and
+    float32 when ``config`` asks for it (``mixed_precision=False``, a hardware choice like the device).
     Everything else (learning rate and its schedule, batch, seeds) stays as the run began,
     so that a resumed run continues the same run.
     """
@@ -234,6 +235,8 @@ def resumed_config(saved: Any, config: Any | None, step_done: int) -> Any:
             )
         saved.steps = int(config.steps)
     saved.max_seconds, saved.device = config.max_seconds, config.device
+    if not getattr(config, "mixed_precision", True):
+        saved.mixed_precision = False
     return saved
 
 
