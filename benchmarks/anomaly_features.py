@@ -3,9 +3,10 @@
 The classifier issue's measure: train a variant without one class, calibrate it on its own
 hold-out cells, and score that class's val cells against the normal val cells (AUROC; the
 goal is 0.99), for every kind of gap feature of the anomaly profile (``classify/anomaly.py``:
-the runner-up gap, every class's gap, and the null label's gap when the dumps hold the null
-label, also with every class's gap beside it, ``classes+null``, not a shipped kind), on the full grid and the adaptive engine. Out-of-distribution dumps (``--ood``, e.g.
-MP-IDB infected red cells) are scored against the same normal cells, each set on its own.
+the runner-up gap, every class's gap, and when every dump holds the null label its gap, alone
+and beside every class's gap, ``classes+null``, not a shipped kind), on the full grid and the
+adaptive engine. Out-of-distribution dumps (``--ood``, e.g. MP-IDB infected red cells) are
+scored against the same normal cells, each set on its own.
 
 Everything is replayed on error dumps of ``benchmarks/full_grid_errors.py``: the full grid,
 and the adaptive engine's rounds and paired test exactly as ``classify/engine.py`` runs them
@@ -152,10 +153,11 @@ def measure(engine: dict, cal, test, oods: dict[str, dict], gap_kinds) -> list[d
     oods = {k: in_order(v, engine) for k, v in oods.items()}
     sets = {"cal": cal, "test": test, **oods}
     normal = test["labels"] >= 0
+    with_null = all(d["null"] is not None for d in sets.values())  # the null label only if every dump has it
     rows = []
     for mode in ("full", "adaptive"):
-        cfg = EngineConfig(**engine, adaptive=mode == "adaptive", null=cal["null"] is not None)
-        runs = {k: replay(d["errors"], d, cfg, d["null"]) for k, d in sets.items()}
+        cfg = EngineConfig(**engine, adaptive=mode == "adaptive", null=with_null)
+        runs = {k: replay(d["errors"], d, cfg, d["null"] if with_null else None) for k, d in sets.items()}
         winners = {k: class_evidence(r)[0] for k, r in runs.items()}
         ref = unit_reference(runs["cal"].errors, cal["labels"], runs["cal"].unit_timesteps)
         y = test["labels"][normal]

@@ -252,5 +252,9 @@ def test_anomaly_features_fits_a_fresh_variants_engine_and_scores_a_left_out_cla
     assert mod.main(["--model", str(tiny_model), "--calibration", str(no_null), "--test", str(val), str(left),
                      "--out", str(out)]) == 0  # fmt: skip
     assert {r["gaps"] for r in json.loads(out.read_text())["figures"]} == {"runner_up", "classes"}
+    val_no_null = dump(tmp_path / "val_without_null.npz", 200, null=False)  # the other way round: the same
+    assert mod.main(["--model", str(tiny_model), "--calibration", str(cal), "--test", str(val_no_null),
+                     str(left), "--out", str(out)]) == 0  # fmt: skip
+    assert {r["gaps"] for r in json.loads(out.read_text())["figures"]} == {"runner_up", "classes"}
     with pytest.raises(SystemExit, match="nothing abnormal"):
         mod.main(["--model", str(tiny_model), "--calibration", str(cal), "--test", str(val)])
