@@ -32,6 +32,7 @@ def test_analyze_on_a_two_worker_local_cluster(tmp_path, capsys):
     assert pooled["images"] == 2 and pooled["n"] == cohort["n_scored"].sum() > 0
     assert pooled["n_anomalous"] == cohort["n_anomalous"].sum()
     said = capsys.readouterr().out.splitlines()
+    assert any(ln.startswith("[") and "broken.png: error: cannot read" in ln for ln in said), said  # why, too
     check = [
         ln
         for ln in said

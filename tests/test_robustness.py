@@ -65,6 +65,7 @@ def test_segment_cli_unreadable_files_exit_2(tmp_path, capsys, content, suffix, 
         (["evaluate", "--data", "{csv_no_class}"], "needs columns"),
         (["classify", "{empty_dir}"], "no input images"),
         (["analyze", "{empty_dir}"], "no input images"),
+        (["analyze", "{text_file}"], "notes.txt: unsupported file type .txt"),
         (["analyze", "{empty_dir}", "--red-cell-px", "-3"], "--red-cell-px must be a positive"),
         (["classify", "{empty_dir}", "--red-cell-px", "nan"], "--red-cell-px must be a positive"),
         (
@@ -82,11 +83,29 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, message):
         "{csv_no_class}": str(csv),
         "{empty_dir}": str(tmp_path / "empty"),
         "{no_model}": str(tmp_path / "nomodel"),
+        "{text_file}": str(tmp_path / "notes.txt"),
     }
+    (tmp_path / "notes.txt").write_text("not an image")
     argv = [subs.get(a, a) for a in args] + ["--out", str(tmp_path / "out")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_image_paths_keep_the_images_of_folders_and_patterns(tmp_path):
+    from napari_cytodiffusion.errors import InputError
+    from napari_cytodiffusion.io.images import image_paths
+
+    for name in ("a.png", "b.TIF", "labels.csv", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    images = ["a.png", "b.TIF"]
+    assert [p.name for p in image_paths([tmp_path])] == images
+    assert [p.name for p in image_paths([str(tmp_path / "*")])] == images  # a pattern skips the table
+    assert [p.name for p in image_paths([tmp_path / "a.png", tmp_path])] == images  # each image once
+    with pytest.raises(InputError, match=re.escape("labels.csv: unsupported file type .csv")):
+        image_paths([tmp_path / "a.png", tmp_path / "labels.csv"])  # named on its own: refused
+    with pytest.raises(InputError, match="no input images"):
+        image_paths([str(tmp_path / "*.txt")])
 
 
 def test_infinite_values_and_one_cell_touching_every_border():

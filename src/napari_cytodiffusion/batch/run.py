@@ -204,7 +204,10 @@ def iter_analysis(
         log(f"{row['image']}: {row['status']} {row.get('error', '')} ({row['seconds']:.1f} s)")
         if row.get("trace"):
             log(row["trace"])
-        say(f"[{len(rows)}/{n_todo}] {row['image']}: {row['status']}")
+        line = f"[{len(rows)}/{n_todo}] {row['image']}: {row['status']}"
+        if row.get("error"):
+            line += ": " + str(row["error"]).removeprefix(f"{row['image']}: ")
+        say(line)
 
     t0 = time.perf_counter()
     yield 0, n_todo, "starting"

@@ -23,18 +23,19 @@ def image_paths(items: list[str | os.PathLike], subfolders: bool = False) -> lis
     """Files, folders (their images, not recursing) and glob patterns → unique image paths, in order.
 
     With ``subfolders``, a folder also gives the images of its immediate sub-folders (a folder of
-    slides, one sub-folder each).
+    slides, one sub-folder each). A folder or a pattern gives only its image files; a file named
+    on its own must be one.
 
     Raises
     ------
     InputError
-        For a pattern that matches nothing, a path that does not exist, or no images at all.
+        For a pattern that matches nothing, a path that does not exist, a file named on its own
+        that is not an image type, or no images at all.
     """
     out: list[Path] = []
     for item in map(str, items):
-        matches = (
-            [Path(m) for m in sorted(glob.glob(item))] if any(ch in item for ch in "*?[") else [Path(item)]
-        )
+        pattern = any(ch in item for ch in "*?[")
+        matches = [Path(m) for m in sorted(glob.glob(item))] if pattern else [Path(item)]
         if not matches:
             raise InputError(f"no files match {item}")
         for m in matches:
@@ -45,7 +46,10 @@ def image_paths(items: list[str | os.PathLike], subfolders: bool = False) -> lis
                         f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
                     )
             elif m.exists():
-                out.append(m)
+                if m.suffix.lower() in IMAGE_SUFFIXES:
+                    out.append(m)
+                elif not pattern:
+                    _check_suffix(m)
             else:
                 raise InputError(f"input not found: {m}")
     if not out:
@@ -87,6 +91,17 @@ def check_distinct_stems(paths: list[Path]) -> None:
         )
 
 
+def _check_suffix(path: Path) -> str:
+    """The file's suffix in lower case; :class:`InputError` if it is not an image type we read."""
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(
+            f"{path.name}: unsupported file type {suffix or '(none)'}; "
+            f"use one of {', '.join(sorted(IMAGE_SUFFIXES))}"
+        )
+    return suffix
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file into a numpy array (no conversion).
 
@@ -98,12 +113,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise InputError(
-            f"{path.name}: unsupported file type {suffix or '(none)'}; "
-            f"use one of {', '.join(sorted(IMAGE_SUFFIXES))}"
-        )
+    suffix = _check_suffix(path)
     try:
         if suffix in {".tif", ".tiff"}:
             import tifffile
