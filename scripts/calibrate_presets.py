@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             block.update({k: new[k] for k in KEEP if k in new})
             if args.backend == "int8":
                 meta.extra["int8"]["calibration_cells"] = summary
+            else:  # the hold-out figures of this fit, not an earlier one's
+                meta.validation["calibration_cells"] = summary
         else:
             block.setdefault("presets", {})[speed] = {k: new[k] for k in KEEP if k in new} | {
                 "fitted_on": summary

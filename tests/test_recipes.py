@@ -183,6 +183,9 @@ def test_calibrate_presets_refits_balanced_on_the_null_label_and_keeps_the_prese
     cal = script("--speeds", "balanced", "--null", "balanced")
     assert needs_null(cal["anomaly"]) and cal["anomaly"]["gaps"] == "null"
     assert cal["presets"]["accurate"] == accurate
+    fitted = read_metadata(model).validation["calibration_cells"]  # this fit's hold-out figures
+    assert fitted["calibration_cells"] == len(labels) and fitted["speed"] == "balanced"
+    assert fitted["calibration_accuracy"] == pytest.approx(cal["calibration_accuracy"])
     assert engine_config(load_model(model), "balanced").null
     assert not engine_config(load_model(model), "accurate").null
     # --null names a preset it does not refit: refused before any work
