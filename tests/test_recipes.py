@@ -261,3 +261,50 @@ def test_anomaly_features_fits_a_fresh_variants_engine_and_scores_a_left_out_cla
     assert {r["gaps"] for r in json.loads(out.read_text())["figures"]} == {"runner_up", "classes"}
     with pytest.raises(SystemExit, match="nothing abnormal"):
         mod.main(["--model", str(tiny_model), "--calibration", str(cal), "--test", str(val)])
+
+
+def test_error_readout_learns_what_lowest_error_misses(tmp_path):
+    """benchmarks/error_readout.py on dumps of known make-up: one class is explained worse than the others by
+    every label (a bias larger than its own advantage), so "lowest error wins" never calls it; a learnt
+    read-out of the errors recovers it, in cross-validation and on a second dump, on the full grid and on
+    what the shipped engine's adaptive run leaves (replayed)."""
+    import importlib.util
+    import json
+
+    import numpy as np
+
+    from napari_cytodiffusion.model.folder import read_metadata
+    from napari_cytodiffusion.model.registry import resolve_model
+
+    spec = importlib.util.spec_from_file_location("error_readout", ROOT / "benchmarks" / "error_readout.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    meta = read_metadata(resolve_model(None))
+    ts = np.array(meta.calibration["engine"]["timesteps"])  # in the engine's order, as full_grid_errors.py
+    n_classes = meta.n_classes
+
+    def dump(path, seed):
+        rng = np.random.default_rng(seed)
+        labels = np.repeat(np.arange(n_classes), 40)
+        errors = 1 + 0.03 * rng.standard_normal((len(labels), n_classes + 1, len(ts)))  # + the null label
+        errors[np.arange(len(labels)), labels] -= 0.1  # the true class explains the cell best ...
+        errors[:, n_classes - 1] += 0.2  # ... except that the last class is explained worse, always
+        np.savez(path, errors=errors, labels=labels, timesteps=ts, weights=np.ones(len(ts)),
+                 scales=np.full(len(ts), 0.03), classes=np.array(meta.classes))  # fmt: skip
+        return path
+
+    cal, test = dump(tmp_path / "cal.npz", 0), dump(tmp_path / "test.npz", 1)
+    out = tmp_path / "readout.json"
+    argv = ["--calibration", str(cal), "--test", str(test), "--c", "1", "--speeds", "balanced"]
+    assert mod.main([*argv, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["rule"]["test"] == pytest.approx(1 - 1 / n_classes)  # the last class is never called
+    assert {r["kind"] for r in res["readouts"]} == {"weighted", "bands", "bands+null"}
+    (engine,) = res["engine"]
+    assert engine["speed"] == "balanced" and engine["rule"]["test"] == pytest.approx(1 - 1 / n_classes)
+    assert engine["calls_per_cell"]["test"] < n_classes * len(ts)  # the paired test dropped classes
+    for row in [*res["readouts"], *engine["readouts"]]:
+        assert row["cv"] > 0.95 and row["test"] > 0.95, row
+    np.savez(tmp_path / "other.npz", **{**np.load(test), "timesteps": ts + 1})
+    with pytest.raises(SystemExit, match="other classes or timesteps"):
+        mod.main(["--calibration", str(cal), "--test", str(tmp_path / "other.npz")])
