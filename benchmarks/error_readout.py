@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anomaly_features import balanced_accuracy, load_dumps, replay  # balanced_accuracy(true, calls)
 
 
 def load(path: Path) -> dict:
@@ -53,10 +54,6 @@ def load(path: Path) -> dict:
     n_classes = len(d["classes"])
     d["null"] = d["errors"].shape[1] == n_classes + 1
     return d
-
-
-def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
 
 
 def rule(d: dict) -> np.ndarray:
@@ -133,9 +130,9 @@ def run(cal: dict, tests: dict[str, dict], kinds: list[str], cs: list[float], fo
         if list(d["classes"]) != list(cal["classes"]) or not np.array_equal(d["timesteps"], cal["timesteps"]):
             raise SystemExit(f"{name}: other classes or timesteps than the calibration dump")
     y = cal["labels"]
-    out = {"rule": {"cv": balanced_accuracy(rule(cal), y)}, "readouts": []}
+    out = {"rule": {"cv": balanced_accuracy(y, rule(cal))}, "readouts": []}
     for name, d in tests.items():
-        out["rule"][name] = balanced_accuracy(rule(d), d["labels"])
+        out["rule"][name] = balanced_accuracy(d["labels"], rule(d))
     for kind in kinds:
         x = features(cal, kind)
         for c in cs:
@@ -151,16 +148,14 @@ def _cross_validated(x, y, xs: dict, c: float, folds: int, seed: int, n_classes:
     for k in range(folds):
         pred[fold == k] = Readout(c).fit(x[fold != k], y[fold != k], n_classes).predict(x[fold == k])
     model = Readout(c).fit(x, y, n_classes)
-    row = {"c": c, "cv": balanced_accuracy(pred, y), "fit": balanced_accuracy(model.predict(x), y)}
-    return row | {name: balanced_accuracy(model.predict(xt), yt) for name, (xt, yt) in xs.items()}
+    row = {"c": c, "cv": balanced_accuracy(y, pred), "fit": balanced_accuracy(y, model.predict(x))}
+    return row | {name: balanced_accuracy(yt, model.predict(xt)) for name, (xt, yt) in xs.items()}
 
 
 def run_engine(
     cal: Path, tests: list[Path], speed: str, model: str | None, cs, folds: int, seed: int
 ) -> dict:
     """The rule and read-outs of the class evidence the model's ``speed`` preset leaves (replayed)."""
-    from anomaly_features import load_dumps, replay
-
     from napari_cytodiffusion.classify.classifier import PRESETS
     from napari_cytodiffusion.classify.engine import EngineConfig, class_evidence, weighted_score
     from napari_cytodiffusion.model.folder import read_metadata
@@ -180,11 +175,11 @@ def run_engine(
         return gap / own[:, None], winner, d["labels"], float(run.calls.mean())
 
     x, winner, y, calls = evidence(cal)
-    out = {"speed": speed, "calls_per_cell": {"cv": calls}, "rule": {"cv": balanced_accuracy(winner, y)}}
+    out = {"speed": speed, "calls_per_cell": {"cv": calls}, "rule": {"cv": balanced_accuracy(y, winner)}}
     xs = {}
     for path in tests:
         xt, wt, yt, calls_t = evidence(path)
-        out["rule"][path.stem], out["calls_per_cell"][path.stem] = balanced_accuracy(wt, yt), calls_t
+        out["rule"][path.stem], out["calls_per_cell"][path.stem] = balanced_accuracy(yt, wt), calls_t
         xs[path.stem] = (xt, yt)
     out["readouts"] = [_cross_validated(x, y, xs, c, folds, seed, n_classes) for c in cs]
     return out
