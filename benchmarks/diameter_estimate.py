@@ -2,13 +2,17 @@
 
 Truth per field: the median red-cell diameter of the reference — TXL-PBC boxes (class 1 = red
 cell; the equivalent diameter of the ellipse inscribed in a box is sqrt(w * h)) or BBBC041 masks
-(connected components). Prints, per source (image size), the median absolute relative error of the
-estimate, the share of fields within 25 % of the truth, and the seconds per estimate.
+(connected components). With ``--pbc``, PBC val images enlarged to a CellaVision field's native
+360 px (the data set's copies are 128 px); their truth is the median diameter of the whole cells
+found in the 128 px image, which is at the model's own scale, times 360 / 128. ``--scales``
+enlarges every field further (bicubic) to ask whether the estimate follows the scale. Prints, per
+source (image size), the median absolute relative error of the estimate, the share of fields
+within 25 % of the truth, and the seconds per estimate.
 
 Usage::
 
     python benchmarks/diameter_estimate.py --txl ../shared/data/txl_pbc --bbbc ../shared/data/bbbc041 \
-        [--every 4] [--model smear]
+        --pbc ../shared/data/pbc [--every 4] [--pbc-every 35] [--scales 1 2] [--model smear]
 """
 
 from __future__ import annotations
@@ -55,11 +59,43 @@ def bbbc_truth(folder: Path) -> list[tuple[Path, float]]:
     return out
 
 
+def pbc_fields(folder: Path, every: int, seg, params) -> list[tuple[np.ndarray, float]]:
+    """PBC val images at 360 px; truth from the whole cells of the 128 px image (model scale)."""
+    import csv
+
+    from PIL import Image
+
+    from napari_cytodiffusion.segmentation.cellpose_seg import _eval, _median_diameter, _prepare
+
+    out = []
+    with open(folder / "labels.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "val"][::every]
+    for r in rows:
+        img = Image.open(folder / r["path"]).convert("RGB")
+        x, kw = _prepare(seg, np.asarray(img, np.float32) / 255.0)
+        d = _median_diameter(_eval(seg, x, kw, params, None, resample=False), interior=True)
+        if d is not None:
+            out.append((np.asarray(img.resize((360, 360), Image.BICUBIC)), d * 360 / img.width))
+    return out
+
+
+def enlarge(img: np.ndarray, factor: float) -> np.ndarray:
+    from PIL import Image
+
+    if factor == 1:
+        return img
+    h, w = img.shape[:2]
+    return np.asarray(Image.fromarray(img).resize((round(w * factor), round(h * factor)), Image.BICUBIC))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--txl", type=Path, default=None)
     ap.add_argument("--bbbc", type=Path, default=None)
+    ap.add_argument("--pbc", type=Path, default=None, help="PBC folder (labels.csv): val images at 360 px")
     ap.add_argument("--every", type=int, default=4, help="every N-th TXL-PBC val field")
+    ap.add_argument("--pbc-every", type=int, default=35, help="every N-th PBC val image")
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0], help="enlarge every field by these")
     ap.add_argument("--model", default="smear")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
@@ -72,24 +108,28 @@ def main(argv: list[str] | None = None) -> int:
         load_segmenter,
     )
 
-    fields = []
-    if args.txl:
-        fields += txl_truth(args.txl, args.every)
-    if args.bbbc:
-        fields += bbbc_truth(args.bbbc)
-    if not fields:
-        ap.error("give --txl and/or --bbbc")
     seg = load_segmenter(args.model)
     params = SegmentParams(model=args.model)
+    fields: list[tuple[str, object, float]] = []  # (source, file or image, truth)
+    if args.txl:
+        fields += [("txl", f, t) for f, t in txl_truth(args.txl, args.every)]
+    if args.bbbc:
+        fields += [("bbbc041", f, t) for f, t in bbbc_truth(args.bbbc)]
+    if args.pbc:
+        fields += [("pbc", img, t) for img, t in pbc_fields(args.pbc, args.pbc_every, seg, params)]
+    if not fields:
+        ap.error("give --txl, --bbbc and/or --pbc")
     rows: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for f, truth in fields:
-        img = io.imread(f)
-        t0 = time.perf_counter()
-        d = estimate_diameter(seg, RGBNormaliser(img), params)
-        secs = time.perf_counter() - t0
-        est = d if d is not None else seg.diam_mean
-        src = ("bbbc041 " if "bbbc" in str(f) else "txl ") + f"{img.shape[1]}x{img.shape[0]}"
-        rows[src].append((abs(est / truth - 1), secs))
+    for name, f, truth in fields:
+        field = io.imread(f) if isinstance(f, Path) else f
+        for factor in args.scales:
+            img = enlarge(field, factor)
+            t0 = time.perf_counter()
+            d = estimate_diameter(seg, RGBNormaliser(img), params)
+            secs = time.perf_counter() - t0
+            est = d if d is not None else seg.diam_mean
+            src = f"{name} {img.shape[1]}x{img.shape[0]}" + (f" (x{factor:g})" if factor != 1 else "")
+            rows[src].append((abs(est / (truth * factor) - 1), secs))
     report = {"model": seg.name, "model_scale_px": seg.diam_mean, "sources": {}}
     for src, r in sorted(rows.items()):
         err = np.array([e for e, _ in r])

@@ -7,10 +7,11 @@ errors, no prior) are both compared with the label, so the difference is the siz
 
 The scale of crops and sizes comes from each image's own red cells (``own``, the default of
 ``analyze``) and, from the same segmentations, from the red cells of all the images pooled
-(``pooled``, ``analyze --pool-scale``). Usage::
+(``pooled``, ``analyze --pool-scale``). ``--enlarge 2.8125`` enlarges each image (bicubic) to the
+360 px of the CellaVision field it was cut from, as a user's own export would be. Usage::
 
     python benchmarks/size_check_pbc.py --pbc ../shared/data/pbc [--per-class 100] [--scale own,pooled]
-        [--out runs/size_check_pbc.json]
+        [--enlarge 2.8125] [--out runs/size_check_pbc.json]
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main() -> int:
     ap.add_argument("--speed", default="balanced")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", default="own,pooled", help="own, pooled or both (comma-separated)")
+    ap.add_argument("--enlarge", type=float, default=1.0, help="enlarge each image by this (bicubic)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     from napari_cytodiffusion.io.images import read_image, to_rgb_float
@@ -97,6 +99,12 @@ def main() -> int:
     images, labels, diameters = [], [], {}
     for k, (_cls, rel) in enumerate(todo, 1):
         image = read_image(a.pbc / rel)
+        if a.enlarge != 1:
+            from PIL import Image
+
+            h, w = image.shape[:2]
+            size = (round(w * a.enlarge), round(h * a.enlarge))
+            image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
         lab = segment(image, SegmentParams())
         rgb = to_rgb_float(image)
         table = cells_table(lab, rgb)

@@ -153,6 +153,31 @@ def test_automatic_diameter_copes_with_cells_far_larger_than_the_model_scale(sha
     assert 60 <= _median_diameter(labels) <= 160
 
 
+def test_automatic_diameter_sees_the_cells_of_a_cellavision_field_whole(shared_data):
+    """A PBC image enlarged to a CellaVision field's native 360 px (red cells ~80 px, 2.7x the
+    model's scale). At full resolution the first look finds fragments near the model's scale
+    (29 px here); trusting it cut the white cell at the centre into pieces. The coarser look sees
+    the cells whole, so the estimate follows the enlargement and the white cell stays one cell."""
+    from PIL import Image
+
+    from napari_cytodiffusion.io.images import RGBNormaliser
+    from napari_cytodiffusion.segmentation.cellpose_seg import estimate_diameter, load_segmenter
+
+    small = Image.open(shared_data / "pbc" / "images" / "eosinophil" / "EO_377830.jpg").convert("RGB")
+    big = np.asarray(small.resize((360, 360), Image.BICUBIC))
+    small = np.asarray(small)
+    seg, params = load_segmenter(), SegmentParams()
+    d_small = estimate_diameter(seg, RGBNormaliser(small), params)
+    d_big = estimate_diameter(seg, RGBNormaliser(big), params)
+    assert d_small is not None and d_big is not None
+    assert d_big / (d_small * 360 / 128) == pytest.approx(1.0, abs=0.15)
+    small_labels, big_labels = segment(small), segment(big)
+    area_small = np.sum(small_labels == small_labels[64, 64]) * (360 / 128) ** 2
+    area_big = np.sum(big_labels == big_labels[180, 180])
+    assert small_labels[64, 64] and big_labels[180, 180]
+    assert area_big / area_small == pytest.approx(1.0, abs=0.2)
+
+
 def test_a_cell_filling_most_of_a_small_image_is_kept(shared_data):
     """A segmentation_WBC dataset-1 crop (120 px) whose white cell covers 42 % of it: Cellpose's
     default size limit (0.4 of the image) threw the found cell away; the project's default keeps it."""

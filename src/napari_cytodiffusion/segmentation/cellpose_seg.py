@@ -225,8 +225,11 @@ MAX_RESCALE = 4.0
 #: side (px) of a look of the automatic diameter: one 224 px network tile once Cellpose has padded
 #: it by 8 px on each side
 _LOOK = 208
-#: stop looking when a look's cells are within this factor of its scale (else try a coarser look too)
-EARLY_STOP = 1.5
+#: a look is near its scale when its cells are within this factor of it
+NEAR_SCALE = 1.5
+#: a coarser look near its scale whose cells are at least this many times larger than those of the
+#: look taken so far shows that look's cells were fragments of larger cells
+FRAGMENT_RATIO = 1.4
 
 
 def _plausible_diameter(d: float | None, diam_mean: float) -> float | None:
@@ -241,20 +244,24 @@ def estimate_diameter(
 ) -> float | None:
     """Cell diameter (px) of an image, from a few cheap looks at its centre.
 
-    Each look is one network tile: a 208 px window at full resolution, then a 416 px window at half
-    resolution, then 832 px at a quarter. A look is believed when it finds ``min_cells`` cells and the
-    median diameter of those not cut by the window's border lies in the range that look can see (half
-    to twice its scale; the first look also accepts small cells down to 1/:data:`MAX_RESCALE` of the
-    model's scale). Looking stops at the first look whose cells are within 1.5x of its scale;
-    otherwise the believed look nearest its own scale wins (cells far larger than the model's scale
-    break up into fragments at full resolution; the coarser looks see them whole). Returns None
-    when no look is believed (segment at the model's own scale).
+    Each look is one network tile: a 208 px window at full resolution, then 416 px at half
+    resolution, 832 px at a quarter and 1664 px at an eighth, until a look holds the whole image. A
+    look is believed when it finds ``min_cells`` cells and the median diameter of those not cut by the
+    window's border lies in the range that look can see (half to twice its scale; the first look also
+    accepts small cells down to 1/:data:`MAX_RESCALE` of the model's scale). The finest look whose
+    cells are within 1.5x of its scale is taken, unless a coarser look is near its scale too and
+    finds cells at least :data:`FRAGMENT_RATIO` times larger: cells two or three times the model's
+    scale (a CellaVision field at full resolution) break up at full resolution into fragments near
+    the model's scale, which a coarser look sees whole. Without a look near its scale, the believed
+    look nearest its own scale wins. Returns None when no look is believed (segment at the model's
+    own scale).
     """
     h, w = norm.height, norm.width
     s = seg.diam_mean
     believed: list[tuple[float, float]] = []  # (how far from the look's own scale, diameter)
     fallback: tuple[int, float] | None = None
-    for k in range(3):
+    taken: float | None = None  # the cells of a look near its scale (or fragments of larger ones)
+    for k in range(4):
         f = 2**k
         half = _LOOK * f // 2
         y0, x0 = max(0, h // 2 - half), max(0, w // 2 - half)
@@ -266,13 +273,15 @@ def estimate_diameter(
         low = s / MAX_RESCALE if k == 0 else s * f / 2
         if d is not None and low <= d <= 2 * s * f and n >= min_cells:
             off = abs(np.log(d / (s * f)))
-            if off <= np.log(EARLY_STOP):
-                return d  # cells near the scale this look sees best: no need to look further
             believed.append((off, d))
+            if off <= np.log(NEAR_SCALE) and (taken is None or d >= FRAGMENT_RATIO * taken):
+                taken = d
         if _plausible_diameter(d, s) is not None and (fallback is None or n > fallback[0]):
             fallback = (n, d)
         if win.shape[0] == h and win.shape[1] == w and max(h, w) / (2 * f) < 3 * s:
             break  # the whole image is in view; a coarser look would be under 3 cells wide
+    if taken is not None:
+        return taken
     if believed:
         return min(believed)[1]  # the look whose scale was nearest the cells' size
     return fallback[1] if fallback is not None else None
