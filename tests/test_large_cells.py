@@ -75,7 +75,7 @@ def test_white_cell_far_larger_than_the_segmentation_scale_is_found_whole(shared
         assert dice(segment(image)) > 0.8
 
 
-def test_cli_turns_the_second_pass_off_and_records_it(shared_data, tmp_path):
+def test_cli_turns_the_second_pass_off_and_records_it(shared_data, tmp_path, capsys):
     from napari_cytodiffusion.cli.main import main
     from napari_cytodiffusion.export import read_labels_tiff
 
@@ -86,6 +86,8 @@ def test_cli_turns_the_second_pass_off_and_records_it(shared_data, tmp_path):
     on, on_meta = read_labels_tiff(tmp_path / "on" / "020_labels.tif")
     off, off_meta = read_labels_tiff(tmp_path / "off" / "020_labels.tif")
     assert json_path(on_meta, "large_cells") is True and json_path(off_meta, "large_cells") is False
+    assert json_path(on_meta, "diameter_used_px") == 38 and json_path(on_meta, "diameter_from") == "given"
+    assert "segmented for cells of 38 px, given" in capsys.readouterr().out
     # the white cell in the middle of the field is one cell only with the second pass
     centre = (on.shape[0] // 2, on.shape[1] // 2)
     assert on[centre] > 0 and (on == on[centre]).sum() > 0.7 * np.pi * 70**2  # 140 px across

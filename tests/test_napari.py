@@ -56,6 +56,13 @@ def test_segment_then_classify_in_napari(make_napari_viewer, qtbot, tmp_path, ti
     assert labels.metadata["napari-cytodiffusion"]["segmentation"]["max_size_fraction"] == 0.9
     assert labels.metadata["napari-cytodiffusion"]["segmentation"]["large_cells"] is True
     assert labels.metadata["napari-cytodiffusion"]["segmentation"]["platelets"] is True
+    # the diameter it was segmented at is on record and in the status line
+    used = labels.metadata["napari-cytodiffusion"]["segmentation"]["diameter_used_px"]
+    assert labels.metadata["napari-cytodiffusion"]["segmentation"]["diameter_from"] in (
+        "automatic",
+        "model scale",
+    )
+    assert used > 0 and f"cells of {used:.0f} px" in seg.status.value
     seg.augment.value = True  # test-time augmentation reaches the parameters and is remembered
     seg.max_size_fraction.value = 0.5
     seg.large_cells.value = False

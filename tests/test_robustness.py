@@ -146,8 +146,11 @@ def test_stack_is_segmented_plane_by_plane(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "stack.tif", stack)
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "stack.tif"), "--diameter", "46", "--out", str(out)]) == 0
-    labels, _ = read_labels_tiff(out / "stack_labels.tif")
+    labels, meta = read_labels_tiff(out / "stack_labels.tif")
     assert labels.shape == (3, 240, 320) and labels[0].max() > 5 and labels[1].max() == 0
+    scale = meta["parameters"]["segmentation"]  # the diameter of each plane, on record
+    assert scale["diameter_from"] == ["given", "blank image", "given"]
+    assert scale["diameter_used_px"] == [46, None, 46]
     assert np.array_equal(labels[0], labels[2])  # each plane on its own, numbered from 1
     with tifffile.TiffFile(out / "stack_labels.tif") as tif:  # planes, not the channels of an RGB image
         assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK

@@ -171,7 +171,9 @@ def test_automatic_diameter_sees_the_cells_of_a_cellavision_field_whole(shared_d
     d_big = estimate_diameter(seg, RGBNormaliser(big), params)
     assert d_small is not None and d_big is not None
     assert d_big / (d_small * 360 / 128) == pytest.approx(1.0, abs=0.15)
-    small_labels, big_labels = segment(small), segment(big)
+    info: dict = {}
+    small_labels, big_labels = segment(small), segment(big, info=info)
+    assert info == {"diameter_used_px": round(d_big, 1), "diameter_from": "automatic"}
     area_small = np.sum(small_labels == small_labels[64, 64]) * (360 / 128) ** 2
     area_big = np.sum(big_labels == big_labels[180, 180])
     assert small_labels[64, 64] and big_labels[180, 180]

@@ -454,12 +454,13 @@ def iter_analyze(
     }
     if labels is None:
         segment_params = segment_params or SegmentParams()
-        params["segmentation"] = segment_params.to_dict()
-        for item in iter_segment(rgb, segment_params, should_stop=should_stop):
+        scale: dict[str, Any] = {}
+        for item in iter_segment(rgb, segment_params, should_stop=should_stop, info=scale):
             if isinstance(item, tuple):
                 yield Stage("segmenting", *item)
             else:
                 labels = item
+        params["segmentation"] = {**segment_params.to_dict(), **scale}
     else:
         labels = np.asarray(labels)
         if labels.shape != rgb.shape[:2]:

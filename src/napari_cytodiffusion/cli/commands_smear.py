@@ -340,25 +340,37 @@ def cmd_segment(a) -> int:
         t0 = time.perf_counter()
         try:
             img = read_image(path)
-            labels = segment(img, params)
+            scale: dict = {}
+            labels = segment(img, params, info=scale)
         except InputError as exc:  # one bad file of a batch: say so, go on with the others
             if len(paths) == 1:
                 raise
             failed.append(path.name)
             print(f"{path.name}: skipped: {exc}", file=sys.stderr, flush=True)
             continue
-        audit = audit_trail(None, {"segmentation": params.to_dict()}, input_path=path)
+        audit = audit_trail(None, {"segmentation": {**params.to_dict(), **scale}}, input_path=path)
         write_labels_tiff(labels, out / f"{path.stem}_labels.tif", audit)
         table = stack_cells_table(labels, img)  # a stack's table has a ``plane`` column
         write_cells_csv(table, out / f"{path.stem}_cells.csv", audit)
         planes = f" in {len(labels)} planes" if labels.ndim == 3 else ""
-        print(f"{path.name}: {len(table)} cells{planes} in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"{path.name}: {len(table)} cells{planes} in {time.perf_counter() - t0:.1f} s"
+            + _scale_words(scale)
+        )
     if len(failed) == len(paths) > 1:
         raise InputError(f"none of the {len(paths)} images could be segmented (each is named above)")
     if failed:
         print(f"{len(failed)} of {len(paths)} images skipped: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _scale_words(scale: dict) -> str:
+    """' (segmented at cells of 74 px, automatic)' for a console line; '' for a stack or none."""
+    d, source = scale.get("diameter_used_px"), scale.get("diameter_from")
+    if not isinstance(d, (int, float)):
+        return ""
+    return f" (segmented for cells of {d:.0f} px, {source})"
 
 
 def _check_red_cell_px(a) -> None:

@@ -287,15 +287,25 @@ def estimate_diameter(
     return fallback[1] if fallback is not None else None
 
 
-def segmentation_diameter(seg: LoadedSegmenter, norm: Any, params: SegmentParams) -> float | None:
+def segmentation_diameter(
+    seg: LoadedSegmenter, norm: Any, params: SegmentParams, info: dict[str, Any] | None = None
+) -> float | None:
     """The diameter an image is segmented at: the given one, or the automatic estimate.
 
     None means the model's own scale (no estimate, or one within 10 % of that scale, which the
-    network tolerates without resampling).
+    network tolerates without resampling). ``info``, when given, receives ``diameter_used_px`` (the
+    cell diameter the image was taken to have) and ``diameter_from`` (``given``, ``automatic`` or
+    ``model scale``, when no look of the automatic diameter was believed).
     """
     if params.diameter is not None:
-        return params.diameter
-    d = estimate_diameter(seg, norm, params)  # a few one-tile looks at the centre of the image
+        d, source = params.diameter, "given"
+    else:
+        d = estimate_diameter(seg, norm, params)  # a few one-tile looks at the centre of the image
+        source = "automatic" if d is not None else "model scale"
+    if info is not None:
+        info.update(diameter_used_px=round(float(d or seg.diam_mean), 1), diameter_from=source)
+    if source == "given":
+        return d
     return d if d is not None and abs(d / seg.diam_mean - 1) > 0.1 else None
 
 
@@ -366,9 +376,16 @@ def _unpad(m: np.ndarray, widths: tuple, min_size: int) -> np.ndarray:
 
 
 def iter_segment(
-    image: np.ndarray, params: SegmentParams | None = None, should_stop: Callable[[], bool] | None = None
+    image: np.ndarray,
+    params: SegmentParams | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> Iterator[tuple[int, int] | np.ndarray]:
-    """Segment one 2D image; yields ``(tiles_done, tiles_total)`` then the uint32 labels."""
+    """Segment one 2D image; yields ``(tiles_done, tiles_total)`` then the uint32 labels.
+
+    ``info``, when given, receives the diameter the image was segmented at
+    (:func:`segmentation_diameter`), for the audit trail.
+    """
     from ..io.images import RGBNormaliser
 
     params = params or SegmentParams()
@@ -377,12 +394,14 @@ def iter_segment(
     h, w = norm.height, norm.width
     preview = norm.preview()
     if float(preview.max() - preview.min()) < 1e-3:
+        if info is not None:
+            info.update(diameter_used_px=None, diameter_from="blank image")
         yield (1, 1)
         yield np.zeros((h, w), np.uint32)
         return
     del preview
     seg = load_segmenter(params.model, params.gpu)
-    diameter = segmentation_diameter(seg, norm, params)
+    diameter = segmentation_diameter(seg, norm, params, info)
     tiles = _tiles(h, w, params.tile_size, params.tile_overlap)
     pad = border_pad_pixels(seg, params, diameter)
     labels = np.zeros((h, w), np.uint32)
@@ -423,7 +442,13 @@ def iter_segment(
     yield labels if labels.dtype == np.uint32 else labels.astype(np.uint32)
 
 
-def segment(image: np.ndarray, params: SegmentParams | None = None, **kwargs: Any) -> np.ndarray:
+def segment(
+    image: np.ndarray,
+    params: SegmentParams | None = None,
+    *,
+    info: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> np.ndarray:
     """Segment a 2D image (or each plane of a stack) → uint32 labels.
 
     Parameters
@@ -432,15 +457,24 @@ def segment(image: np.ndarray, params: SegmentParams | None = None, **kwargs: An
         (H, W), (H, W, C) or a stack (Z, H, W[, C]) processed plane by plane.
     params
         :class:`SegmentParams`; keyword arguments override its fields.
+    info
+        Receives ``diameter_used_px`` and ``diameter_from`` (see :func:`segmentation_diameter`);
+        for a stack, lists of them, one per plane.
     """
     params = params or SegmentParams()
     if kwargs:
         params = SegmentParams(**{**params.to_dict(), **kwargs})
     arr = np.asarray(image)
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
-        return np.stack([segment(plane, params) for plane in arr])
+        planes, found = [], []
+        for plane in arr:
+            found.append({})
+            planes.append(segment(plane, params, info=found[-1]))
+        if info is not None:
+            info.update({k: [f.get(k) for f in found] for k in ("diameter_used_px", "diameter_from")})
+        return np.stack(planes)
     out = None
-    for item in iter_segment(arr, params):
+    for item in iter_segment(arr, params, info=info):
         out = item
     return out
 

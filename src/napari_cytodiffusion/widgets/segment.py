@@ -124,7 +124,12 @@ class SegmentWidget(Container, RunnerMixin):
         layer_name = f"{name} labels" + (f" ({plane_words(plane)})" if plane else "")
 
         def gen():
-            return (yield from relay(iter_segment(data, params, should_stop=self.should_stop), "tiles"))
+            scale: dict = {}
+            labels = yield from relay(
+                iter_segment(data, params, should_stop=self.should_stop, info=scale), "tiles"
+            )
+            about["segmentation"].update(scale)  # the diameter it was segmented at, for the record
+            return labels
 
         def done(labels):
             new = self.viewer.add_labels(
@@ -134,7 +139,9 @@ class SegmentWidget(Container, RunnerMixin):
                 translate=translate,
                 metadata={"napari-cytodiffusion": about},
             )
-            self.status.value = f"{n_cells(int(labels.max()))} → '{new.name}'"
+            d = about["segmentation"].get("diameter_used_px")
+            at = f" (cells of {d:.0f} px, {about['segmentation']['diameter_from']})" if d else ""
+            self.status.value = f"{n_cells(int(labels.max()))}{at} → '{new.name}'"
             notify("info", self.status.value)
 
         return gen, done
