@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import Cancelled, InputError, ModelError
 from ..paths import DEFAULT_SMEAR_MODEL
 from .channels import smear_channels
+from .smoothing import smooth_enlarged_masks
 
 SMEAR_MODEL_NAME = "smear"
 BUILTIN_MODELS = ("cyto3", "cyto2", "cyto", "nuclei")
@@ -185,6 +186,7 @@ def _eval(
 ) -> np.ndarray:
     import torch
 
+    smooth = resample is None  # a segmentation's own masks (not a look's): smooth enlarged outlines
     if resample is None:
         resample = follows_full_resolution(seg, diameter)
     # Cellpose's mask step builds sparse tensors; opting out of torch's invariant checks explicitly
@@ -201,7 +203,10 @@ def _eval(
             augment=augment,
             **kw,
         )[0]
-    return np.asarray(masks, dtype=np.uint32)
+    masks = np.asarray(masks, dtype=np.uint32)
+    if smooth and not resample and diameter:
+        masks = smooth_enlarged_masks(masks, diameter / seg.diam_mean)
+    return masks
 
 
 def _median_diameter(labels: np.ndarray, interior: bool = False, min_cells: int = 3) -> float | None:
@@ -326,7 +331,7 @@ def _with_large_cells(
     # masks at the network's resolution, enlarged: following the flows at full resolution would cost
     # more than the network itself and big cells do not need it
     coarse = _eval(seg, x, kw, params, big, resample=False, augment=params.augment)
-    return add_large_cells(fine, coarse, big)[0]
+    return add_large_cells(fine, smooth_enlarged_masks(coarse, big / seg.diam_mean), big)[0]
 
 
 def _with_platelets(rgb01: np.ndarray, labels: np.ndarray, diameter: float) -> np.ndarray:
