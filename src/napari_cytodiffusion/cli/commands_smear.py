@@ -366,7 +366,7 @@ def cmd_segment(a) -> int:
 
 
 def _scale_words(scale: dict) -> str:
-    """' (segmented at cells of 74 px, automatic)' for a console line; '' for a stack or none."""
+    """' (segmented for cells of 74 px, automatic)' for a console line; '' for a stack or none."""
     d, source = scale.get("diameter_used_px"), scale.get("diameter_from")
     if not isinstance(d, (int, float)):
         return ""
