@@ -123,6 +123,7 @@ def test_analyze_passes_every_option_to_the_pipeline(shared_data, tmp_path):
     assert cohort["red_cell_px"].tolist() == [41.0] and cohort["red_cell_from"].tolist() == ["given"]
     seg = audit["segmentation"]
     assert seg["platelets"] is False and seg["large_cells"] is False and seg["border_pad"] == 0.15
+    assert seg["diameter_from"] in ("automatic", "model scale") and seg["diameter_used_px"] > 0
     table = pd.read_csv(out / f"{field.stem}_cells.csv")
     assert {"size", "size_implausible", "class_by_appearance"} <= set(table.columns)
     assert not table["size_implausible"].any()  # the check was off
