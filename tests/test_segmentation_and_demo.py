@@ -538,3 +538,22 @@ def test_border_pad_outlines_red_cells_cut_by_the_border(shared_data, tmp_path, 
     )
     saved = tifffile.imread(tmp_path / "o" / "field_labels.tif")
     assert saved.max() == padded.max()
+
+
+def test_a_look_that_finds_no_cell_says_nothing_on_the_console(shared_data, caplog):
+    """The coarsest look of the automatic diameter at a BBBC041 field (800 x 600, cells of ~57 px)
+    sees them at an eighth of their size and finds none; Cellpose logs "no seeds found ... no masks
+    found" for it, which reached every user's console beside "72 cells" (the logging module's
+    last-resort handler prints warnings of an unconfigured logger). An empty look is expected."""
+    import logging
+
+    from skimage import io
+
+    from napari_cytodiffusion.io.images import RGBNormaliser
+    from napari_cytodiffusion.segmentation.cellpose_seg import estimate_diameter, load_segmenter
+
+    image = io.imread(shared_data / "bbbc041" / "val" / "images" / "2b369d75-9c55-43e0-b352-d981aea544e3.jpg")
+    with caplog.at_level(logging.WARNING):
+        d = estimate_diameter(load_segmenter(), RGBNormaliser(image[..., :3]), SegmentParams())
+    assert d == pytest.approx(57, rel=0.1)
+    assert not [r for r in caplog.records if r.name.startswith("cellpose")]

@@ -7,6 +7,7 @@ tiles stitched by keeping, for every cell, the tile in which it lies furthest fr
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -90,8 +91,28 @@ def _weights_mtime(model: str) -> int:
 
 
 @lru_cache(maxsize=4)
+class _EmptyLookFilter(logging.Filter):
+    """Drops Cellpose's "no seeds found ... no masks found" warning.
+
+    A look of the automatic diameter, a tile or a blank plane that holds no cell is an expected
+    outcome here, reported as a count of cells; unfiltered, the warning reached every user's console
+    (the logging module's last-resort handler) beside a segmentation that found its cells.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "no seeds found" not in record.getMessage()
+
+
+def _quiet_empty_looks() -> None:
+    logger = logging.getLogger("cellpose.dynamics")
+    if not any(isinstance(f, _EmptyLookFilter) for f in logger.filters):
+        logger.addFilter(_EmptyLookFilter())
+
+
 def _load_segmenter(model: str, gpu: bool, mtime: int) -> LoadedSegmenter:
     import torch
+
+    _quiet_empty_looks()
 
     use_gpu = bool(gpu and torch.cuda.is_available())
     from cellpose import models
