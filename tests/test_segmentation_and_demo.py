@@ -557,3 +557,4 @@ def test_a_look_that_finds_no_cell_says_nothing_on_the_console(shared_data, capl
         d = estimate_diameter(load_segmenter(), RGBNormaliser(image[..., :3]), SegmentParams())
     assert d == pytest.approx(57, rel=0.1)
     assert not [r for r in caplog.records if r.name.startswith("cellpose")]
+    assert load_segmenter() is load_segmenter()  # loaded once, the filter installed once

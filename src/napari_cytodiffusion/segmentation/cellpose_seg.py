@@ -90,7 +90,6 @@ def _weights_mtime(model: str) -> int:
         return 0
 
 
-@lru_cache(maxsize=4)
 class _EmptyLookFilter(logging.Filter):
     """Drops Cellpose's "no seeds found ... no masks found" warning.
 
@@ -109,6 +108,7 @@ def _quiet_empty_looks() -> None:
         logger.addFilter(_EmptyLookFilter())
 
 
+@lru_cache(maxsize=4)
 def _load_segmenter(model: str, gpu: bool, mtime: int) -> LoadedSegmenter:
     import torch
 
