@@ -497,3 +497,26 @@ def test_closing_a_dock_lets_go_of_the_viewer(make_napari_viewer, qtbot, tiny_mo
     n = len(inserted.callbacks)
     seg_dock.destroyOnClose()
     assert len(inserted.callbacks) == n - 2
+
+
+def test_the_widgets_and_the_cli_segment_with_the_library_defaults(make_napari_viewer, tmp_path, monkeypatch):
+    """A fresh Segment cells widget, the batch widget and the CLI start from ``SegmentParams()``
+    (each spells its defaults out: a changed default must reach all three)."""
+    from napari_cytodiffusion.cli.commands_smear import _seg_params
+    from napari_cytodiffusion.cli.main import build_parser
+    from napari_cytodiffusion.segmentation.cellpose_seg import SegmentParams
+    from napari_cytodiffusion.widgets.batch import BatchWidget
+    from napari_cytodiffusion.widgets.segment import SegmentWidget
+
+    monkeypatch.setenv("NAPARI_CYTODIFFUSION_CACHE", str(tmp_path))  # no saved settings
+    viewer = make_napari_viewer()
+    assert SegmentWidget(viewer).params() == SegmentParams()
+    assert SegmentParams().border_pad == 0.05
+    batch = BatchWidget(viewer)
+    assert (batch.border_pad.value, batch.platelets.value) == (
+        SegmentParams().border_pad,
+        SegmentParams().platelets,
+    )
+    for command in ("segment", "analyze"):
+        args = build_parser().parse_args([command, "x.png", "--out", str(tmp_path / "o")])
+        assert _seg_params(args) == SegmentParams(), command

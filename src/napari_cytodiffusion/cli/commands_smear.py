@@ -54,9 +54,10 @@ def _seg_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--border-pad",
         type=float,
-        default=0.0,
+        default=0.05,  # SegmentParams.border_pad
         help="mirror the image this many cell diameters beyond its edges before segmenting, so cells "
-        "cut by the border are outlined like whole ones (0 = off)",
+        "cut by the border are outlined like whole ones (default 0.05; 0 = off; 0.15 outlines more "
+        "of them, as box-annotated inventories count them)",
     )
     g.add_argument(
         "--augment",

@@ -63,13 +63,13 @@ def border_pad_box() -> FloatSpinBox:
     """The border mirror, in cell diameters (``--border-pad``)."""
     return FloatSpinBox(
         label="border mirror (diameters)",
-        value=0.0,
+        value=0.05,  # SegmentParams.border_pad
         min=0.0,
         max=4.0,
         step=0.05,
         tooltip="mirror the image this many cell diameters beyond its edges before segmenting, so "
-        "cells cut by the border are outlined like whole ones (0 = off; 0.15 suits box-annotated "
-        "inventories)",
+        "cells cut by the border are outlined like whole ones (0 = off; 0.15 outlines more of "
+        "them, as box-annotated inventories count them)",
     )
 
 
