@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import tifffile
 
 from napari_cytodiffusion.cli.main import main
 
@@ -54,6 +55,25 @@ def test_segment_cli_unreadable_files_exit_2(tmp_path, capsys, content, suffix, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "out").exists()  # the folder the failed run made is taken back
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((3, 3, 3), "tiny.tif: image is too small (3x3 pixels)"),
+        # five channels last: read as a stack its planes would be 64 x 5 pixels ("too small" said nothing)
+        (
+            (64, 64, 5),
+            "tiny.tif: an image of shape (64, 64, 5) has 5 channels in its last axis; expected a grayscale or "
+            "RGB(A) image, or a stack of them (planes first)",
+        ),
+        ((2, 64, 6, 3), "tiny.tif, plane 1: image is too small (64x6 pixels)"),
+    ],
+)
+def test_segment_cli_names_the_file_of_an_image_it_cannot_segment(tmp_path, capsys, shape, message):
+    tifffile.imwrite(tmp_path / "tiny.tif", np.zeros(shape, np.uint8))
+    assert main(["segment", str(tmp_path / "tiny.tif"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
 
 
 @pytest.mark.parametrize(

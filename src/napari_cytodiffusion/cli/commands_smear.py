@@ -342,7 +342,7 @@ def cmd_segment(a) -> int:
         try:
             img = read_image(path)
             scale: dict = {}
-            labels = segment(img, params, info=scale)
+            labels = segment(img, params, info=scale, name=path.name)
         except InputError as exc:  # one bad file of a batch: say so, go on with the others
             if len(paths) == 1:
                 raise

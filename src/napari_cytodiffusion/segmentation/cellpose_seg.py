@@ -23,6 +23,8 @@ from .channels import smear_channels
 from .smoothing import smooth_enlarged_masks
 
 SMEAR_MODEL_NAME = "smear"
+#: the narrowest plane segmented (:class:`~..io.images.RGBNormaliser` refuses narrower images)
+MIN_PLANE_SIDE = 8
 BUILTIN_MODELS = ("cyto3", "cyto2", "cyto", "nuclei")
 
 
@@ -422,17 +424,20 @@ def iter_segment(
     params: SegmentParams | None = None,
     should_stop: Callable[[], bool] | None = None,
     info: dict[str, Any] | None = None,
+    *,
+    name: str = "image",
 ) -> Iterator[tuple[int, int] | np.ndarray]:
     """Segment one 2D image; yields ``(tiles_done, tiles_total)`` then the uint32 labels.
 
     ``info``, when given, receives the diameter the image was segmented at
-    (:func:`segmentation_diameter`), for the audit trail.
+    (:func:`segmentation_diameter`), for the audit trail. ``name`` (e.g. the file name) names the
+    image in the message of an image that cannot be segmented.
     """
     from ..io.images import RGBNormaliser
 
     params = params or SegmentParams()
     _check(params)
-    norm = RGBNormaliser(image)  # converts tile by tile: memory stays bounded for huge images
+    norm = RGBNormaliser(image, name)  # converts tile by tile: memory stays bounded for huge images
     h, w = norm.height, norm.width
     preview = norm.preview()
     if float(preview.max() - preview.min()) < 1e-3:
@@ -490,6 +495,7 @@ def segment(
     params: SegmentParams | None = None,
     *,
     info: dict[str, Any] | None = None,
+    name: str = "image",
     **kwargs: Any,
 ) -> np.ndarray:
     """Segment a 2D image (or each plane of a stack) → uint32 labels.
@@ -503,21 +509,29 @@ def segment(
     info
         Receives ``diameter_used_px`` and ``diameter_from`` (see :func:`segmentation_diameter`);
         for a stack, lists of them, one per plane.
+    name
+        Names the image (e.g. its file name) in the message of an image that cannot be segmented.
     """
     params = params or SegmentParams()
     if kwargs:
         params = SegmentParams(**{**params.to_dict(), **kwargs})
     arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[-1] < MIN_PLANE_SIDE:
+        # read as a stack, its planes would be a few pixels wide: an image with other channels
+        raise InputError(
+            f"{name}: an image of shape {arr.shape} has {arr.shape[-1]} channels in its last axis; "
+            "expected a grayscale or RGB(A) image, or a stack of them (planes first)"
+        )
     if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
         planes, found = [], []
-        for plane in arr:
+        for i, plane in enumerate(arr):
             found.append({})
-            planes.append(segment(plane, params, info=found[-1]))
+            planes.append(segment(plane, params, info=found[-1], name=f"{name}, plane {i + 1}"))
         if info is not None:
             info.update({k: [f.get(k) for f in found] for k in ("diameter_used_px", "diameter_from")})
         return np.stack(planes)
     out = None
-    for item in iter_segment(arr, params, info=info):
+    for item in iter_segment(arr, params, info=info, name=name):
         out = item
     return out
 
