@@ -16,6 +16,9 @@ import numpy as np
 
 from ..errors import InputError
 
+#: the narrowest image (or plane of a stack) converted for segmentation, in pixels
+MIN_IMAGE_SIDE = 8
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
@@ -171,7 +174,7 @@ class RGBNormaliser:
             raise InputError(
                 f"{name}: expected a 2D grayscale or RGB(A) image, got shape {tuple(np.shape(image))}"
             )
-        if arr.shape[0] < 8 or arr.shape[1] < 8:
+        if arr.shape[0] < MIN_IMAGE_SIDE or arr.shape[1] < MIN_IMAGE_SIDE:
             raise InputError(f"{name}: image is too small ({arr.shape[0]}x{arr.shape[1]} pixels)")
         self.arr = arr
         self.height, self.width = int(arr.shape[0]), int(arr.shape[1])

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import Cancelled, InputError, ModelError
+from ..io.images import MIN_IMAGE_SIDE
 from ..paths import DEFAULT_SMEAR_MODEL
 from .channels import smear_channels
 from .smoothing import smooth_enlarged_masks
 
 SMEAR_MODEL_NAME = "smear"
-#: the narrowest plane segmented (:class:`~..io.images.RGBNormaliser` refuses narrower images)
-MIN_PLANE_SIDE = 8
 BUILTIN_MODELS = ("cyto3", "cyto2", "cyto", "nuclei")
 
 
@@ -516,7 +515,7 @@ def segment(
     if kwargs:
         params = SegmentParams(**{**params.to_dict(), **kwargs})
     arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[-1] < MIN_PLANE_SIDE:
+    if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[-1] < MIN_IMAGE_SIDE:
         # read as a stack, its planes would be a few pixels wide: an image with other channels
         raise InputError(
             f"{name}: an image of shape {arr.shape} has {arr.shape[-1]} channels in its last axis; "
