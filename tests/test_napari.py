@@ -520,3 +520,37 @@ def test_the_widgets_and_the_cli_segment_with_the_library_defaults(make_napari_v
     for command in ("segment", "analyze"):
         args = build_parser().parse_args([command, "x.png", "--out", str(tmp_path / "o")])
         assert _seg_params(args) == SegmentParams(), command
+
+
+def test_a_changed_default_reaches_users_who_never_chose_otherwise(make_napari_viewer, tmp_path, monkeypatch):
+    """Settings are saved with the defaults of their day. A value left at its default follows the
+    default of a later version (the border mirror went 0 -> 0.05 after measurements; without this,
+    everyone who had run the widget once would have kept 0); a value the user chose is kept; a file
+    of an older version (no defaults saved) is read as before."""
+    import json
+
+    from napari_cytodiffusion.widgets.segment import SegmentWidget
+
+    monkeypatch.setenv("NAPARI_CYTODIFFUSION_CACHE", str(tmp_path))
+    path = tmp_path / "widget_settings.json"
+    viewer = make_napari_viewer()
+    seg = SegmentWidget(viewer)
+    seg.flow_threshold.value = 0.6
+    seg.save_settings()
+    data = json.loads(path.read_text())
+    assert data["segment"]["border_pad"] == data["segment.defaults"]["border_pad"] == 0.05
+    # as if saved by a version whose default was 0: the user never touched it, so 0.05 now
+    data["segment"]["border_pad"] = data["segment.defaults"]["border_pad"] = 0.0
+    path.write_text(json.dumps(data))
+    again = SegmentWidget(viewer)
+    assert (again.border_pad.value, again.flow_threshold.value) == (0.05, 0.6)
+    # chosen by the user under the old default: kept
+    data["segment"]["border_pad"] = 0.15
+    path.write_text(json.dumps(data))
+    assert SegmentWidget(viewer).border_pad.value == 0.15
+    # an older version's file, values only: read as it is
+    path.write_text(json.dumps({"segment": {"border_pad": 0.0, "flow_threshold": 0.6}}))
+    old = SegmentWidget(viewer)
+    assert (old.border_pad.value, old.flow_threshold.value) == (0.0, 0.6)
+    path.write_text(json.dumps({"segment": ["not", "a", "dict"]}))  # a broken file changes nothing
+    assert SegmentWidget(viewer).border_pad.value == 0.05

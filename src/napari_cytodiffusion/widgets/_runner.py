@@ -259,6 +259,9 @@ class RunnerMixin:
             notify("error", str(exc))
 
     # parameter persistence -------------------------------------------------
+    # The values are saved with the defaults they were saved against: a value left at the default of
+    # its day follows the default of a later version (a default changed on measurements reaches every
+    # user who never chose otherwise), while a value the user chose is kept.
     persisted: tuple[str, ...] = ()
 
     def save_settings(self: Container) -> None:
@@ -268,6 +271,9 @@ class RunnerMixin:
         except (OSError, json.JSONDecodeError):
             data = {}
         data[self.settings_key] = {n: _jsonable(getattr(self, n).value) for n in self.persisted}
+        defaults = getattr(self, "_setting_defaults", None)
+        if defaults is not None:
+            data[f"{self.settings_key}.defaults"] = defaults
         from ..io.atomic import write_json
 
         try:
@@ -276,12 +282,19 @@ class RunnerMixin:
             pass  # settings are a convenience; an unwritable cache must not block work
 
     def load_settings(self: Container) -> None:
+        if not hasattr(self, "_setting_defaults"):  # the widget's own defaults, before any saved value
+            self._setting_defaults = {n: _jsonable(getattr(self, n).value) for n in self.persisted}
         path = cache_dir() / "widget_settings.json"
         try:
-            saved = json.loads(path.read_text()).get(self.settings_key, {}) if path.exists() else {}
-        except (OSError, json.JSONDecodeError):
+            data = json.loads(path.read_text()) if path.exists() else {}
+            saved, then = data.get(self.settings_key, {}), data.get(f"{self.settings_key}.defaults", {})
+        except (OSError, json.JSONDecodeError, AttributeError):
             return
+        if not isinstance(saved, dict) or not isinstance(then, dict):
+            return  # not a file this version wrote
         for name, value in saved.items():
+            if name in then and value == then[name] != self._setting_defaults.get(name):
+                continue  # left at the default of its day, which has changed since: the new one
             if name in self.persisted:
                 try:
                     getattr(self, name).value = value
