@@ -526,7 +526,7 @@ def test_a_changed_default_reaches_users_who_never_chose_otherwise(make_napari_v
     """Settings are saved with the defaults of their day. A value left at its default follows the
     default of a later version (the border mirror went 0 -> 0.05 after measurements; without this,
     everyone who had run the widget once would have kept 0); a value the user chose is kept; a file
-    of an older version (no defaults saved) is read as before."""
+    of an older version (no defaults saved) is read as it is, but for a default changed since then."""
     import json
 
     from napari_cytodiffusion.widgets.segment import SegmentWidget
@@ -548,9 +548,11 @@ def test_a_changed_default_reaches_users_who_never_chose_otherwise(make_napari_v
     data["segment"]["border_pad"] = 0.15
     path.write_text(json.dumps(data))
     assert SegmentWidget(viewer).border_pad.value == 0.15
-    # an older version's file, values only: read as it is
+    # an older version's file, values only: read as it is, but for a value at a default changed since
     path.write_text(json.dumps({"segment": {"border_pad": 0.0, "flow_threshold": 0.6}}))
     old = SegmentWidget(viewer)
-    assert (old.border_pad.value, old.flow_threshold.value) == (0.0, 0.6)
+    assert (old.border_pad.value, old.flow_threshold.value) == (0.05, 0.6)
+    path.write_text(json.dumps({"segment": {"border_pad": 0.15}}))
+    assert SegmentWidget(viewer).border_pad.value == 0.15
     path.write_text(json.dumps({"segment": ["not", "a", "dict"]}))  # a broken file changes nothing
     assert SegmentWidget(viewer).border_pad.value == 0.05

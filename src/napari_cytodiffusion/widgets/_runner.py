@@ -287,7 +287,8 @@ class RunnerMixin:
         path = cache_dir() / "widget_settings.json"
         try:
             data = json.loads(path.read_text()) if path.exists() else {}
-            saved, then = data.get(self.settings_key, {}), data.get(f"{self.settings_key}.defaults", {})
+            saved = data.get(self.settings_key, {})
+            then = data.get(f"{self.settings_key}.defaults", FORMER_DEFAULTS)
         except (OSError, json.JSONDecodeError, AttributeError):
             return
         if not isinstance(saved, dict) or not isinstance(then, dict):
@@ -300,6 +301,12 @@ class RunnerMixin:
                     getattr(self, name).value = value
                 except (ValueError, TypeError):
                     continue  # a stale value that the widget no longer accepts
+
+
+#: defaults that changed before settings were saved with their defaults (files of those versions hold
+#: values only): such a value equal to its former default was never chosen, so it takes the new one
+#: (the border mirror, off before, is 0.05 cell diameters by default)
+FORMER_DEFAULTS: dict[str, Any] = {"border_pad": 0.0}
 
 
 def _jsonable(v: Any) -> Any:
