@@ -42,6 +42,12 @@ def test_finetune_writes_small_adapter_named_by_base_hash(adapter, tiny_model):
     assert model_summary(adapter) == (
         "lab2: LoRA adapter of tiny · 2 classes · fine-tuned on 8 cells · recalibrated on 8 held-out cells"
     )
+    # and its card (`models FOLDER`, the model line's tooltip) says it is one, with the base model's scope
+    from napari_cytodiffusion.model.scope import model_about
+
+    card = dict(model_about(adapter))
+    assert card["adapted"].startswith("a LoRA adapter of tiny, fine-tuned on 8 labelled cells")
+    assert card["classes"] == "2: redcell, violet"
 
 
 def test_adapter_loads_merged_and_classifies(adapter, tiny_model, tiny_dataset):

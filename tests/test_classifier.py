@@ -613,6 +613,7 @@ def test_domain_check_on_real_cells_from_another_lab(shared_data, tmp_path, caps
     assert "<b>Domain check</b>:" in page and "12 cell images" in page
     gallery = page[page.index("<h2>Cells by class</h2>") :]
     assert gallery.count("<figure") == 12 and "<h2>Images</h2>" not in page
+    assert "<h2 id='about-model'>About the model</h2>" in page  # what the model never learnt, too
     for i in other:
         assert f"{int(i):03d}.png</figcaption>" in gallery
     flagged = pd.read_csv(tmp_path / "cls" / "predictions.csv")["flagged"].sum()

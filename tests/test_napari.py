@@ -155,12 +155,16 @@ def test_generate_widget(make_napari_viewer, qtbot, tiny_model, tmp_path):
     assert w.model_name.value == "default" and w.model_name.choices[-1] == "folder…"
     assert "neutrophil" in w.cls.choices
     assert w.model_info.value.startswith("pbc32: 8 classes")  # what the chosen model is
+    # hovering shows its card: what it is for, never learnt and was measured to miss
+    assert w.model_info.tooltip.startswith("<qt><b>intended use</b>: research and teaching")
+    assert "<b>not learnt</b>: blasts" in w.model_info.tooltip and "AUROC 0.856" in w.model_info.tooltip
     w.model_dir.value = str(tiny_model)  # a folder set from Python switches the list to it
     assert w.model_name.value == "folder…"
     assert w.cls.choices == ("all", "redcell", "violet")
     assert w.model_info.value.startswith("tiny: 2 classes")
+    assert "<b>classes</b>: 2: redcell, violet" in w.model_info.tooltip
     w.model_dir.value = str(tiny_model.parent)  # not a model: said on the line, nothing raised
-    assert w.model_info.value.startswith("cannot use this model:")
+    assert w.model_info.value.startswith("cannot use this model:") and not w.model_info.tooltip
     assert w.cls.choices == ("all",)  # no classes offered until it is a model
     w.model_dir.value = str(tiny_model)
     w.cls.value = "violet"

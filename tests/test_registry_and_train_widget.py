@@ -100,6 +100,75 @@ def test_model_summary_and_models_command(tiny_model, tmp_path, monkeypatch, cap
     assert "mine\t" in capsys.readouterr().out
 
 
+def test_a_models_card_says_what_it_is_for_never_learnt_and_was_measured_to_miss(
+    tiny_model, tmp_path, monkeypatch, capsys
+):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from napari_cytodiffusion.cli.main import main
+    from napari_cytodiffusion.model.folder import read_metadata, write_metadata
+    from napari_cytodiffusion.model.scope import DEFAULT_USE, OTHER_CELLS, about_model, model_about
+
+    monkeypatch.setenv("NAPARI_CYTODIFFUSION_CACHE", str(tmp_path / "cache"))
+    # the shipped models carry the scope their recipe script writes, figures and all
+    script = Path(__file__).resolve().parents[1] / "scripts" / "write_model_scope.py"
+    check = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    card = dict(model_about("default"))  # every heading but "limit" once
+    assert card["intended use"].startswith("research and teaching, not a diagnostic")
+    assert "Hospital Clinic of Barcelona" in card["learnt from"] and "CC BY 4.0" in card["learnt from"]
+    assert card["classes"].startswith("8: basophil, eosinophil, erythroblast (nucleated red cells), ig (")
+    assert card["other cells"] == OTHER_CELLS and "blasts" in card["not learnt"]
+    recall = read_metadata(registry.resolve_model("default")).validation["per_class_recall"]
+    weakest = min(recall, key=recall.get)
+    assert f"recall per class, weakest first: {weakest} {recall[weakest]:.3f}," in card["measured"]
+    limits = [t for h, t in model_about("default") if h == "limit"]
+    assert len(limits) == 4 and any("AUROC 0.856" in t for t in limits)
+    assert any("not measured for this distilled model" in t for h, t in model_about("pbc32-fast"))
+
+    # a model of one's own says what every model can: its classes, data and record; nothing invented
+    mine = tmp_path / "mine"
+    shutil.copytree(tiny_model, mine)
+    plain = dict(model_about(mine))
+    assert plain["intended use"] == DEFAULT_USE and "not learnt" not in plain and "limit" not in plain
+    assert plain["classes"] == "2: redcell, violet"
+    assert plain["measured"] == "no validation record in the model's metadata"
+    # ... and what whoever trained it wrote; parts of the wrong type are left out, not fatal
+    meta = read_metadata(mine)
+    meta.extra["scope"] = {
+        "intended_use": "teaching only",
+        "class_notes": {"violet": "white cells"},
+        "not_learnt": "platelets",
+        "limits": [3, "stain: Wright only", {"x": 1}],
+    }
+    meta.validation = {"dataset": "Lab X (2026)", "n": 20, "balanced_accuracy": 0.9, "per_class_recall": {
+        "redcell": 1.0, "violet": 0.8}}  # fmt: skip
+    write_metadata(mine, meta)
+    items = about_model(read_metadata(mine))
+    assert items[0] == ("intended use", "teaching only")
+    assert ("classes", "2: redcell, violet (white cells)") in items and ("not learnt", "platelets") in items
+    assert ("measured", "Lab X (20 cells): balanced accuracy 0.900; recall per class, weakest first: violet "
+            "0.800, redcell 1.000") in items  # fmt: skip
+    assert [t for h, t in items if h == "limit"] == ["3", "stain: Wright only"]
+
+    # on the command line: one model's card; a name that is no model is one line and exit code 2
+    assert main(["models", str(mine)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("tiny: 2 classes") and "intended use: teaching only" in out
+    assert main(["models", "pbc32-fast", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["pbc32-fast"]
+    assert row["about"][0] == {
+        "heading": "intended use",
+        "text": dict(model_about("pbc32-fast"))["intended use"],
+    }
+    assert main(["models", "no-such-model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model 'no-such-model'" in err[0]
+
+
 def test_train_widget_trains_and_cancels(make_napari_viewer, qtbot, tiny_dataset, tmp_path):
     from napari_cytodiffusion.model.folder import read_metadata
     from napari_cytodiffusion.widgets.train import TrainWidget

@@ -61,6 +61,21 @@ def test_analyze_writes_a_report_of_every_classified_cell(tmp_path, capsys):
     # each picture a 96 px JPEG of the cell, outlined in its class's colour
     uri = re.search(r'src="data:image/jpeg;base64,([^"]+)"', gallery[0]).group(1)
     assert Image.open(io.BytesIO(base64.b64decode(uri))).size == (96, 96)
+    # what the model is for and cannot tell, linked from the model's name at the top
+    about = page[page.index("<h2 id='about-model'>About the model</h2>") : page.index("<footer>")]
+    assert "<a href='#about-model'>pbc32 (" in page
+    for heading in (
+        "intended use",
+        "learnt from",
+        "classes",
+        "other cells",
+        "not learnt",
+        "measured",
+        "limit",
+    ):
+        assert f"<tr><th>{heading}</th>" in about
+    assert "blasts" in about and "band and segmented neutrophils together" in about
+    assert "recall per class, weakest first: ig 0." in about and "AUROC 0.856" in about
 
     # a user's corrections (a class of their own too) show as such; fewer pictures per class on request
     cells_csv = out / "smear<1>_cells.csv"
@@ -78,6 +93,18 @@ def test_analyze_writes_a_report_of_every_classified_cell(tmp_path, capsys):
     biggest = cells["class"].value_counts()
     if biggest.iloc[0] > 1:
         assert f"{biggest.iloc[0] - 1} more not shown" in page
+    # results of a model that is not here (another content hash): shown with a stand-in, whose card
+    # is not the results' model's, so none is shown
+    summary_path = out / "smear<1>_summary.json"
+    original = summary_path.read_text()
+    saved = json.loads(original)
+    saved["audit"]["model"]["content_hash"] = "0" * 64
+    summary_path.write_text(json.dumps(saved))
+    assert main(["report", str(out), "--out", str(other)]) == 0
+    page = other.read_text(encoding="utf-8")
+    assert "not found here; shown with pbc32@" in page and "About the model" not in page
+    summary_path.write_text(original)
+
     # the image moved away: the page is still written, the cells without pictures, and says why
     assert second != first
     (inp / "smear<1>.png").rename(tmp_path / "moved.png")

@@ -201,8 +201,20 @@ def load_adapted_model(
     merged.eval().requires_grad_(False)
     if device:
         merged.to(device)
-    md = copy.deepcopy(base_model.metadata)
-    md.name = str(meta.get("name", adapter_dir.name))
+    md = adapted_metadata(base_model.metadata, meta, adapter_dir)
+    return DiffusionModel(unet=merged, scheduler=base_model.scheduler, metadata=md, path=adapter_dir)
+
+
+def adapted_metadata(base, meta: dict[str, Any], adapter_dir: str | os.PathLike):
+    """The metadata of a base model (``ModelMetadata``) with an adapter's (``meta``) merged in.
+
+    Classes, colours, calibration, validation and content hash are the adapter's; the rest (crop,
+    schedule, training data, the base model's scope) the base model's, with ``extra["adapter"]``
+    saying where the adapter is and how it was fine-tuned.
+    """
+    n_new = len(meta["classes"]) - base.n_classes
+    md = copy.deepcopy(base)
+    md.name = str(meta.get("name", Path(adapter_dir).name))
     md.classes = list(meta["classes"])
     md.colours = list(meta.get("colours") or md.colours + ["#999999"] * n_new)
     md.calibration = dict(meta.get("calibration") or md.calibration)
@@ -216,4 +228,4 @@ def load_adapted_model(
             "finetune": meta.get("finetune", {}),
         },
     }
-    return DiffusionModel(unet=merged, scheduler=base_model.scheduler, metadata=md, path=adapter_dir)
+    return md

@@ -92,7 +92,13 @@ def register(sub) -> None:
         "models",
         help="list the models usable offline (bundled, then cached) with what they learnt from and measured",
     )
-    p.add_argument("--json", action="store_true", help="one JSON object: name -> {path, summary}")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="a model's name or folder (or a LoRA adapter folder): show its card instead, i.e. what it is "
+        "for, what it learnt from, its classes, what it never learnt, its figures and measured limits",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object: name -> {path, summary, about}")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser(
@@ -162,21 +168,40 @@ def register(sub) -> None:
 def cmd_models(a) -> int:
     from ..errors import ModelError
     from ..model.card import model_summary
-    from ..model.registry import available_models
+    from ..model.registry import available_models, resolve_model
+    from ..model.scope import model_about
 
+    if a.model is not None:  # one model's card; a bad name or folder is the usual one-line error
+        path = resolve_model(a.model, download=False)
+        row = {"path": str(path), "summary": model_summary(path), "about": model_about(path)}
+        if a.json:
+            print(json.dumps({a.model: _about_json(row)}, indent=1, ensure_ascii=False))
+        else:
+            print(f"{row['summary']}\n{row['path']}\n")
+            for heading, text in row["about"]:
+                print(f"{heading}: {text}")
+        return 0
     rows = {}
     for name, path in available_models().items():
         try:
-            summary = model_summary(path)
+            row = {"path": str(path), "summary": model_summary(path), "about": model_about(path)}
         except ModelError as exc:  # a broken cached folder is listed with what is wrong
-            summary = f"cannot use: {exc}"
-        rows[name] = {"path": str(path), "summary": summary}
+            row = {"path": str(path), "summary": f"cannot use: {exc}", "about": []}
+        rows[name] = row
     if a.json:
-        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        print(json.dumps({k: _about_json(v) for k, v in rows.items()}, indent=1, ensure_ascii=False))
     else:
         for name, row in rows.items():
             print(f"{name}\t{row['summary']}\n\t{row['path']}")
+        print(
+            "(napari-cytodiffusion models NAME: what a model is for, never learnt and was measured to miss)"
+        )
     return 0
+
+
+def _about_json(row: dict) -> dict:
+    """A models row for JSON: the card as a list of {heading, text}."""
+    return row | {"about": [{"heading": h, "text": t} for h, t in row["about"]]}
 
 
 def cmd_train(a) -> int:

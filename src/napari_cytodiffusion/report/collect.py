@@ -166,6 +166,10 @@ def _model_info(first_audit: dict[str, Any], hashes: set[str]):
         return None, info
     if warning:
         info["warning"] = "; ".join(w for w in (info.get("warning"), warning) if w)
+    else:  # the very model of the results: what it is for and cannot tell (not a stand-in's)
+        from ..model.scope import about_model
+
+        info["about"] = about_model(model.metadata)
     return model, info
 
 

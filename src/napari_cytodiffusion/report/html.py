@@ -29,6 +29,7 @@ figure.flagged img{border-color:#c62828} figure.corrected img{border-color:#1565
 figure .missing{width:96px;height:96px;background:#eee;display:flex;align-items:center;justify-content:center}
 .swatch{display:inline-block;width:.9em;height:.9em;border-radius:2px;vertical-align:middle;margin-right:.3em}
 footer{margin-top:2em;color:#666;font-size:.8em}
+table.about th{white-space:nowrap;vertical-align:top;background:none}
 body.only-marked #galleries figure:not(.flagged):not(.corrected){display:none}
 @media print{figure{break-inside:avoid} .no-print{display:none}}
 """
@@ -206,12 +207,28 @@ def _meta(data: ReportData) -> str:
     model = escape(str(m.get("name", "unknown model"))) + (
         f" ({escape(str(m['content_hash'])[:12])})" if m.get("content_hash") else ""
     )
+    if m.get("about"):
+        model = f"<a href='#about-model'>{model}</a>"
     bits = [f"model {model}", f"speed {escape(str(p.get('speed', '–')))}"]
     if seg:
         bits.append(f"segmentation {escape(str(seg))}")
     if p.get("red_cell_px"):
         bits.append(f"red cell {float(p['red_cell_px']):.1f} px")
     return " · ".join(bits)
+
+
+def _about(data: ReportData) -> str:
+    """The model's card (:func:`~napari_cytodiffusion.model.scope.about_model`), when the model of
+    the results could be read."""
+    items = data.model.get("about") or []
+    if not items:
+        return ""
+    rows = "".join(f"<tr><th>{escape(str(h))}</th><td>{escape(str(t))}</td></tr>" for h, t in items)
+    return (
+        "<h2 id='about-model'>About the model</h2><p>What the model of these results is for, what it learnt "
+        "from, what it never learnt and where it was measured to fall short: read its calls with this in "
+        f"mind.</p><table class='about'>{rows}</table>"
+    )
 
 
 def _what(data: ReportData) -> str:
@@ -283,6 +300,7 @@ def render(data: ReportData) -> str:
         + _galleries(data)
         + "</div>"
         + ("<h2>Images</h2>" + _image_table(data) if smears else "")
+        + _about(data)
         + "<footer>Calls of a generative classifier for research use, not a diagnostic device: every result needs "
         "a qualified person's review. The differential's interval covers the counting error only. Results folder: "
         f"{escape(str(data.folder))}.</footer></body></html>"

@@ -20,7 +20,8 @@ def model_names(_=None) -> list[str]:
 def model_picker() -> tuple[ComboBox, FileEdit, Label]:
     """A model-name list, a folder field that shows only when the list says ``folder…``, and a
     line about the chosen model (:func:`~napari_cytodiffusion.model.card.model_summary`: what it
-    learnt from and how well it measured), or why it cannot be used.
+    learnt from and how well it measured), or why it cannot be used; hovering over the line shows
+    the model's card (:func:`model_card_tooltip`).
 
     Typing or browsing a folder switches the list to ``folder…``, so a folder set from Python
     (``widget.model_dir.value = path``) is used as well. Widgets that remember the choice list
@@ -38,7 +39,9 @@ def model_picker() -> tuple[ComboBox, FileEdit, Label]:
     info.native.setWordWrap(True)
 
     def _describe() -> None:
-        info.value = model_description(model_spec(name, folder))
+        spec = model_spec(name, folder)
+        info.value = model_description(spec)
+        info.tooltip = model_card_tooltip(spec)
 
     def _name_changed(value: str) -> None:
         folder.visible = value == FOLDER_CHOICE
@@ -65,6 +68,22 @@ def model_description(spec: str | None) -> str:
         return model_summary(spec)
     except ModelError as exc:
         return f"cannot use this model: {exc}"
+
+
+def model_card_tooltip(spec: str | None) -> str:
+    """The model's card (:func:`~napari_cytodiffusion.model.scope.model_about`: what it is for, never
+    learnt and was measured to miss) as rich text for a tooltip; empty when it cannot be read."""
+    from html import escape
+
+    from ..model.scope import model_about
+
+    if spec is None:
+        return ""
+    try:
+        items = model_about(spec)
+    except ModelError:
+        return ""
+    return "<qt>" + "<br>".join(f"<b>{escape(h)}</b>: {escape(t)}" for h, t in items) + "</qt>"
 
 
 def model_spec(name: ComboBox, folder: FileEdit) -> str | None:

@@ -1,0 +1,136 @@
+"""What a model is for, what it learnt from and what it cannot tell: the card a haematologist reads.
+
+A classifier with a fixed set of classes calls every cell one of them. Whoever reads its calls
+needs to know which cells it has never seen, how well each class measured, and where it was shown
+to fail, before trusting a differential made with it. This module builds that card from a model's
+metadata alone (no weights are read):
+
+- what every model has: its classes, the training data its metadata names, the validation record
+  (balanced accuracy and recall per class), and the fact that a cell of any other kind is called
+  one of the classes;
+- what whoever trained it wrote in ``extra["scope"]`` (see :data:`SCOPE_KEYS`): intended use, the
+  population and laboratory of the training cells, what each class holds, cell kinds it never
+  learnt, and measured limits (other laboratories, a class left out of training, resolution);
+- for a LoRA adapter, that it is one, of which base model, on how many cells.
+
+The shipped models carry a scope written from this project's measurements (docs/measurements.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+#: keys of ``extra["scope"]``, each optional
+SCOPE_KEYS = (
+    "intended_use",  # str: what the model is for
+    "population",  # str: whose cells, which laboratory, instrument and stain
+    "class_notes",  # {class: str}: what a class holds (e.g. band and segmented neutrophils together)
+    "not_learnt",  # [str]: cell kinds a user will meet that the model never learnt
+    "limits",  # [str]: measured limits, each with its figure
+)
+#: what a model is for when its metadata does not say
+DEFAULT_USE = "research and teaching, not a diagnostic device: every call needs a qualified person's review"
+OTHER_CELLS = (
+    "a cell of any other kind is called one of these classes; the flag (uncertain or unlike the "
+    "training cells) catches such cells only in part"
+)
+
+
+def _strings(value: Any) -> list[str]:
+    """A metadata list of strings, tolerant of a single string; anything else gives nothing."""
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value if isinstance(v, str | int | float) and str(v).strip()]
+    return []
+
+
+def _trained_on(meta) -> str:
+    training = meta.training or {}
+    data = training.get("data") or {}
+    dataset = training.get("dataset") or data.get("dataset")
+    if not dataset:
+        return "not recorded in the model's metadata"
+    n = data.get("n_images")
+    licence = training.get("licence") or data.get("licence")
+    return (
+        str(dataset)
+        + (f", {int(n):,} images" if isinstance(n, int | float) else "")
+        + (f" ({licence})" if licence else "")
+    )
+
+
+def _measured(meta) -> str | None:
+    v = meta.validation or {}
+    if "balanced_accuracy" not in v:
+        return None
+    where = str(v.get("dataset") or "validation").split(" (")[0].strip()
+    n = v.get("n")
+    text = (
+        f"{where}{f' ({int(n):,} cells)' if n else ''}: balanced accuracy {float(v['balanced_accuracy']):.3f}"
+    )
+    recall = v.get("per_class_recall")
+    if isinstance(recall, dict) and recall:
+        weakest = sorted(recall.items(), key=lambda kv: float(kv[1]))
+        text += "; recall per class, weakest first: " + ", ".join(f"{c} {float(r):.3f}" for c, r in weakest)
+    return text
+
+
+def about_model(meta) -> list[tuple[str, str]]:
+    """The card of a model (a :class:`~napari_cytodiffusion.model.folder.ModelMetadata`) as
+    ``(heading, text)`` pairs, in reading order: intended use, learnt from, adapted (adapters),
+    classes, other cells, not learnt, measured, then one ``limit`` per measured limit."""
+    scope = meta.extra.get("scope") if isinstance(meta.extra.get("scope"), dict) else {}
+    items = [("intended use", str(scope.get("intended_use") or DEFAULT_USE))]
+    population = scope.get("population")
+    items.append(("learnt from", _trained_on(meta) + (f"; {population}" if population else "")))
+    adapter = meta.extra.get("adapter")
+    if isinstance(adapter, dict):
+        base = (adapter.get("base_model") or {}).get("name", "?")
+        counts = (adapter.get("finetune") or {}).get("class_counts") or {}
+        n = sum(int(c) for c in counts.values() if isinstance(c, int | float))
+        items.append(
+            (
+                "adapted",
+                f"a LoRA adapter of {base}, fine-tuned on {n} labelled cells; the classes, calibration "
+                "and figures below are the adapter's, the rest is the base model's",
+            )
+        )
+    notes = scope.get("class_notes") if isinstance(scope.get("class_notes"), dict) else {}
+    listed = ", ".join(c + (f" ({notes[c]})" if notes.get(c) else "") for c in meta.classes)
+    items.append(("classes", f"{len(meta.classes)}: {listed}"))
+    items.append(("other cells", OTHER_CELLS))
+    not_learnt = _strings(scope.get("not_learnt"))
+    if not_learnt:
+        items.append(("not learnt", ", ".join(not_learnt)))
+    measured = _measured(meta)
+    items.append(("measured", measured or "no validation record in the model's metadata"))
+    items += [("limit", text) for text in _strings(scope.get("limits"))]
+    return items
+
+
+def about_text(items: list[tuple[str, str]]) -> str:
+    """The card as text, one ``heading: text`` line per item."""
+    return "\n".join(f"{heading}: {text}" for heading, text in items)
+
+
+def model_about(spec: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """:func:`about_model` of a model or adapter folder, or a model by name (nothing is downloaded).
+
+    Raises
+    ------
+    ModelError
+        When the folder is not a readable model or adapter folder, or an adapter's base model
+        cannot be found.
+    """
+    from ..adapt.adapter import adapted_metadata, find_base, is_adapter, read_adapter_metadata
+    from .folder import read_metadata
+    from .registry import resolve_model
+
+    folder = resolve_model(spec, download=False)
+    if is_adapter(folder):
+        meta = read_adapter_metadata(folder)
+        base = read_metadata(find_base(meta, folder))
+        return about_model(adapted_metadata(base, meta, folder))
+    return about_model(read_metadata(folder))
