@@ -55,6 +55,7 @@ def _cell(t, j: int, reference: str | None, rel: float, classes: list[str]) -> d
         "called": r["class"],
         "by_appearance": r.get("class_by_appearance", r["class"]),
         "size_implausible": bool(r.get("size_implausible", False)),
+        "touches_border": bool(r["touches_border"]),
         "size": round(float(rel), 3),
         "flagged": bool(r["flagged"]),
         "p_correct": round(float(r["p_correct"]), 4),
@@ -172,6 +173,24 @@ def report(rows: list[dict]) -> dict:
                 if c.get("size_implausible")
             ).most_common()
         ),
+        # white cells cut by the image border (their visible size is less than their size) and whole ones
+        "white_by_border": {
+            kind: {
+                "cells": len(sel),
+                "called_white_class": sum(c["called"] in WHITE for c in sel) / len(sel) if sel else None,
+                "size_recalled": sum(c["size_implausible"] for c in sel),
+                "flagged": sum(c["flagged"] for c in sel) / len(sel) if sel else None,
+            }
+            for kind, cut in (("cut", True), ("whole", False))
+            for sel in [
+                [
+                    c
+                    for r in rows
+                    for c in r.get("classified_cells", [])
+                    if c["reference"] == "white cell" and c.get("touches_border") == cut
+                ]
+            ]
+        },
         "needs_review_share": sum(r["verdict"] == "needs review" for r in rows) / n if n else None,
         "review_reason_share": {k: v / n for k, v in reasons.most_common()},
         "seconds_per_field": float(np.mean([r["seconds"] for r in rows])) if rows else None,
@@ -217,6 +236,11 @@ def main() -> int:
             f"{fmt(r['red_left_out']):>8s} {fmt(r['needs_review_share']):>7s}  "
             + ", ".join(f"{k} {v:.2f}" for k, v in r["review_reason_share"].items())
         )
+    for name, r in out.items():
+        print(f"{name:8s} white cells " + "; ".join(
+            f"{kind} {v['cells']}: white class {fmt(v['called_white_class'])}, re-called by size "
+            f"{v['size_recalled']}, flagged {fmt(v['flagged'])}" for kind, v in r["white_by_border"].items()
+        ))  # fmt: skip
     if a.out:
         a.out.write_text(json.dumps({"summary": out, "fields": rows}, indent=1, default=str))
     return 0
