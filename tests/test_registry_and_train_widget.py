@@ -141,7 +141,7 @@ def test_a_models_card_says_what_it_is_for_never_learnt_and_was_measured_to_miss
     meta.extra["scope"] = {
         "intended_use": "teaching only",
         "class_notes": {"violet": "white cells"},
-        "not_learnt": "platelets",
+        "not_learnt": ["platelets", "Violets"],  # a kind it has learnt since is left out
         "limits": [3, "stain: Wright only", {"x": 1}],
     }
     meta.validation = {"dataset": "Lab X (2026)", "n": 20, "balanced_accuracy": 0.9, "per_class_recall": {

@@ -11,7 +11,8 @@ metadata alone (no weights are read):
 - what whoever trained it wrote in ``extra["scope"]`` (see :data:`SCOPE_KEYS`): intended use, the
   population and laboratory of the training cells, what each class holds, cell kinds it never
   learnt, and measured limits (other laboratories, a class left out of training, resolution);
-- for a LoRA adapter, that it is one, of which base model, on how many cells.
+- for a LoRA adapter, that it is one, of which base model, on how many cells; a cell kind the base
+  model never learnt that the adapter added as a class (``blast``) is no longer listed as not learnt.
 
 The shipped models carry a scope written from this project's measurements (docs/measurements.md).
 """
@@ -44,6 +45,12 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list | tuple):
         return [str(v) for v in value if isinstance(v, str | int | float) and str(v).strip()]
     return []
+
+
+def _singular(name: str) -> str:
+    """``"Plasma cells"`` → ``"plasma cell"``: class names and cell kinds compared."""
+    name = " ".join(name.lower().split())
+    return name[:-1] if name.endswith("s") else name
 
 
 def _trained_on(meta) -> str:
@@ -101,7 +108,9 @@ def about_model(meta) -> list[tuple[str, str]]:
     listed = ", ".join(c + (f" ({notes[c]})" if notes.get(c) else "") for c in meta.classes)
     items.append(("classes", f"{len(meta.classes)}: {listed}"))
     items.append(("other cells", OTHER_CELLS))
-    not_learnt = _strings(scope.get("not_learnt"))
+    # a kind the model has since learnt (an adapter's new class "blast") is no longer "not learnt"
+    known = {_singular(c) for c in meta.classes}
+    not_learnt = [k for k in _strings(scope.get("not_learnt")) if _singular(k) not in known]
     if not_learnt:
         items.append(("not learnt", ", ".join(not_learnt)))
     measured = _measured(meta)
