@@ -25,11 +25,12 @@ import json
 import sys
 from pathlib import Path
 
-#: figures of a run that a validation record keeps (others, e.g. the confusion matrix, stay in the run)
+#: figures of a run that a validation record keeps (others stay in the run); the confusion matrix
+#: (true class by call, the model's class order) gives the model card its most frequent confusions
 KEEP = ("n", "accuracy", "balanced_accuracy", "macro_f1", "ece", "ece_p_correct",
         "selective_accuracy_p_correct_0.95", "coverage_p_correct_0.95", "per_class_recall",
         "unet_calls_per_cell", "cells_per_second", "anomaly_auroc", "sensitivity_at_specificity_0.96",
-        "n_ood")  # fmt: skip
+        "n_ood", "confusion_matrix")  # fmt: skip
 
 
 def record(meta, metrics: dict, dataset: str, note: str) -> str:

@@ -81,7 +81,34 @@ def _measured(meta) -> str | None:
     if isinstance(recall, dict) and recall:
         weakest = sorted(recall.items(), key=lambda kv: float(kv[1]))
         text += "; recall per class, weakest first: " + ", ".join(f"{c} {float(r):.3f}" for c, r in weakest)
+    confusions = _confusions(v.get("confusion_matrix"), meta.classes)
+    if confusions:
+        text += "; most frequent confusions: " + ", ".join(
+            f"{a} called {b} {rate:.1%}".replace("%", " %") for a, b, rate in confusions
+        )
     return text
+
+
+def _confusions(
+    matrix: Any, classes: list[str], most: int = 3, at_least: float = 0.02
+) -> list[tuple[str, str, float]]:
+    """The ``most`` largest shares of a class's cells called another class (rows of the
+    validation record's confusion matrix, true class by call), each at least ``at_least``."""
+    if not isinstance(matrix, list) or len(matrix) != len(classes):
+        return []
+    try:
+        rows = [[float(x) for x in row] for row in matrix]
+    except (TypeError, ValueError):
+        return []
+    if any(len(row) != len(classes) for row in rows):
+        return []
+    shares = [
+        (rows[i][j] / sum(rows[i]), classes[i], classes[j])
+        for i in range(len(classes))
+        for j in range(len(classes))
+        if i != j and sum(rows[i]) > 0 and rows[i][j] > 0
+    ]
+    return [(a, b, rate) for rate, a, b in sorted(shares, reverse=True)[:most] if rate >= at_least]
 
 
 def about_model(meta) -> list[tuple[str, str]]:
