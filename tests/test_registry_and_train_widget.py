@@ -126,7 +126,8 @@ def test_a_models_card_says_what_it_is_for_never_learnt_and_was_measured_to_miss
     weakest = min(recall, key=recall.get)
     assert f"recall per class, weakest first: {weakest} {recall[weakest]:.3f}," in card["measured"]
     limits = [t for h, t in model_about("default") if h == "limit"]
-    assert len(limits) == 4 and any("AUROC 0.856" in t for t in limits)
+    assert len(limits) == 5 and any("AUROC 0.856" in t for t in limits)
+    assert any("12 of 94 metamyelocytes were called neutrophil" in t for t in limits)
     assert any("not measured for this distilled model" in t for h, t in model_about("pbc32-fast"))
 
     # a model of one's own says what every model can: its classes, data and record; nothing invented
