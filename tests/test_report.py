@@ -76,6 +76,11 @@ def test_analyze_writes_a_report_of_every_classified_cell(tmp_path, capsys):
         assert f"<tr><th>{heading}</th>" in about
     assert "blasts" in about and "band and segmented neutrophils together" in about
     assert "recall per class, weakest first: ig 0." in about and "AUROC 0.856" in about
+    # the differential says which of its classes are wider than a haematologist's
+    diff_part = page[page.index("<h2>White-cell differential</h2>") : page.index("<h2>Review first</h2>")]
+    assert "As the model learnt its classes: " in diff_part
+    assert "neutrophil: band and segmented neutrophils together, so no left shift is counted" in diff_part
+    assert "erythroblast: nucleated red cells" in diff_part and "platelet:" not in diff_part
 
     # a user's corrections (a class of their own too) show as such; fewer pictures per class on request
     cells_csv = out / "smear<1>_cells.csv"

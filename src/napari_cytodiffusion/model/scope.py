@@ -111,6 +111,13 @@ def _confusions(
     return [(a, b, rate) for rate, a, b in sorted(shares, reverse=True)[:most] if rate >= at_least]
 
 
+def class_notes(meta) -> dict[str, str]:
+    """What each class of a model holds, where its scope says (``{"neutrophil": "band and ..."}``)."""
+    scope = meta.extra.get("scope") if isinstance(meta.extra.get("scope"), dict) else {}
+    notes = scope.get("class_notes") if isinstance(scope.get("class_notes"), dict) else {}
+    return {c: str(notes[c]) for c in meta.classes if isinstance(notes.get(c), str) and notes[c].strip()}
+
+
 def about_model(meta) -> list[tuple[str, str]]:
     """The card of a model (a :class:`~napari_cytodiffusion.model.folder.ModelMetadata`) as
     ``(heading, text)`` pairs, in reading order: intended use, learnt from, adapted (adapters),
@@ -131,8 +138,8 @@ def about_model(meta) -> list[tuple[str, str]]:
                 "and figures below are the adapter's, the rest is the base model's",
             )
         )
-    notes = scope.get("class_notes") if isinstance(scope.get("class_notes"), dict) else {}
-    listed = ", ".join(c + (f" ({notes[c]})" if notes.get(c) else "") for c in meta.classes)
+    notes = class_notes(meta)
+    listed = ", ".join(c + (f" ({notes[c]})" if c in notes else "") for c in meta.classes)
     items.append(("classes", f"{len(meta.classes)}: {listed}"))
     items.append(("other cells", OTHER_CELLS))
     # a kind the model has since learnt (an adapter's new class "blast") is no longer "not learnt"

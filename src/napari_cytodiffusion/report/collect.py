@@ -167,9 +167,10 @@ def _model_info(first_audit: dict[str, Any], hashes: set[str]):
     if warning:
         info["warning"] = "; ".join(w for w in (info.get("warning"), warning) if w)
     else:  # the very model of the results: what it is for and cannot tell (not a stand-in's)
-        from ..model.scope import about_model
+        from ..model.scope import about_model, class_notes
 
         info["about"] = about_model(model.metadata)
+        info["class_notes"] = class_notes(model.metadata)
     return model, info
 
 

@@ -122,6 +122,12 @@ def _differential(data: ReportData) -> str:
     )
     if per100:
         html += "<p>" + "; ".join(per100) + ".</p>"
+    notes = data.model.get("class_notes") or {}
+    held = [
+        f"{escape(c)}: {escape(notes[c])}" for c in (*d["percent"], *d["per_100_leukocytes"]) if c in notes
+    ]
+    if held:  # what a class holds where it is wider than a haematologist's (no left shift counted)
+        html += "<p>As the model learnt its classes: " + "; ".join(held) + ".</p>"
     if d["not_counted"]:
         html += "<p>Not part of the differential: " + ", ".join(map(escape, d["not_counted"])) + ".</p>"
     if d["imprecise"]:
