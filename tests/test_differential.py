@@ -82,6 +82,15 @@ def test_summary_and_legend_carry_the_differential():
     assert f"neutrophil: 6 — 67% ({percent_text(lo)}–{hi:.0f}%)" in html
     assert "erythroblast: 1 — 11 per 100 white cells" in html  # 11.1, shown without decimals above 10
     assert "platelet: 2 (16.7% of classified)" in html
+    # with the model's class notes: what the counted classes hold, once each, for counted classes only
+    from napari_cytodiffusion.model.registry import get_model
+    from napari_cytodiffusion.model.scope import class_notes
+
+    notes = class_notes(get_model("default").metadata)
+    html = legend_html(s, PBC, ["#000000"] * len(PBC), notes)
+    assert html.count("<i>neutrophil: band and segmented neutrophils together") == 1
+    assert "<i>erythroblast: nucleated red cells</i>" in html
+    assert "<i>platelet:" not in html and ("<i>ig:" in html) == bool(s["counts"].get("ig"))
 
 
 def test_ig_alert_is_a_share_of_the_white_cells():

@@ -70,7 +70,15 @@ def label_colour_dict(table, mode: str, classes: list[str], colours: list[str]) 
     return out
 
 
-def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
+def legend_html(
+    summary: dict, classes: list[str], colours: list[str], notes: dict[str, str] | None = None
+) -> str:
+    """The legend of a classified smear: verdict, counts and differential per class, reasons, scale.
+
+    ``notes``: what a class holds where the model's scope says
+    (:func:`~napari_cytodiffusion.model.scope.class_notes`), shown for the differential's classes
+    that were counted (a neutrophil share holds band and segmented neutrophils alike).
+    """
     rows = [
         f"<b>{summary['verdict'].upper()}</b> — {summary['n_classified']} classified, "
         f"{summary['n_flagged']} flagged ({summary['percent_flagged']:.1f}%)"
@@ -94,6 +102,13 @@ def legend_html(summary: dict, classes: list[str], colours: list[str]) -> str:
             rows.append(f"{swatch} — {pct(diff['per_100_leukocytes'][c]['value'])} per 100 white cells")
         else:
             rows.append(f"{swatch} ({summary['percent'].get(c, 0):.1f}% of classified)")
+    if diff and diff["leukocytes"]:
+        counted = [*diff["percent"], *diff["per_100_leukocytes"]]
+        rows += [
+            f"<i>{c}: {(notes or {})[c]}</i>"
+            for c in counted
+            if c in (notes or {}) and summary["counts"].get(c)
+        ]
     added = sorted(c for c in summary["counts"] if c not in classes)  # classes the user gave cells
     for i, c in enumerate(added):
         rows.append(

@@ -254,6 +254,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
         export records it and its review page can show the cells.
         """
         from ..layers import legend_html, points_layer_kwargs
+        from ..model.scope import class_notes
 
         table = res.table
         md = model.metadata
@@ -298,7 +299,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
         self._update_keys_line()
         self.inspector.target.choices = md.classes
         self.hook(points.selected_data.events.items_changed, self._on_select)
-        self.legend.value = legend_html(res.summary, md.classes, md.colours)
+        self.legend.value = legend_html(res.summary, md.classes, md.colours, class_notes(md))
         self.status.value = f"{n_cells(res.summary['n_classified'])} classified — {res.summary['verdict']}"
         domain = res.summary.get("domain_check") or {}
         if domain.get("shifted"):  # the one finding that changes how far every call can be trusted

@@ -197,6 +197,7 @@ class LabellingMixin:
         """Recount the summary (counts, differential, alerts) with the user's corrections; update the legend."""
         from ..classify.classifier import calibration_for
         from ..layers import legend_html
+        from ..model.scope import class_notes
         from ..pipeline import summarize
 
         r = self.result
@@ -212,7 +213,8 @@ class LabellingMixin:
                 model.metadata.extra,
             ),
         }
-        self.legend.value = legend_html(r["summary"], model.metadata.classes, model.metadata.colours)
+        md = model.metadata
+        self.legend.value = legend_html(r["summary"], md.classes, md.colours, class_notes(md))
         return r["summary"]
 
 
