@@ -88,9 +88,9 @@ def test_summary_and_legend_carry_the_differential():
 
     notes = class_notes(get_model("default").metadata)
     html = legend_html(s, PBC, ["#000000"] * len(PBC), notes)
-    assert html.count("<i>neutrophil: band and segmented neutrophils together") == 1
-    assert "<i>erythroblast: nucleated red cells</i>" in html
-    assert "<i>platelet:" not in html and ("<i>ig:" in html) == bool(s["counts"].get("ig"))
+    assert html.count(">neutrophil — band and segmented neutrophils together") == 1
+    assert ">erythroblast — nucleated red cells</span>" in html
+    assert ">platelet —" not in html and (">ig —" in html) == bool(s["counts"].get("ig"))
 
 
 def test_ig_alert_is_a_share_of_the_white_cells():

@@ -105,7 +105,7 @@ def legend_html(
     if diff and diff["leukocytes"]:
         counted = [*diff["percent"], *diff["per_100_leukocytes"]]
         rows += [
-            f"<i>{c}: {(notes or {})[c]}</i>"
+            f"<span style='color:#9e9e9e'>{c} — {(notes or {})[c]}</span>"
             for c in counted
             if c in (notes or {}) and summary["counts"].get(c)
         ]
