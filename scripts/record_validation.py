@@ -30,7 +30,7 @@ from pathlib import Path
 KEEP = ("n", "accuracy", "balanced_accuracy", "macro_f1", "ece", "ece_p_correct",
         "selective_accuracy_p_correct_0.95", "coverage_p_correct_0.95", "per_class_recall",
         "unet_calls_per_cell", "cells_per_second", "anomaly_auroc", "sensitivity_at_specificity_0.96",
-        "n_ood", "confusion_matrix")  # fmt: skip
+        "n_ood", "confusion_matrix", "flagged_share_of_wrong_calls", "flagged_share_of_right_calls")  # fmt: skip
 
 
 def record(meta, metrics: dict, dataset: str, note: str) -> str:

@@ -171,6 +171,10 @@ def test_evaluate_cli_writes_metrics(shared_data, tmp_path):
     )
     assert cells["correct"].mean() == pytest.approx(m["accuracy"])
     assert (cells["correct"] == (cells["class"] == cells["true_class"])).all()
+    # how many wrong calls the flag catches, and how many right ones it costs a reviewer
+    for key, which in (("flagged_share_of_wrong_calls", False), ("flagged_share_of_right_calls", True)):
+        these = cells[cells["correct"] == which]["flagged"]
+        assert m[key] == (pytest.approx(these.mean()) if len(these) else None)  # none: NaN, JSON null
     assert len(pd.read_csv(out / "ood_predictions.csv")) == 3
     # the default model ships an int8 UNet, which the default backend runs when ONNX Runtime is there
     # and this CPU computes it as the machine that fitted its int8 constants did (else float32 ONNX)

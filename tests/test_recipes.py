@@ -50,6 +50,8 @@ def test_record_validation_stores_an_evaluate_run(tiny_model, tiny_dataset, tmp_
     entry = read_metadata(model).validation["presets"]["fast"][backend]
     assert entry["balanced_accuracy"] == metrics["balanced_accuracy"] and entry["n"] == 24
     assert entry["dataset"] == "tiny discs" and entry["confusion_matrix"] == metrics["confusion_matrix"]
+    for key in ("flagged_share_of_wrong_calls", "flagged_share_of_right_calls"):
+        assert entry[key] == metrics[key]  # a share of no calls is JSON null in both
     assert load_model(model).verified  # the weights' hash still holds
     # a run of fewer cells than the split is refused, and the folder is left as it was
     again = subprocess.run(

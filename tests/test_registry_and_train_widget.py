@@ -146,13 +146,15 @@ def test_a_models_card_says_what_it_is_for_never_learnt_and_was_measured_to_miss
         "limits": [3, "stain: Wright only", {"x": 1}],
     }
     meta.validation = {"dataset": "Lab X (2026)", "n": 20, "balanced_accuracy": 0.9, "per_class_recall": {
-        "redcell": 1.0, "violet": 0.8}, "confusion_matrix": [[10, 0], [2, 8]]}  # fmt: skip
+        "redcell": 1.0, "violet": 0.8}, "confusion_matrix": [[10, 0], [2, 8]],
+        "flagged_share_of_wrong_calls": 0.5, "flagged_share_of_right_calls": 0.0556}  # fmt: skip
     write_metadata(mine, meta)
     items = about_model(read_metadata(mine))
     assert items[0] == ("intended use", "teaching only")
     assert ("classes", "2: redcell, violet (white cells)") in items and ("not learnt", "platelets") in items
     assert ("measured", "Lab X (20 cells): balanced accuracy 0.900; recall per class, weakest first: violet "
-            "0.800, redcell 1.000; most frequent confusions: violet called redcell 20.0 %") in items  # fmt: skip
+            "0.800, redcell 1.000; flagged: 50 % of the wrong calls, 6 % of the right ones; most frequent confusions: "
+            "violet called redcell 20.0 %") in items  # fmt: skip
     assert [t for h, t in items if h == "limit"] == ["3", "stain: Wright only"]
 
     # on the command line: one model's card; a name that is no model is one line and exit code 2

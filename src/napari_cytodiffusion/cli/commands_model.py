@@ -331,7 +331,7 @@ def _write_predictions(path: Path, paths, res, model, a, truth: np.ndarray | Non
 
 
 def cmd_evaluate(a) -> int:
-    from ..evaluate.metrics import auroc, classification_metrics, sensitivity_at_specificity
+    from ..evaluate.metrics import auroc, classification_metrics, flag_shares, sensitivity_at_specificity
     from ..evaluate.plots import confusion_png, reliability_png
     from ..io.atomic import write_json
     from ..io.datasets import load_single_cell_crops, map_classes, read_labelled
@@ -353,6 +353,7 @@ def cmd_evaluate(a) -> int:
     m["unet_calls_per_cell"] = float(res.unet_calls.mean()) if len(res) else 0.0
     m["cells_per_second"] = len(res) / max(res.seconds, 1e-9)
     m["selective_accuracy_at_p_correct_0.95"] = m["selective_accuracy_p_correct_0.95"]
+    m.update(flag_shares(res.pred == y, res.flagged))
     m["model"] = model.short_id()
     m["speed"] = a.speed
     m["device"] = str(model.device)

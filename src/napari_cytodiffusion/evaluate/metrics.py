@@ -45,6 +45,18 @@ def classification_metrics(
     }
 
 
+def flag_shares(correct: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
+    """How many wrong calls the flag catches and how many right ones it costs a reviewer:
+    ``flagged_share_of_wrong_calls`` and ``flagged_share_of_right_calls`` (NaN where there are none)."""
+    correct, flagged = np.asarray(correct, dtype=bool), np.asarray(flagged, dtype=bool)
+    if correct.shape != flagged.shape:
+        raise ValueError(f"{correct.shape[0]} calls but {flagged.shape[0]} flags")
+    return {
+        "flagged_share_of_wrong_calls": float(flagged[~correct].mean()) if (~correct).any() else float("nan"),
+        "flagged_share_of_right_calls": float(flagged[correct].mean()) if correct.any() else float("nan"),
+    }
+
+
 def auroc(scores_neg: np.ndarray, scores_pos: np.ndarray) -> float:
     """Area under the ROC curve (positives should score higher), ties counted half."""
     neg, pos = np.asarray(scores_neg, float), np.asarray(scores_pos, float)

@@ -19,6 +19,7 @@ The shipped models carry a scope written from this project's measurements (docs/
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -81,6 +82,9 @@ def _measured(meta) -> str | None:
     if isinstance(recall, dict) and recall:
         weakest = sorted(recall.items(), key=lambda kv: float(kv[1]))
         text += "; recall per class, weakest first: " + ", ".join(f"{c} {float(r):.3f}" for c, r in weakest)
+    wrong, right = v.get("flagged_share_of_wrong_calls"), v.get("flagged_share_of_right_calls")
+    if all(isinstance(x, float | int) and math.isfinite(x) for x in (wrong, right)):
+        text += f"; flagged: {wrong:.0%} of the wrong calls, {right:.0%} of the right ones".replace("%", " %")
     confusions = _confusions(v.get("confusion_matrix"), meta.classes)
     if confusions:
         text += "; most frequent confusions: " + ", ".join(
