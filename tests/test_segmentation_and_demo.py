@@ -95,6 +95,7 @@ def test_demo_writes_four_outputs(tmp_path, capsys):
     assert (truth["class"] == truth["generated_as"]).sum() == sample["called_as_generated"]
     printed = capsys.readouterr().out
     assert "segmented" in printed and f"{sample['called_as_generated']} called the class" in printed
+    assert "never learnt and was measured to miss: napari-cytodiffusion models pbc32" in printed
     # its review page: every classified cell of the sample smear in the gallery of its class
     page = (out / "report.html").read_text(encoding="utf-8")
     gallery = page[page.index("<h2>Cells by class</h2>") :]

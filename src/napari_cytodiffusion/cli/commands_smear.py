@@ -323,6 +323,10 @@ def cmd_demo(a) -> int:
         f"verdict: {s['verdict']}; outputs in {out}: smear.png, cells.csv, labels.tif, summary.json, "
         f"report.html (open it in a browser), generated_montage.png (rows 1-8 = {', '.join(model.classes)})"
     )
+    print(
+        f"what {model.metadata.name} is for, never learnt and was measured to miss: "
+        f"napari-cytodiffusion models {model.metadata.name} (and report.html, About the model)"
+    )
     return 0
 
 
