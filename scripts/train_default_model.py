@@ -156,7 +156,30 @@ def main(argv: list[str] | None = None) -> int:
         help="UNet widths per level, e.g. 16,32,64 (default 32,64,128; see benchmarks/architecture_cost.py: "
         "16,32,64 costs ~0.4x per evaluation)",
     )
+    t.add_argument(
+        "--augment",
+        default=None,
+        help="augmentation strengths other than the recipe's, as JSON, e.g. '{\"stain_jitter\": 0.2, "
+        '"saturation": 0.3}\' (keys of napari_cytodiffusion.model.augment.AugmentConfig)',
+    )
     args = ap.parse_args(argv)
+    augment = {}
+    if getattr(args, "augment", None):
+        import json
+        from dataclasses import asdict
+
+        from napari_cytodiffusion.model.augment import AugmentConfig
+
+        try:
+            augment = json.loads(args.augment)
+        except ValueError as exc:
+            ap.error(f"--augment: not JSON ({exc})")
+        if not isinstance(augment, dict):
+            ap.error("--augment: give a JSON object of strengths")
+        unknown = set(augment) - set(asdict(AugmentConfig()))
+        if unknown:
+            ap.error(f"--augment: unknown keys {sorted(unknown)}; known: {sorted(asdict(AugmentConfig()))}")
+        augment = asdict(AugmentConfig()) | augment
     if args.cmd == "prepare":
         prepare(args.pbc, args.cache)
         return 0
@@ -207,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         checkpoint_every=1000,
         **({"arch": arch} if arch else {}),
+        **({"augment": augment} if augment else {}),
     )
     last = None
     for ev in train(data, args.out, cfg, resume=args.resume, metadata={"name": name, "training": PBC_CREDIT}):
