@@ -156,6 +156,14 @@ def test_a_models_card_says_what_it_is_for_never_learnt_and_was_measured_to_miss
             "0.800, redcell 1.000; flagged: 50 % of the wrong calls, 6 % of the right ones; most frequent confusions: "
             "violet called redcell 20.0 %") in items  # fmt: skip
     assert [t for h, t in items if h == "limit"] == ["3", "stain: Wright only"]
+    # a malformed record leaves out what it cannot read, never fails
+    meta.validation = {"balanced_accuracy": 0.9, "n": "many", "per_class_recall": {"violet": "x", "redcell": 1},
+                       "confusion_matrix": [[1, "a"], [2, 3]], "flagged_share_of_wrong_calls": None}  # fmt: skip
+    assert dict(about_model(meta))["measured"] == (
+        "validation: balanced accuracy 0.900; recall per class, weakest first: redcell 1.000"
+    )
+    meta.validation = {"balanced_accuracy": "high"}
+    assert dict(about_model(meta))["measured"] == "no validation record in the model's metadata"
 
     # on the command line: one model's card; a name that is no model is one line and exit code 2
     assert main(["models", str(mine)]) == 0

@@ -69,21 +69,30 @@ def _trained_on(meta) -> str:
     )
 
 
+def _number(value: Any) -> float | None:
+    """A finite number from the metadata, else ``None`` (a malformed record is left out, not fatal)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _measured(meta) -> str | None:
     v = meta.validation or {}
-    if "balanced_accuracy" not in v:
+    balanced = _number(v.get("balanced_accuracy"))
+    if balanced is None:
         return None
     where = str(v.get("dataset") or "validation").split(" (")[0].strip()
-    n = v.get("n")
-    text = (
-        f"{where}{f' ({int(n):,} cells)' if n else ''}: balanced accuracy {float(v['balanced_accuracy']):.3f}"
-    )
+    n = _number(v.get("n"))
+    text = f"{where}{f' ({int(n):,} cells)' if n else ''}: balanced accuracy {balanced:.3f}"
     recall = v.get("per_class_recall")
-    if isinstance(recall, dict) and recall:
-        weakest = sorted(recall.items(), key=lambda kv: float(kv[1]))
-        text += "; recall per class, weakest first: " + ", ".join(f"{c} {float(r):.3f}" for c, r in weakest)
-    wrong, right = v.get("flagged_share_of_wrong_calls"), v.get("flagged_share_of_right_calls")
-    if all(isinstance(x, float | int) and math.isfinite(x) for x in (wrong, right)):
+    if isinstance(recall, dict):
+        known = {str(c): _number(r) for c, r in recall.items() if _number(r) is not None}
+        weakest = sorted(known.items(), key=lambda kv: kv[1])
+        if weakest:
+            text += "; recall per class, weakest first: " + ", ".join(f"{c} {r:.3f}" for c, r in weakest)
+    wrong = _number(v.get("flagged_share_of_wrong_calls"))
+    right = _number(v.get("flagged_share_of_right_calls"))
+    if wrong is not None and right is not None:
         text += f"; flagged: {wrong:.0%} of the wrong calls, {right:.0%} of the right ones".replace("%", " %")
     confusions = _confusions(v.get("confusion_matrix"), meta.classes)
     if confusions:
@@ -100,11 +109,10 @@ def _confusions(
     validation record's confusion matrix, true class by call), each at least ``at_least``."""
     if not isinstance(matrix, list) or len(matrix) != len(classes):
         return []
-    try:
-        rows = [[float(x) for x in row] for row in matrix]
-    except (TypeError, ValueError):
+    if not all(isinstance(row, list) and len(row) == len(classes) for row in matrix):
         return []
-    if any(len(row) != len(classes) for row in rows):
+    rows = [[_number(x) for x in row] for row in matrix]
+    if any(x is None or x < 0 for row in rows for x in row):
         return []
     shares = [
         (rows[i][j] / sum(rows[i]), classes[i], classes[j])
@@ -134,7 +142,7 @@ def about_model(meta) -> list[tuple[str, str]]:
     if isinstance(adapter, dict):
         base = (adapter.get("base_model") or {}).get("name", "?")
         counts = (adapter.get("finetune") or {}).get("class_counts") or {}
-        n = sum(int(c) for c in counts.values() if isinstance(c, int | float))
+        n = int(sum(_number(c) or 0 for c in counts.values()))
         items.append(
             (
                 "adapted",
