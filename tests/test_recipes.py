@@ -26,6 +26,23 @@ def test_script_help_runs(script):
     assert "usage:" in done.stdout
 
 
+def test_the_recipe_refuses_unknown_augmentation(tmp_path):
+    """``train_default_model.py train --augment``: a key the augmentation does not have is one line, exit 2."""
+    script = ROOT / "scripts" / "train_default_model.py"
+    for value, said in (
+        ('{"hue": 0.1}', "unknown keys ['hue']"),
+        ("[1]", "give a JSON object"),
+        ("{", "not JSON"),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(script), "train", "--cache", str(tmp_path / "none.npz"), "--out",
+             str(tmp_path / "m"), "--augment", value],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        assert done.returncode == 2 and said in done.stderr, done.stderr[-500:]
+    assert not (tmp_path / "m").exists()
+
+
 def test_record_validation_stores_an_evaluate_run(tiny_model, tiny_dataset, tmp_path):
     """An evaluate run's figures become the model's validation record, in the place its speed and backend name."""
     import json
