@@ -186,6 +186,12 @@ def test_train_widget_trains_and_cancels(make_napari_viewer, qtbot, tiny_dataset
 
     viewer = make_napari_viewer()
     w = TrainWidget(viewer)
+    # the data field's button picks a folder of class sub-folders, or a CSV file when told so
+    assert w.data.mode.value == "d" and w.data.choose_btn.text == "Choose directory"
+    w.data_kind.value = "CSV file"
+    assert w.data.mode.value == "r" and w.data.filter == "*.csv"
+    w.data_kind.value = "folder of class sub-folders"
+    assert w.data.mode.value == "d" and w.data.filter is None
     w.data.value = str(tiny_dataset)
     w.out.value = str(tmp_path / "m")
     w.arch.value = "tiny"
