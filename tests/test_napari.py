@@ -171,7 +171,10 @@ def test_generate_widget(make_napari_viewer, qtbot, tiny_model, tmp_path):
     w.count.value = 3
     w.steps.value = 3
     w.run_button.clicked()
+    # changed while it runs (the model loads in the worker): the result is still what was asked
+    w.cls.value, w.montage.value = "redcell", False
     _wait(qtbot, w)
+    assert "generated redcell" not in viewer.layers
     layer = viewer.layers["generated violet"]
     assert layer.data.shape == (3, 16, 16, 3)
     assert layer.metadata["napari-cytodiffusion"]["frames"][0] == {"class": "violet", "seed": 0}

@@ -241,11 +241,13 @@ class BatchWidget(ScrollableDock, Container, RunnerMixin):
         from ..model.registry import get_model
 
         paths, out, options = self.paths(), self.output(), self.options()
-        get_model(options["model"], device=options["device"])  # a broken model is said now, not per image
         workers, lines = int(self.workers.value), []
         run = iter_slides if self.by_folder.value else iter_analysis
 
         def gen():
+            yield (0, len(paths), "loading the model")
+            # in the worker (a first load takes seconds); a broken model is said now, not per image
+            get_model(options["model"], device=options["device"])
             return (yield from run(paths, out, options, workers=workers, say=lines.append))
 
         def done(report: dict[str, Any]) -> None:

@@ -178,11 +178,6 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
         cls = getattr(napari.layers, kind)
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, cls)]
 
-    def _model(self):
-        from ..model.registry import get_model
-
-        return get_model(model_spec(self.model_name, self.model_dir), device="auto")
-
     def _classes(self):
         """The model's classes, then the classes the user has added (for the list and the keys)."""
         from ..layers import user_classes
@@ -197,6 +192,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
             return []
 
     def _work(self):
+        from ..model.registry import get_model
         from ..pipeline import DEFAULT_TRIAGE, Stage, iter_analyze
 
         image_layer, labels_layer = self.image.value, self.labels_layer.value
@@ -209,7 +205,9 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
             notify("warning", warning)
         if labels.shape != image.shape[: labels.ndim] or labels.ndim != 2:
             raise InputError(f"labels {labels.shape} must be 2D and match the image {image.shape[:2]}")
-        model = self._model()
+        spec = model_spec(self.model_name, self.model_dir)
+        if spec is None:
+            raise InputError("choose a model folder")
         opts = {
             "speed": self.speed.value,
             "cells": self.cells.value,
@@ -222,6 +220,10 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
         triage = {**DEFAULT_TRIAGE, "max_flagged_fraction": float(self.max_flagged.value)}
 
         def gen():
+            yield (0, 1, "loading the model")
+            model = get_model(
+                spec, device="auto"
+            )  # in the worker: a first load (or a download) takes seconds
             out = None
             for item in iter_analyze(
                 image, model=model, labels=labels.copy(), triage=triage, should_stop=self.should_stop, **opts
@@ -230,9 +232,10 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
                     yield (item.done, item.total, item.stage)
                 else:
                     out = item
-            return out
+            return out, model
 
-        def done(res):
+        def done(result):
+            res, model = result
             self._show(res, model, image_layer, labels_layer, image)
 
         return gen, done

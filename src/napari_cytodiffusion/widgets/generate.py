@@ -49,11 +49,6 @@ class GenerateWidget(Container, RunnerMixin):
         self.load_settings()
         self._last = None
 
-    def _model(self):
-        from ..model.registry import get_model
-
-        return get_model(model_spec(self.model_name, self.model_dir), device="auto")
-
     def _classes(self, _=None):
         try:  # from the metadata: no weights are read on the GUI thread
             return ["all", *model_classes(model_spec(self.model_name, self.model_dir))]
@@ -62,30 +57,39 @@ class GenerateWidget(Container, RunnerMixin):
 
     def _work(self):
         from ..generate.sampling import GenerateParams, iter_generate
+        from ..model.registry import get_model
 
-        model = self._model()
+        spec = model_spec(self.model_name, self.model_dir)
+        if spec is None:
+            raise InputError("choose a model folder")
+        names = model_classes(spec)  # from the metadata; the weights are loaded in the worker
         if self.cls.value is None:
             raise InputError("choose a class")
-        classes = (
-            list(range(len(model.classes)))
-            if self.cls.value == "all"
-            else [model.class_index(self.cls.value)]
-        )
+        if self.cls.value != "all" and self.cls.value not in names:
+            raise InputError(f"the model has no class {self.cls.value!r}")
+        classes = list(range(len(names))) if self.cls.value == "all" else [names.index(self.cls.value)]
         ids = [c for c in classes for _ in range(self.count.value)]
         seeds = [self.seed.value + i for i in range(len(ids))]
         params = GenerateParams(
             steps=self.steps.value, guidance=self.guidance.value, scheduler=self.scheduler.value
         )
+        # what the result is named and shown as is what was asked, whatever the fields say by its end
+        asked, count, with_montage = self.cls.value, self.count.value, self.montage.value
 
         def gen():
-            return (
-                yield from relay(
-                    iter_generate(model, ids, seeds, params, should_stop=self.should_stop), "denoising"
-                )
+            yield (0, 1, "loading the model")
+            model = get_model(
+                spec, device="auto"
+            )  # in the worker: a first load (or a download) takes seconds
+            images = yield from relay(
+                iter_generate(model, ids, seeds, params, should_stop=self.should_stop), "denoising"
             )
+            return images, model
 
-        def done(images):
+        def done(result):
             from ..generate.sampling import montage
+
+            images, model = result
 
             frames = [{"class": model.classes[c], "seed": s} for c, s in zip(ids, seeds, strict=True)]
             meta = {
@@ -95,13 +99,13 @@ class GenerateWidget(Container, RunnerMixin):
                     "model": model.short_id(),
                 }
             }
-            name = unique_layer_name(self.viewer, f"generated {self.cls.value}")
+            name = unique_layer_name(self.viewer, f"generated {asked}")
             fresh = len(self.viewer.layers) == 0
             self.viewer.add_image(images, name=name, rgb=True, metadata=meta)
-            if self.montage.value:
+            if with_montage:
                 # beside the stack's frame, not under it
                 self.viewer.add_image(
-                    montage(images, self.count.value if len(classes) > 1 else min(8, len(images)), 1),
+                    montage(images, count if len(classes) > 1 else min(8, len(images)), 1),
                     name=unique_layer_name(self.viewer, f"{name} montage"),
                     rgb=True,
                     translate=(0, images.shape[2] + 8),
