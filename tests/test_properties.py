@@ -57,3 +57,25 @@ def test_single_cell_crop_any_size(h, w, frac):
 )
 def test_auroc_is_antisymmetric(a, b):
     assert abs(auroc(a, b) + auroc(b, a) - 1) < 1e-9
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.integers(8, 80), st.integers(8, 80)), max_size=5), st.sampled_from([None, 12.0]))
+def test_single_cell_crops_from_a_generator_are_those_of_a_list(sizes, red_cell_px):
+    """``classify`` reads its images one at a time (a generator): the crops are the same as from a list."""
+    import pytest
+
+    from napari_cytodiffusion.crops import single_cell_crops
+
+    rng = np.random.default_rng(len(sizes))
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    pre = default_preprocessing(16)
+    names = [f"cell{i}.png" for i in range(len(images))]
+    listed = single_cell_crops(images, pre, red_cell_px, names)
+    streamed = single_cell_crops((im for im in images), pre, red_cell_px, names)
+    assert listed.shape == (len(images), 16, 16, 3) and np.array_equal(listed, streamed)
+    with pytest.raises(ValueError, match="names"):
+        single_cell_crops(iter(images), pre, red_cell_px, [*names, "extra.png"])
+    if images:
+        with pytest.raises(ValueError, match="names"):
+            single_cell_crops(iter(images), pre, red_cell_px, names[:-1])

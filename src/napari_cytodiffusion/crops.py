@@ -6,6 +6,7 @@ evaluation images and smear cells reach the UNet at the same scale and normalisa
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,28 +86,41 @@ def crop_centre_side(image: np.ndarray, size: int, side: float, name: str = "ima
 
 
 def single_cell_crops(
-    images: list[np.ndarray],
+    images: Iterable[np.ndarray],
     preprocessing: dict[str, Any],
     red_cell_px: float | None = None,
-    names: list[str] | None = None,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Crop a list of single-cell images as a model's metadata says → (N, S, S, 3) uint8.
+    """Crop single-cell images as a model's metadata says → (N, S, S, 3) uint8.
 
     Without ``red_cell_px`` each image is centre-cropped to the metadata's fraction of its shorter
     side (images framed like the training images). With it (a red cell's diameter in these images'
     pixels) the square spans ``field_rbc_diameters`` red cells, the physical scale of the training
-    crops, whatever the images' framing or magnification. ``names`` (e.g. file names) name an
-    image that cannot be cropped (not 2D grayscale or RGB(A), or too small) in the error.
+    crops, whatever the images' framing or magnification. ``images`` may be a generator (e.g. of
+    files read one at a time): each image is cropped as it comes, so only the crops are held.
+    ``names`` (e.g. file names) name an image that cannot be cropped (not 2D grayscale or RGB(A),
+    or too small) in the error.
     """
     size = int(preprocessing["size"])
-    if not images:
-        return np.zeros((0, size, size, 3), np.uint8)
-    names = list(names) if names is not None else [f"image {i + 1}" for i in range(len(images))]
     if red_cell_px is not None:
         side = float(preprocessing["smear"]["field_rbc_diameters"]) * float(red_cell_px)
-        return np.stack([crop_centre_side(im, size, side, n) for im, n in zip(images, names, strict=True)])
-    frac = float(preprocessing["single_cell"]["center_crop_fraction"])
-    return np.stack([crop_single_cell(im, size, frac, n) for im, n in zip(images, names, strict=True)])
+
+        def crop(im: np.ndarray, name: str) -> np.ndarray:
+            return crop_centre_side(im, size, side, name)
+    else:
+        frac = float(preprocessing["single_cell"]["center_crop_fraction"])
+
+        def crop(im: np.ndarray, name: str) -> np.ndarray:
+            return crop_single_cell(im, size, frac, name)
+
+    out = []
+    for i, im in enumerate(images):
+        if names is not None and i >= len(names):
+            raise ValueError(f"more images than the {len(names)} names")
+        out.append(crop(im, names[i] if names is not None else f"image {i + 1}"))
+    if names is not None and len(out) != len(names):
+        raise ValueError(f"{len(out)} images but {len(names)} names")
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
 def smear_crop_side(

@@ -398,11 +398,12 @@ def cmd_classify(a) -> int:
     model = get_model(a.model, device=device_arg(a.device))  # a bad model or device: no folder made
     if not a.labels:  # single cells: every image is read and cropped before the output folder is made
         paths = expand_inputs(a.inputs)
-        images = [read_image(p) for p in paths]
-        crops = single_cell_crops(
-            images, model.metadata.preprocessing, a.red_cell_px, [p.name for p in paths]
+        crops = single_cell_crops(  # one image in memory at a time: only the small crops are kept
+            (read_image(p) for p in paths),
+            model.metadata.preprocessing,
+            a.red_cell_px,
+            [p.name for p in paths],
         )
-        del images
     out = out_dir(a.out)
     if a.labels:
         if len(a.inputs) != 1:
