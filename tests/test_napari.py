@@ -259,7 +259,8 @@ def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
     assert before != w.inspector.image.value.shape
     # the panel gets its own height, not a text row's (it was drawn ~20 px tall)
     assert w.inspector.image.min_height == w.inspector.image.value.shape[0] >= 4 * w.result["model"].size
-    # SDEdit counterfactual of the inspected cell: a new layer [original | redrawn | difference]
+    # SDEdit counterfactual of the inspected cell: a new layer [original | redrawn as its class |
+    # redrawn as the target | what the class changed], both redrawn from the same noise
     w.inspector.strength.value = 0.3
     w.counterfactual()
     qtbot.waitUntil(
@@ -267,8 +268,14 @@ def test_cell_inspector(make_napari_viewer, qtbot, tiny_model):
     )
     layer = next(layer for layer in viewer.layers if layer.name.startswith("cell 3 as violet"))
     size = w.result["model"].size
-    assert layer.data.shape == (size, 3 * size, 3)
-    assert layer.metadata["napari-cytodiffusion"]["counterfactual"]["to"] == "violet"
+    assert layer.data.shape == (size, 4 * size, 3)
+    info = layer.metadata["napari-cytodiffusion"]
+    assert info["counterfactual"]["to"] == "violet" and info["panels"][2] == "redrawn as violet"
+    from napari_cytodiffusion.generate.sampling import sdedit
+
+    m, violet = w.result["model"], w.result["model"].class_index("violet")
+    cell = np.ascontiguousarray(layer.data[:, :size])  # the first panel is the inspected cell's crop
+    assert np.array_equal(layer.data[:, 2 * size : 3 * size], sdedit(m, cell[None], violet, 0.3, seed=0)[0])
 
 
 def test_active_learning_finetune_and_agreement(make_napari_viewer, qtbot, tiny_model, tmp_path):

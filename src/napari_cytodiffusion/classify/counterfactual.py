@@ -8,6 +8,9 @@ associates with the difference between the two classes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -62,20 +65,101 @@ def counterfactual_map(
     return diff.abs().sum(dim=1).mean(dim=0).cpu().numpy()
 
 
-def difference_panel(original: np.ndarray, counterfactual: np.ndarray) -> np.ndarray:
-    """[original | counterfactual | difference] as one uint8 RGB image (S, 3S, 3).
+def redraw_panel(original: np.ndarray, as_source: np.ndarray, as_target: np.ndarray) -> np.ndarray:
+    """[original | redrawn as the source class | redrawn as the target | what the class changed] as
+    one uint8 RGB image (S, 4S, 3).
 
-    The difference is the per-pixel colour distance, scaled to its maximum and shown with the
-    inferno colour map (bright = changed most).
+    Both redrawn cells come from the same noise, so the last panel (the per-pixel colour distance
+    between them, inferno, bright = changed most) is the class label's doing; a difference to the
+    original would mostly show what any redrawing changes.
     """
     import matplotlib
 
-    a = np.asarray(original, dtype=np.float32)
-    b = np.asarray(counterfactual, dtype=np.float32)
-    if a.shape != b.shape or a.ndim != 3:
+    a, b, c = (np.asarray(x, dtype=np.uint8) for x in (original, as_source, as_target))
+    if not (a.shape == b.shape == c.shape) or a.ndim != 3:
         from ..errors import InputError
 
-        raise InputError(f"original {a.shape} and counterfactual {b.shape} must be equal (S, S, 3) crops")
-    diff = np.sqrt(((a - b) ** 2).sum(axis=-1))
+        raise InputError(f"crops {a.shape}, {b.shape} and {c.shape} must be equal (S, S, 3)")
+    diff = _distance(b, c)
     heat = (matplotlib.colormaps["inferno"](diff / (diff.max() + 1e-9))[..., :3] * 255).astype(np.uint8)
-    return np.concatenate([a.astype(np.uint8), b.astype(np.uint8), heat], axis=1)
+    return np.concatenate([a, b, c, heat], axis=1)
+
+
+@dataclass
+class Counterfactual:
+    """One cell explained against a target class (see :func:`explain`)."""
+
+    crop: np.ndarray  #: (S, S, 3) uint8, the cell as cut for the model
+    redrawn: np.ndarray  #: (S, S, 3) uint8, the cell redrawn as the target class (SDEdit)
+    #: (S, S, 3) uint8, the cell redrawn as its source class from the same noise: the control, so
+    #: that what differs from ``redrawn`` is the class label's doing, not the redrawing's
+    redrawn_as_source: np.ndarray
+    heat: np.ndarray  #: (S, S) float ≥ 0, :func:`counterfactual_map` from the source to the target class
+    #: mean per-pixel RGB distance (0–441) between the two redrawn cells: how much the cell changes
+    #: from being drawn as the source class to being drawn as the target (0 when they are one class)
+    class_change: float
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel RGB distance of two uint8 images."""
+    return np.sqrt(((a.astype(np.float32) - b.astype(np.float32)) ** 2).sum(-1))
+
+
+def explain(
+    model,
+    crops: np.ndarray,
+    target: int,
+    sources: Sequence[int],
+    strength: float = 0.5,
+    seed: int = 0,
+) -> Iterator[tuple[int, int] | list[Counterfactual]]:
+    """What the *Cell inspector* shows, for many cells, with a control: each cell's heat map
+    against ``target`` (from its ``sources`` class, e.g. its call), and the cell redrawn as the
+    target and, from the same noise, as its source class.
+
+    A generator: yields ``(done, total)`` after each cell, then the list of
+    :class:`Counterfactual`. The inspector's functions (:func:`counterfactual_map`,
+    :func:`~napari_cytodiffusion.generate.sampling.sdedit`, seed ``seed``), so a cell's heat map and
+    redrawn cell are the ones the inspector shows.
+    """
+    from ..generate.sampling import sdedit
+
+    crops = np.asarray(crops)
+    if len(sources) != len(crops):
+        raise ValueError(f"{len(crops)} crops but {len(sources)} source classes")
+    out: list[Counterfactual] = []
+    for i, (crop, src) in enumerate(zip(crops, sources, strict=True)):
+        heat = counterfactual_map(model, crop, target=target, source=src, seed=seed)
+        redrawn = sdedit(model, crop[None], target, strength=strength, seed=seed)[0]
+        control = (
+            redrawn if int(src) == int(target) else sdedit(model, crop[None], src, strength, seed=seed)[0]
+        )
+        out.append(Counterfactual(crop, redrawn, control, heat, float(_distance(control, redrawn).mean())))
+        yield i + 1, len(crops)
+    yield out
+
+
+def explain_figure(cf: Counterfactual, source: str, target: str, path, call: str | None = None) -> None:
+    """A titled PNG of one :class:`Counterfactual`: the cell (``call``: what it was called), the cell
+    redrawn as ``source`` and as ``target`` from the same noise, what the class label changed between
+    them, and where the model's ``source`` and ``target`` classes differ on the cell. Written
+    atomically."""
+    from matplotlib.figure import Figure  # no pyplot: safe in a worker thread
+
+    from ..io.atomic import write_with
+
+    fig = Figure(figsize=(10, 2.5), dpi=100)
+    panels = (
+        (f"cell, called {call}" if call else "cell", cf.crop),
+        (f"redrawn as {source}", cf.redrawn_as_source),
+        (f"redrawn as {target}", cf.redrawn),
+        ("what the class changed", _distance(cf.redrawn_as_source, cf.redrawn)),
+        (f"{source} → {target}: heat map", cf.heat),
+    )
+    for k, (title, img) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        ax.imshow(img, cmap="inferno" if img.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.set_axis_off()
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -23,6 +23,7 @@ COMMANDS = (
     "agreement",
     "models",
     "report",
+    "counterfactual",
 )
 
 
@@ -32,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import commands_adapt, commands_model, commands_report, commands_smear
+    from . import commands_adapt, commands_counterfactual, commands_model, commands_report, commands_smear
 
     p = _Parser(
         prog="napari-cytodiffusion",
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_model.register(sub)
     commands_adapt.register(sub)
     commands_report.register(sub)
+    commands_counterfactual.register(sub)
     return p
 
 

@@ -372,7 +372,7 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
         """SDEdit the inspected cell into the inspector's target class; adds [original | redrawn | difference]."""
         from napari.qt.threading import create_worker
 
-        from ..classify.counterfactual import difference_panel
+        from ..classify.counterfactual import redraw_panel
         from ..generate.sampling import sdedit
 
         if not self.result or self._inspected is None or not self.inspector.target.value:
@@ -384,10 +384,15 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
         crop = self._crop(row)
         target = self.inspector.target.value
         tgt, strength = model.class_index(target), float(self.inspector.strength.value)
+        src = model.class_index(row["class"])
         name = unique_layer_name(self.viewer, f"cell {int(row['label'])} as {target}")
 
-        def work():
-            return difference_panel(crop, sdedit(model, crop[None], tgt, strength=strength, seed=0)[0])
+        def work():  # the control: the cell redrawn as its own class from the same noise
+            as_target = sdedit(model, crop[None], tgt, strength=strength, seed=0)[0]
+            as_source = (
+                as_target if src == tgt else sdedit(model, crop[None], src, strength=strength, seed=0)[0]
+            )
+            return redraw_panel(crop, as_source, as_target)
 
         def done(panel):
             self.viewer.add_image(
@@ -398,7 +403,8 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
                     "napari-cytodiffusion": {
                         "counterfactual": {"label": int(row["label"]), "from": row["class"], "to": target,
                                            "strength": strength, "seed": 0, "model": model.short_id()},
-                        "panels": ["original", "counterfactual", "difference"],
+                        "panels": ["original", f"redrawn as {row['class']}", f"redrawn as {target}",
+                                   "what the class changed"],
                     }
                 },
             )  # fmt: skip
