@@ -241,3 +241,46 @@ def test_segment_cli_skips_a_bad_image_of_a_batch_and_segments_the_others(tmp_pa
     kept.mkdir()
     assert main(["segment", str(bad / "x.png"), "--out", str(kept)]) == 2
     assert kept.is_dir()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda lab: -lab.astype(np.int64), "positive cell ids; these have negative values"),
+        (lambda lab: lab.astype(np.float32) + 0.5, "labels must be whole numbers"),
+        (lambda lab: np.where(lab > 0, np.nan, 0.0), "labels must be whole numbers"),
+        (lambda lab: lab.astype(np.uint64) * 2**40, "label ids up to 4,294,967,295 (uint32) are supported"),
+        (lambda lab: np.stack([lab] * 3, -1), "do not match the image"),
+    ],
+)
+def test_labels_a_smear_cannot_have_are_refused_in_one_line(make, message, tiny_model):
+    from napari_cytodiffusion.errors import InputError
+    from napari_cytodiffusion.pipeline import analyze
+    from napari_cytodiffusion.sample_data import synthetic_smear
+
+    image, truth = synthetic_smear(seed=1, height=160, width=200, n_rbc=8, n_wbc=1, n_platelets=0)
+    with pytest.raises(InputError, match=re.escape(message)):
+        analyze(image, model=str(tiny_model), labels=make(truth), speed="fast")
+
+
+def test_labels_saved_as_float_or_with_very_large_ids_keep_their_ids(tiny_model):
+    """Whole-number float labels are read as integers; ids beyond what the measurements can index per id
+    (here up to ~3e9) are measured as 1..N and given back: the table and the labels keep the user's ids."""
+    import pandas as pd
+
+    from napari_cytodiffusion.pipeline import analyze
+    from napari_cytodiffusion.sample_data import synthetic_smear
+
+    image, truth = synthetic_smear(seed=1, height=160, width=200, n_rbc=8, n_wbc=1, n_platelets=0)
+    kw = {"model": str(tiny_model), "speed": "fast", "cells": "all"}
+    plain = analyze(image, labels=truth, **kw)
+    as_float = analyze(image, labels=truth.astype(np.float32), **kw)
+    pd.testing.assert_frame_equal(as_float.table, plain.table, check_dtype=False)
+    big = truth.astype(np.uint64) * 2**28
+    wide = analyze(image, labels=big, only_labels=[3 * 2**28, 5 * 2**28], **kw)
+    assert np.array_equal(wide.labels, big.astype(np.uint32)) and wide.labels.dtype == np.uint32
+    assert list(wide.table["label"]) == [int(v) * 2**28 for v in plain.table["label"]]
+    assert list(wide.table.loc[wide.table["classified"], "label"]) == [3 * 2**28, 5 * 2**28]
+    same = plain.table.set_index("label")
+    for row in wide.table[wide.table["classified"]].itertuples():
+        assert np.isclose(row.area, same.loc[row.label // 2**28, "area"])

@@ -438,7 +438,7 @@ def iter_analyze(
     from .io.images import to_rgb_float
     from .model.registry import get_model
     from .segmentation.cellpose_seg import SegmentParams, iter_segment
-    from .segmentation.table import cells_table
+    from .segmentation.table import cells_table, check_labels, compact_labels
 
     check_red_cell_px(red_cell_px)
     t0 = time.perf_counter()
@@ -462,10 +462,12 @@ def iter_analyze(
                 labels = item
         params["segmentation"] = {**segment_params.to_dict(), **scale}
     else:
-        labels = np.asarray(labels)
-        if labels.shape != rgb.shape[:2]:
-            raise InputError(f"labels {labels.shape} do not match the image {rgb.shape[:2]}")
+        labels = check_labels(labels, rgb.shape[:2])
         params["segmentation"] = "given labels"
+    given, (labels, original_ids) = labels, compact_labels(labels)  # very large ids: measured as 1..N
+    if original_ids is not None and only_labels is not None:
+        wanted = np.asarray(sorted(int(v) for v in only_labels), dtype=np.uint64)
+        only_labels = np.flatnonzero(np.isin(original_ids, wanted)).tolist()
     t_seg = time.perf_counter() - t0
     model = model if model is not None and not isinstance(model, str) else get_model(model)
     table = cells_table(labels, rgb)
@@ -529,8 +531,10 @@ def iter_analyze(
         "total": time.perf_counter() - t0,
     }
     params["model"] = model.short_id()
+    if original_ids is not None:  # the cells keep the ids they were given
+        table["label"] = original_ids[table["label"].to_numpy(dtype=np.int64)].astype(np.int64)
     yield SmearResult(
-        labels=labels.astype(np.uint32),
+        labels=given.astype(np.uint32),
         table=table,
         summary=summary,
         parameters=params,

@@ -36,8 +36,10 @@ def instances_from_mask(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
     if mask.ndim == 3:
         mask = mask[..., 0]
     values = np.unique(mask)
-    if len(values) > 2:
-        return mask.astype(np.int32)
+    if len(values) > 2:  # a label image: its ids, checked, numbered 1..N where they are very large
+        from ..segmentation.table import check_labels, compact_labels
+
+        return compact_labels(check_labels(mask))[0].astype(np.int32)
     lab = label(mask > 0, connectivity=1 if connectivity == 4 else 2)
     if connectivity == 4:
         from skimage.segmentation import relabel_sequential

@@ -87,6 +87,7 @@ def iter_evaluate_segmentation(
         diagonally; see :func:`~.segmentation.instances_from_mask`).
     """
     from ..io.images import read_image
+    from ..segmentation.table import check_labels, compact_labels
 
     if mask_connectivity not in (4, 8):
         raise InputError(f"mask connectivity must be 4 or 8, got {mask_connectivity}")
@@ -120,7 +121,10 @@ def iter_evaluate_segmentation(
                 pred = pred[..., 0]
             if pred.shape != (h, w):
                 raise InputError(f"label image {ppath.name} is {pred.shape}, but {path.name} is {(h, w)}")
-            pred = pred.astype(np.int64)
+            try:
+                pred = compact_labels(check_labels(pred))[0].astype(np.int64)  # ids do not matter here
+            except InputError as exc:
+                raise InputError(f"label image {ppath.name}: {exc}") from None
         else:
             from ..segmentation.cellpose_seg import segment
 

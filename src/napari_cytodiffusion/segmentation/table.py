@@ -92,3 +92,54 @@ def stack_cells_table(labels: np.ndarray, image: np.ndarray | None = None):
         table.insert(0, "plane", z)
         parts.append(table)
     return pd.concat(parts, ignore_index=True)
+
+
+#: the largest label id an output labels image holds (they are uint32)
+MAX_LABEL_ID = 2**32 - 1
+#: label ids above this are measured on a compact copy (ids 1..N): the measurements allocate per id
+COMPACT_ABOVE = 2**22
+
+
+def check_labels(labels, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A user's instance labels as an integer array, or a clear error.
+
+    Accepted: integers (or booleans, one cell) of 0 (background) and positive ids up to
+    :data:`MAX_LABEL_ID`, and floats that hold whole numbers only (a labels image saved as float);
+    ``shape``: the image's (rows, columns) they must match.
+    """
+    from ..errors import InputError
+
+    arr = np.asarray(labels)
+    if shape is not None and arr.shape != tuple(shape):
+        raise InputError(f"labels {arr.shape} do not match the image {tuple(shape)}")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise InputError("labels must be whole numbers (0 for background, 1, 2, ... for cells)")
+        if arr.size and arr.min() >= 0 and arr.max() <= MAX_LABEL_ID:
+            arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"labels must be whole numbers, not {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise InputError("labels must be 0 (background) or positive cell ids; these have negative values")
+    if arr.size and int(arr.max()) > MAX_LABEL_ID:
+        raise InputError(
+            f"label ids up to {MAX_LABEL_ID:,} (uint32) are supported, these reach {int(arr.max()):,}: "
+            "number the cells 1, 2, ... (e.g. skimage.segmentation.relabel_sequential)"
+        )
+    return arr
+
+
+def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels with ids 1..N in place of very large ones, and the original id of each (index 0: 0).
+
+    Returns ``(labels, None)`` when the largest id is at most :data:`COMPACT_ABOVE`.
+    """
+    if labels.size == 0 or int(labels.max()) <= COMPACT_ABOVE:
+        return labels, None
+    ids, inverse = np.unique(labels, return_inverse=True)
+    if ids[0] != 0:
+        ids = np.concatenate([[0], ids])
+        inverse = inverse + 1
+    return inverse.reshape(labels.shape).astype(np.uint32), ids.astype(np.uint64)
