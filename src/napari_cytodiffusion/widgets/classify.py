@@ -221,9 +221,8 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
 
         def gen():
             yield (0, 1, "loading the model")
-            model = get_model(
-                spec, device="auto"
-            )  # in the worker: a first load (or a download) takes seconds
+            # in the worker: a first load (or a download) takes seconds
+            model = get_model(spec, device="auto")
             out = None
             for item in iter_analyze(
                 image, model=model, labels=labels.copy(), triage=triage, should_stop=self.should_stop, **opts
@@ -369,7 +368,8 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
         raise InputError("select cells first (points of a previous result, or a label in the labels layer)")
 
     def counterfactual(self) -> None:
-        """SDEdit the inspected cell into the inspector's target class; adds [original | redrawn | difference]."""
+        """SDEdit the inspected cell into the inspector's target class, and into its own class from the
+        same noise; adds [original | redrawn as its class | redrawn as the target | what the class changed]."""
         from napari.qt.threading import create_worker
 
         from ..classify.counterfactual import redraw_panel

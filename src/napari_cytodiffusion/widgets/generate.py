@@ -78,9 +78,8 @@ class GenerateWidget(Container, RunnerMixin):
 
         def gen():
             yield (0, 1, "loading the model")
-            model = get_model(
-                spec, device="auto"
-            )  # in the worker: a first load (or a download) takes seconds
+            # in the worker: a first load (or a download) takes seconds
+            model = get_model(spec, device="auto")
             images = yield from relay(
                 iter_generate(model, ids, seeds, params, should_stop=self.should_stop), "denoising"
             )
