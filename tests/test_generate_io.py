@@ -36,7 +36,7 @@ def test_the_stochastic_sampler_draws_step_noise_from_the_seed(tiny_model):
         generate(m, [0], [5], GenerateParams(scheduler="euler"))
 
 
-def test_generate_cli_writes_class_folders(tiny_model, tmp_path):
+def test_generate_cli_writes_class_folders(tiny_model, tmp_path, capsys):
     out = tmp_path / "gen"
     assert (
         main(
@@ -73,8 +73,44 @@ def test_generate_cli_writes_class_folders(tiny_model, tmp_path):
     assert all(p.read_bytes() == b for p, b in before.items())
     again = sorted(out.glob("*/*-2.png"))
     assert len(again) == 4 and json.loads(again[0].with_suffix(".json").read_text())["guidance"] == 1
-    assert main([*args, "--guidance", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--guidance", "1", "--out", str(out)]) == 0  # run again: nothing to redo
     assert len(list(out.glob("*/*.png"))) == 8
+    printed = capsys.readouterr().out
+    assert printed.startswith("generated 0 cells in ") and "; 4 already there" in printed
+
+
+def test_generate_cli_writes_batch_by_batch_the_images_of_one_call(tiny_model, tmp_path, capsys):
+    """40 cells (two of the sampler's batches of 32) are written as each batch ends; they are the cells
+    one call of the library makes, and a run cut short is completed, not redone, by running it again."""
+    from PIL import Image
+
+    out = tmp_path / "gen"
+    args = [
+        "generate",
+        "--model",
+        str(tiny_model),
+        "--class",
+        "all",
+        "-n",
+        "20",
+        "--steps",
+        "2",
+        "--seed",
+        "7",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    m = load_model(tiny_model)
+    ids = [c for c in range(2) for _ in range(20)]
+    same = generate(m, ids, [7 + i for i in range(40)], GenerateParams(steps=2))
+    for i, (c, image) in enumerate(zip(ids, same, strict=True)):
+        name = m.classes[c]
+        assert np.array_equal(np.asarray(Image.open(out / name / f"{name}_seed{7 + i}.png")), image)
+    last = sorted(out.glob("violet/*.png"))[-1]  # a cell of the second batch lost, as if cut short
+    last.unlink()
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 0
+    assert "generated 8 cells" in capsys.readouterr().out and last.is_file()  # only that batch again
 
 
 def test_evaluate_generation_feature_distance_and_memorisation(tiny_model, tiny_dataset, tmp_path):

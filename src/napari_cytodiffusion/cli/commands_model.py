@@ -392,7 +392,7 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_generate(a) -> int:
-    from ..generate.export import write_generated
+    from ..generate.export import already_written, write_generated
     from ..generate.sampling import GenerateParams, iter_generate
     from ..model.registry import get_model
 
@@ -404,17 +404,34 @@ def cmd_generate(a) -> int:
     ids = [c for c in classes for _ in range(a.n)]
     seeds = [a.seed + i for i in range(len(ids))]
     params = GenerateParams(steps=a.steps, guidance=a.guidance, scheduler=a.scheduler)
-    t0 = time.perf_counter()
-    images = None
-    for item in iter_generate(model, ids, seeds, params):
-        images = item
-    dt = time.perf_counter() - t0
     records = [
         {"class": model.classes[c], "seed": s, **params.to_dict(), "model": model.short_id()}
         for c, s in zip(ids, seeds, strict=True)
     ]
-    write_generated(out, images, records)
-    print(f"generated {len(ids)} cells in {dt:.1f} s ({dt / len(ids):.2f} s per cell) → {out}")
+    # batch by batch (the sampler's own batches, so the images are the same), each written when done:
+    # an interrupted run keeps its finished cells, and run again it skips the cells already there
+    t0, made, kept = time.perf_counter(), 0, 0
+    bar = progress(None, total=len(ids) * params.steps, desc="generate")
+    for start in range(0, len(ids), params.batch_size):
+        part = slice(start, start + params.batch_size)
+        if all(already_written(out, r) for r in records[part]):
+            kept += len(records[part])
+            bar.update(len(records[part]) * params.steps)
+            continue
+        images, base = None, bar.n
+        for item in iter_generate(model, ids[part], seeds[part], params):
+            if isinstance(item, tuple):
+                bar.n = base + item[0]
+                bar.refresh()
+            else:
+                images = item
+        write_generated(out, images, records[part])
+        made += len(images)
+    bar.close()
+    dt = time.perf_counter() - t0
+    again = f"; {kept} already there" if kept else ""
+    rate = f" ({dt / made:.2f} s per cell)" if made else ""
+    print(f"generated {made} cells in {dt:.1f} s{rate}{again} → {out}")
     return 0
 
 

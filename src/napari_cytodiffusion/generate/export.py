@@ -37,6 +37,13 @@ def write_generated(
     return out
 
 
+def already_written(folder: str | os.PathLike, record: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds this very cell already (a PNG whose recipe JSON equals ``record``)."""
+    cls = str(record["class"])
+    path = _free_path(Path(folder) / cls / f"{cls}_seed{record['seed']}.png", record)
+    return path.is_file() and _recorded(path) == json.loads(json.dumps(record, default=str))
+
+
 def _free_path(path: Path, record: dict[str, Any]) -> Path:
     """``path``, or ``path`` with ``-2``, ``-3``, ... when a different cell is already there."""
     candidate, n = path, 1
