@@ -35,3 +35,5 @@ def test_user_guide_python_example_runs(tmp_path, monkeypatch, capsys):
     assert len(scope["res"]) == 1 and 0 <= float(scope["res"].p_correct[0]) <= 1
     assert scope["cells"].shape == (4, 32, 32, 3) and scope["cells"].dtype == np.uint8
     assert "(4, 32, 32, 3)" in out
+    assert scope["cf"].heat.shape == (32, 32) and scope["cf"].class_change >= 0
+    assert (tmp_path / "cell_as_eosinophil.png").is_file()
