@@ -247,6 +247,8 @@ def test_segment_cli_skips_a_bad_image_of_a_batch_and_segments_the_others(tmp_pa
     "make, message",
     [
         (lambda lab: -lab.astype(np.int64), "positive cell ids; these have negative values"),
+        (lambda lab: -lab.astype(np.float32), "positive cell ids; these have negative values"),
+        (lambda lab: lab.astype(np.float64) * 2**40, "label ids up to 4,294,967,295 (uint32) are supported"),
         (lambda lab: lab.astype(np.float32) + 0.5, "labels must be whole numbers"),
         (lambda lab: np.where(lab > 0, np.nan, 0.0), "labels must be whole numbers"),
         (lambda lab: lab.astype(np.uint64) * 2**40, "label ids up to 4,294,967,295 (uint32) are supported"),

@@ -188,9 +188,8 @@ def iter_export_result(
     report
         Also write the folder's review page.
     """
-    from .crops import crops_from_labels
     from .io.atomic import write_with
-    from .pipeline import run_reference
+    from .pipeline import run_crops
 
     folder = Path(folder)
     corrected = table[table["corrected_class"].fillna("").astype(str) != ""]
@@ -213,15 +212,7 @@ def iter_export_result(
         from .evaluate.agreement import agreement_png, agreement_report
 
         others = _other_corrections(folder / "corrections", stem)  # read first: a bad table stops here
-        crops, _ = crops_from_labels(
-            image,
-            labels,
-            model.metadata.preprocessing,
-            corrected["label"].to_numpy(),
-            corrected[["centroid_y", "centroid_x"]].to_numpy(),
-            corrected["equivalent_diameter"].to_numpy(),
-            reference_diameter=run_reference(summary, table),
-        )
+        crops = run_crops(image, labels, model.metadata.preprocessing, summary, table, corrected)
         rows = []
         for i, (crop, (_, row)) in enumerate(zip(crops, corrected.iterrows(), strict=True)):
             rel = Path(row["corrected_class"]) / f"{stem}_cell{int(row['label'])}.png"

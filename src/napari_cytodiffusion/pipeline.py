@@ -194,6 +194,23 @@ def run_reference(summary: dict[str, Any] | None, table) -> float | None:
     return float(given) if given else reference_diameter(table)[0]
 
 
+def run_crops(image: np.ndarray, labels: np.ndarray, preprocessing, summary, table, cells=None) -> np.ndarray:
+    """The model crops of a finished run's ``cells`` (rows of its cells ``table``; all by default), cut
+    at the scale the run used (:func:`run_reference`): what the classifier saw of each cell."""
+    from .crops import crops_from_labels
+
+    cells = table if cells is None else cells
+    return crops_from_labels(
+        image,
+        labels,
+        preprocessing,
+        cells["label"].to_numpy(),
+        cells[["centroid_y", "centroid_x"]].to_numpy(),
+        cells["equivalent_diameter"].to_numpy(),
+        reference_diameter=run_reference(summary, table),
+    )[0]
+
+
 #: The size check needs the smear's typical cell to be a red cell: at least this many cells ...
 MIN_CELLS_FOR_SIZE = MIN_CELLS_FOR_MEDIAN
 #: ... of which at most this share is stained (a field of hand-painted white cells, a crop

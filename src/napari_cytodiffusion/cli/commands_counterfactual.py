@@ -91,10 +91,9 @@ def register(sub) -> None:
 
 def _smear_cells(a, model) -> tuple[np.ndarray, list[dict]]:
     """The chosen classified cells of one smear: their crops (as the inspector cuts them) and rows."""
-    from ..crops import crops_from_labels
     from ..export import read_labels_tiff
     from ..io.images import read_image
-    from ..pipeline import analyze, run_reference
+    from ..pipeline import analyze, run_crops
 
     if len(a.inputs) != 1:
         raise InputError("with --labels give exactly one smear image")
@@ -117,15 +116,7 @@ def _smear_cells(a, model) -> tuple[np.ndarray, list[dict]]:
     table = res.table[res.table["classified"].astype(bool)]
     if table.empty:
         raise InputError(f"no classified cell to explain in {path.name}")
-    crops, _ = crops_from_labels(
-        image,
-        labels,
-        model.metadata.preprocessing,
-        table["label"].to_numpy(),
-        table[["centroid_y", "centroid_x"]].to_numpy(),
-        table["equivalent_diameter"].to_numpy(),
-        reference_diameter=run_reference(res.summary, res.table),
-    )
+    crops = run_crops(image, labels, model.metadata.preprocessing, res.summary, res.table, table)
     rows = [
         {"name": f"{path.stem}_cell{int(r['label'])}", "path": str(path.resolve()), "label": int(r["label"]),
          "call": r["class"], "p_call": float(r[f"p_{r['class']}"]), "probs": r}

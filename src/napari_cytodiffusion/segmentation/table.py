@@ -114,21 +114,18 @@ def check_labels(labels, shape: tuple[int, int] | None = None) -> np.ndarray:
         raise InputError(f"labels {arr.shape} do not match the image {tuple(shape)}")
     if arr.dtype == bool:
         return arr.astype(np.uint8)
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
-            raise InputError("labels must be whole numbers (0 for background, 1, 2, ... for cells)")
-        if arr.size and arr.min() >= 0 and arr.max() <= MAX_LABEL_ID:
-            arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "iu":
+    if arr.dtype.kind not in "iuf":
         raise InputError(f"labels must be whole numbers, not {arr.dtype}")
+    if arr.dtype.kind == "f" and (not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr))):
+        raise InputError("labels must be whole numbers (0 for background, 1, 2, ... for cells)")
     if arr.size and arr.min() < 0:
         raise InputError("labels must be 0 (background) or positive cell ids; these have negative values")
-    if arr.size and int(arr.max()) > MAX_LABEL_ID:
+    if arr.size and arr.max() > MAX_LABEL_ID:
         raise InputError(
             f"label ids up to {MAX_LABEL_ID:,} (uint32) are supported, these reach {int(arr.max()):,}: "
             "number the cells 1, 2, ... (e.g. skimage.segmentation.relabel_sequential)"
         )
-    return arr
+    return arr.astype(np.int64) if arr.dtype.kind == "f" else arr
 
 
 def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -416,20 +416,12 @@ class ClassifyWidget(ScrollableDock, Container, RunnerMixin, LabellingMixin):
         worker.start()
 
     def _crop(self, row) -> np.ndarray:
-        from ..crops import crops_from_labels
-        from ..pipeline import run_reference
+        from ..pipeline import run_crops
 
         r = self.result
         table = r["points"].features
-        return crops_from_labels(
-            r["image"],
-            r["labels"],
-            r["model"].metadata.preprocessing,
-            np.array([row["label"]]),
-            np.array([[row["centroid_y"], row["centroid_x"]]]),
-            np.array([row["equivalent_diameter"]]),
-            reference_diameter=run_reference(r["summary"], table),
-        )[0][0]
+        pre = r["model"].metadata.preprocessing
+        return run_crops(r["image"], r["labels"], pre, r["summary"], table, table.loc[[row.name]])[0]
 
     def _on_select(self, event=None) -> None:
         sel = sorted(self.result["points"].selected_data) if self.result else []
